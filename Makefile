@@ -1,0 +1,31 @@
+# `make test` and `make train` do all set-up on a fresh machine: they create .venv, install focaljax
+# editable with its test extras, then run. Both are idempotent: the install step reruns only when
+# pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/shapes_retinanet
+PYTEST_ARGS ?=
+
+.PHONY: setup test train lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+
+train: $(STAMP)
+	$(PY) -m train --config configs/shapes_retinanet.py --workdir $(WORKDIR)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check focaljax train configs tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs

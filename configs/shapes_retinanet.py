@@ -1,0 +1,101 @@
+r"""RetinaNet with a tiny ResNet-FPN on the synthetic "shapes" data set, trained on a CPU.
+
+What: the default `make train` run. Filled circles, squares, triangles and crosses (4 classes,
+8 px to 64 px) on cluttered 128x128 backgrounds, 2000 training and 200 validation images (the
+"default" config of `focaljax.data.shapes`, generated locally in seconds). A 4-stage ResNet with
+one basic block per stage (width 16), an FPN over P3-P5 and two-convolution heads, trained with
+the paper's focal loss (alpha 0.25, gamma 2) and L1 box loss.
+
+Command:
+
+  python -m train --config configs/shapes_retinanet.py --workdir runs/shapes_retinanet
+
+  (or `make train`). Override any field, e.g. `--config.num_train_steps=100`.
+
+Hardware, time and result: TO BE MEASURED.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "shapes"
+    config.dataset.builder_config = "default"
+    config.dataset.data_dir = ""
+    config.dataset.image_size = (128, 128)
+    config.dataset.max_boxes = 8
+    config.dataset.train_split = "train"
+    config.dataset.eval_split = "validation"
+    config.dataset.horizontal_flip = True
+    config.dataset.scale_jitter = (1.0, 1.0)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "retinanet"
+    config.model.backbone = "resnet_tiny"
+    config.model.norm = "bn"
+    config.model.min_level = 3
+    config.model.max_level = 5
+    config.model.fpn_channels = 64
+    config.model.head_convs = 2
+    config.model.head_channels = 64
+    config.model.head_norm = "none"
+    config.model.prior_prob = 0.01
+    config.model.dtype = "float32"
+    # Anchors: base size anchor_base_scale * stride, times each scale, at each aspect ratio.
+    config.model.anchor_base_scale = 4.0
+    config.model.anchor_scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    config.model.aspect_ratios = (0.5, 1.0, 2.0)
+    config.model.fg_iou_threshold = 0.5
+    config.model.bg_iou_threshold = 0.4
+    config.model.allow_low_quality_matches = True
+    config.model.box_coder_weights = (1.0, 1.0, 1.0, 1.0)
+    config.model.loss = ml_collections.ConfigDict()
+    config.model.loss.cls = "focal"
+    config.model.loss.alpha = 0.25
+    config.model.loss.gamma = 2.0
+    config.model.loss.label_smoothing = 0.0
+    config.model.loss.fl_star_beta = 0.0
+    config.model.loss.ohem_num_samples = 128
+    config.model.loss.ohem_positive_fraction = 0.25
+    config.model.loss.box = "l1"
+    config.model.loss.box_beta = 0.0
+    config.model.loss.box_weight = 1.0
+    config.model.postprocess = ml_collections.ConfigDict()
+    config.model.postprocess.pre_nms_topk = 1000
+    config.model.postprocess.score_threshold = 0.05
+    config.model.postprocess.nms_iou_threshold = 0.5
+    config.model.postprocess.max_detections = 100
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.01  # Per reference_batch_size images, scaled linearly.
+    config.optimizer.reference_batch_size = 16
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = False
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.999
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.grad_clip_norm = 0.0
+
+    config.schedule = ml_collections.ConfigDict()
+    config.schedule.name = "step"
+    config.schedule.warmup_steps = 100
+    config.schedule.warmup_factor = 0.001
+    config.schedule.decay_steps = ()
+    config.schedule.decay_epochs = ()
+    config.schedule.decay_factor = 0.1
+
+    config.batch_size = 16
+    config.eval_batch_size = 32
+    config.num_train_steps = 1000
+    config.num_epochs = 0.0
+    config.log_every_steps = 20
+    config.eval_every_steps = 0
+    config.checkpoint_every_steps = 200
+    config.max_checkpoints_to_keep = 2
+    config.num_grid_images = 8
+    return config

@@ -1,0 +1,214 @@
+"""Detection data: TFDS builders, the tf.data input pipeline and the data set registry.
+
+`build(config)` turns the `dataset` part of a training config into a `DetectionDataset`:
+
+  name                 registered name: "shapes"
+  image_size           (height, width) of the batch images, or one int
+  max_boxes            box rows per image in the batches
+  data_dir             TFDS data directory; None for TFDS's default (~/tensorflow_datasets)
+  train_split          default "train"
+  eval_split           default "validation"
+  horizontal_flip      default True
+  scale_jitter         (low, high) random resize factor for training, default None
+  shuffle_buffer_size  default 10_000 (capped at the size of the split)
+  builder_kwargs       what to build; for "shapes" either {"config": "default" | "tiny"} or the
+                       arguments of `shapes_config` (image_size, num_train, num_validation, seed);
+                       default {} ("shapes/default")
+
+The data set is prepared (generated, for "shapes") in `data_dir` the first time it is used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import tensorflow_datasets as tfds
+
+from focaljax.data import shapes
+from focaljax.data.pipeline import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DeviceBatchIterator,
+    coco_ground_truth,
+    create_eval_iterator,
+    create_train_iterator,
+    load_builder,
+)
+from focaljax.data.shapes import Shapes, ShapesConfig, generate_example, shapes_config
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DatasetInfo",
+    "DetectionDataset",
+    "DeviceBatchIterator",
+    "Shapes",
+    "ShapesConfig",
+    "build",
+    "coco_ground_truth",
+    "create_eval_iterator",
+    "create_train_iterator",
+    "generate_example",
+    "load_builder",
+    "register",
+    "registered_names",
+    "shapes_config",
+]
+
+# A factory makes the (possibly unprepared) TFDS builder from the config, and says which COCO
+# category id each contiguous label has (None: label + 1).
+BuilderFactory = Callable[[Mapping], tuple[tfds.core.DatasetBuilder, Sequence[int] | None]]
+_FACTORIES: dict[str, BuilderFactory] = {}
+_REQUIRED_FIELDS = ("name", "image_size", "max_boxes")
+
+
+def register(name: str) -> Callable[[BuilderFactory], BuilderFactory]:
+    """Registers `factory(config) -> (builder, category_ids)` under `name` for `build`."""
+
+    def decorator(factory: BuilderFactory) -> BuilderFactory:
+        if name in _FACTORIES:
+            raise ValueError(f"a data set named {name!r} is already registered")
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorator
+
+
+def registered_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+@register("shapes")
+def _shapes_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, None]:
+    kwargs = _to_dict(config.get("builder_kwargs") or {})
+    if "config" in kwargs:
+        if len(kwargs) > 1:
+            raise ValueError(
+                f"builder_kwargs {kwargs}: give either 'config' (one of "
+                f"{[c.name for c in Shapes.BUILDER_CONFIGS]}) or the settings of shapes_config"
+            )
+        builder_config = kwargs["config"]
+    else:
+        builder_config = shapes_config(**kwargs)
+    return Shapes(config=builder_config, data_dir=config.get("data_dir")), None
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer and the evaluator need to know about a data set.
+
+    Attributes:
+      name: TFDS full name, e.g. "shapes/default/1.0.0".
+      num_classes: number of contiguous labels `0..num_classes-1`.
+      class_names: name of each label.
+      category_ids: COCO category id of each label, as in `coco_ground_truth`.
+      num_examples: examples per split.
+    """
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    category_ids: tuple[int, ...]
+    num_examples: Mapping[str, int]
+
+
+class DetectionDataset:
+    """A registered data set with the pipeline settings of its config; see `build`."""
+
+    def __init__(
+        self, config: Mapping, builder: tfds.core.DatasetBuilder, category_ids: Sequence[int] | None
+    ):
+        self.config = config
+        self._builder = builder
+        self._category_ids = category_ids
+        self._ground_truth: dict[str, dict] = {}
+
+    @functools.cached_property
+    def builder(self) -> tfds.core.DatasetBuilder:
+        """The TFDS builder, prepared on first access."""
+        builder = self._builder
+        if not builder.is_prepared():
+            print(f"Preparing {builder.info.full_name} in {builder.data_dir_root} ...", flush=True)
+            start = time.perf_counter()
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            )
+            print(f"Prepared {builder.info.full_name} in {time.perf_counter() - start:.1f} s",
+                  flush=True)
+        return builder
+
+    @functools.cached_property
+    def info(self) -> DatasetInfo:
+        info = self.builder.info
+        class_names = tuple(info.features["objects"]["label"].names)
+        category_ids = self._category_ids or range(1, len(class_names) + 1)
+        return DatasetInfo(
+            name=info.full_name,
+            num_classes=len(class_names),
+            class_names=class_names,
+            category_ids=tuple(int(c) for c in category_ids),
+            num_examples={name: split.num_examples for name, split in info.splits.items()},
+        )
+
+    def train_iterator(
+        self, per_device_batch_size: int, seed: int, start_step: int = 0
+    ) -> DeviceBatchIterator:
+        """Infinite training batches of `config.train_split`; see `create_train_iterator`."""
+        config = self.config
+        return create_train_iterator(
+            self.builder,
+            split=config.get("train_split", "train"),
+            image_size=config["image_size"],
+            max_boxes=config["max_boxes"],
+            per_device_batch_size=per_device_batch_size,
+            seed=seed,
+            start_step=start_step,
+            horizontal_flip=config.get("horizontal_flip", True),
+            scale_jitter=_optional_pair(config.get("scale_jitter")),
+            shuffle_buffer_size=config.get("shuffle_buffer_size", 10_000),
+        )
+
+    def eval_iterator(self, per_device_batch_size: int) -> DeviceBatchIterator:
+        """`config.eval_split` once, in order; see `create_eval_iterator`."""
+        return create_eval_iterator(
+            self.builder,
+            split=self.config.get("eval_split", "validation"),
+            image_size=self.config["image_size"],
+            max_boxes=self.config["max_boxes"],
+            per_device_batch_size=per_device_batch_size,
+        )
+
+    def coco_ground_truth(self, split: str | None = None) -> dict:
+        """COCO-format ground truth of `split` (default `config.eval_split`), computed once."""
+        split = split or self.config.get("eval_split", "validation")
+        if split not in self._ground_truth:
+            self._ground_truth[split] = coco_ground_truth(
+                self.builder, split=split, category_ids=self.info.category_ids
+            )
+        return self._ground_truth[split]
+
+
+def build(config: Mapping) -> DetectionDataset:
+    """The data set `config.name` with the pipeline settings of `config` (module docstring).
+
+    Nothing is read or generated until the returned data set is first used.
+    """
+    missing = [field for field in _REQUIRED_FIELDS if field not in config]
+    if missing:
+        raise ValueError(f"dataset config lacks {missing}; it has {sorted(config.keys())}")
+    name = config["name"]
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown data set {name!r}; registered: {registered_names()}")
+    builder, category_ids = _FACTORIES[name](config)
+    return DetectionDataset(config, builder, category_ids)
+
+
+def _to_dict(value) -> dict:
+    return dict(value.to_dict() if hasattr(value, "to_dict") else value)
+
+
+def _optional_pair(value) -> tuple[float, float] | None:
+    return None if value is None else (float(value[0]), float(value[1]))

@@ -1,0 +1,478 @@
+"""tf.data input pipeline: a TFDS detection data set -> device-sharded numpy batches.
+
+Works with any TFDS builder whose features include `image`, `objects/bbox` (tfds BBoxFeature:
+normalized ymin, xmin, ymax, xmax) and `objects/label` (ClassLabel); `image/id` and
+`objects/is_crowd` are used when present. Batches follow the format in DEVELOPERS.md: a leading
+axis of `jax.local_device_count()`, then the per-device batch.
+
+Resumption. Training randomness is stateless, keyed by `(seed, process_index, position)`, where
+`position` counts this process's examples from the start of training (epoch * examples + index):
+epoch `e` reads the records in a fixed order and shuffles them with a buffer seeded by
+`(seed, process_index, e)`; flip, scale jitter and crop of the example at `position` are drawn
+from a key folded from `position`. `create_train_iterator(start_step=k)` therefore starts directly
+at the epoch holding example `k * batch`, skips the earlier records of that epoch before they are
+decoded, and yields exactly the batches an uninterrupted iterator yields from its k-th batch on,
+provided the device count, per-device batch size, seed and shuffle buffer size are unchanged.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator, Sequence
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_REQUIRED_FEATURES = ("image", "objects/bbox", "objects/label")
+
+
+def load_builder(
+    builder_or_name: str | tfds.core.DatasetBuilder, *, data_dir: str | None = None
+) -> tfds.core.DatasetBuilder:
+    """The builder itself, or `tfds.builder(name, data_dir=data_dir)`; checks that it is prepared
+    and has the detection features this module reads."""
+    if isinstance(builder_or_name, str):
+        builder = tfds.builder(builder_or_name, data_dir=data_dir)
+    else:
+        builder = builder_or_name
+    if not builder.is_prepared():
+        raise ValueError(
+            f"{builder.info.full_name} is not prepared in {builder.data_dir_root}: call "
+            "builder.download_and_prepare() (or use focaljax.data.build, which does) first"
+        )
+    features = builder.info.features
+    missing = [
+        name
+        for name in _REQUIRED_FEATURES
+        if not _has_feature(features, name.split("/", 1) if name.startswith("objects/") else [name])
+    ]
+    if missing:
+        raise ValueError(
+            f"{builder.info.full_name} lacks the features {missing}: expected a detection data set "
+            f"with {list(_REQUIRED_FEATURES)}"
+        )
+    return builder
+
+
+def _has_feature(features, path: Sequence[str]) -> bool:
+    for name in path:
+        if name not in features.keys():
+            return False
+        features = features[name]
+    return True
+
+
+class DeviceBatchIterator(Iterator[dict[str, np.ndarray]]):
+    """Iterates numpy batches reshaped to [num_devices, per_device_batch, ...].
+
+    Batches with fewer examples than `num_devices * per_device_batch_size` are filled with masked
+    examples (`valid` False, image zeros, labels and image_id -1); when `num_batches` is given,
+    fully masked batches follow the last one until `num_batches` batches are yielded.
+
+    Attributes:
+      num_batches: number of batches it yields, or None when it yields as many as `dataset` holds.
+      num_truncated_images: images seen so far that had more than `max_boxes` boxes; their first
+        `max_boxes` were kept. The first occurrence is logged as a warning.
+    """
+
+    def __init__(
+        self,
+        dataset: tf.data.Dataset,
+        *,
+        num_devices: int,
+        per_device_batch_size: int,
+        max_boxes: int,
+        num_batches: int | None = None,
+    ):
+        self._batches = iter(tfds.as_numpy(dataset))
+        self._shape = (num_devices, per_device_batch_size)
+        self._max_boxes = max_boxes
+        self._padding = {
+            k: np.zeros((1,) + tuple(spec.shape[1:]), spec.dtype.as_numpy_dtype)
+            for k, spec in dataset.element_spec.items()
+            if k != "num_objects"
+        }
+        self._padding["labels"][:] = -1
+        self._padding["image_id"][:] = -1
+        self.num_batches = num_batches
+        self.num_truncated_images = 0
+        self._num_yielded = 0
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.num_batches is not None and self._num_yielded >= self.num_batches:
+            raise StopIteration
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            if self.num_batches is None:
+                raise
+            batch = {k: v[:0] for k, v in self._padding.items()}
+        else:
+            self._count_truncated(batch.pop("num_objects"))
+        missing = self._shape[0] * self._shape[1] - len(batch["valid"])
+        if missing:
+            batch = {
+                k: np.concatenate([v, np.repeat(self._padding[k], missing, axis=0)])
+                for k, v in batch.items()
+            }
+        self._num_yielded += 1
+        return {k: v.reshape(self._shape + v.shape[1:]) for k, v in batch.items()}
+
+    def _count_truncated(self, num_objects: np.ndarray) -> None:
+        truncated = int(np.sum(num_objects > self._max_boxes))
+        if truncated and not self.num_truncated_images:
+            logging.warning(
+                "%d image(s) in this batch have more than max_boxes=%d boxes (up to %d); only "
+                "the first %d are kept. Later ones are counted in num_truncated_images.",
+                truncated, self._max_boxes, int(num_objects.max()), self._max_boxes,
+            )
+        self.num_truncated_images += truncated
+
+
+def create_train_iterator(
+    builder_or_name: str | tfds.core.DatasetBuilder,
+    *,
+    data_dir: str | None = None,
+    split: str = "train",
+    image_size: int | Sequence[int],
+    max_boxes: int,
+    per_device_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    horizontal_flip: bool = True,
+    scale_jitter: tuple[float, float] | None = None,
+    shuffle_buffer_size: int = 10_000,
+) -> DeviceBatchIterator:
+    """Infinite, shuffled, augmented training batches of this process's share of `split`.
+
+    Each image is flipped left-right with probability 1/2 (if `horizontal_flip`), resized keeping
+    its aspect ratio to fit in `image_size` (times a factor drawn uniformly from `scale_jitter`,
+    then randomly cropped to `image_size` when larger), normalized with the ImageNet mean and std
+    and padded bottom/right with zeros. Boxes become xyxy pixels of the resized image; boxes left
+    with no area by the crop are dropped.
+
+    Args:
+      builder_or_name: a prepared TFDS builder, or a registered TFDS name such as "shapes/tiny".
+      data_dir: where TFDS finds `builder_or_name` when it is a name.
+      split: a TFDS split, e.g. "train" or "train[:90%]".
+      image_size: (height, width) of the batch images, or one int for both.
+      max_boxes: rows of `boxes`/`labels`/`is_crowd` per image.
+      per_device_batch_size: images per device; batches hold `jax.local_device_count()` times as
+        many.
+      seed: seed of the shuffle and the augmentations.
+      start_step: index of the first batch to yield (see the module docstring on resumption).
+      horizontal_flip: whether to flip images at random.
+      scale_jitter: (low, high) range of the random resize factor, or None for none.
+      shuffle_buffer_size: records in the shuffle buffer (capped at the examples of the split);
+        a full permutation each epoch when the split is no larger.
+
+    Returns:
+      An infinite `DeviceBatchIterator` of batches in the DEVELOPERS.md format.
+    """
+    image_size = _check_image_size(image_size)
+    _check_positive(max_boxes=max_boxes, per_device_batch_size=per_device_batch_size)
+    if start_step < 0:
+        raise ValueError(f"start_step is {start_step}, expected >= 0")
+    if scale_jitter is not None and not 0 < scale_jitter[0] <= scale_jitter[1]:
+        raise ValueError(f"scale_jitter is {scale_jitter}, expected (low, high) with 0 < low <= high")
+    builder = load_builder(builder_or_name, data_dir=data_dir)
+    num_devices = jax.local_device_count()
+    host_batch_size = num_devices * per_device_batch_size
+    # Equal shares, so that every process runs the same number of steps per epoch.
+    host_split, num_examples, first_position = _host_split(builder, split, drop_remainder=True)
+    if num_examples == 0:
+        raise ValueError(f"split {split!r} of {builder.info.full_name} has no example for process "
+                         f"{jax.process_index()} of {jax.process_count()}")
+    records = _read_records(builder, host_split, first_position)
+
+    key = tf.constant([seed, jax.process_index()], tf.int64)
+    shuffle_key = tf.random.experimental.stateless_fold_in(key, 0)
+    augment_key = tf.random.experimental.stateless_fold_in(key, 1)
+    buffer_size = min(shuffle_buffer_size, num_examples)
+
+    def epoch(index):
+        epoch_seed = tf.random.experimental.stateless_fold_in(shuffle_key, index)[0]
+        shuffled = records.shuffle(buffer_size, seed=tf.cast(epoch_seed, tf.int64))
+        return shuffled.enumerate(start=index * num_examples)
+
+    start_epoch, skip = divmod(start_step * host_batch_size, num_examples)
+    ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(skip)
+    image_feature = builder.info.features["image"]
+
+    def preprocess(position, example):
+        example_key = tf.random.experimental.stateless_fold_in(augment_key, position)
+        return _preprocess(
+            example,
+            image_feature=image_feature,
+            image_size=image_size,
+            max_boxes=max_boxes,
+            key=example_key,
+            horizontal_flip=horizontal_flip,
+            scale_jitter=scale_jitter,
+        )
+
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(host_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return DeviceBatchIterator(
+        ds.with_options(_deterministic_options()),
+        num_devices=num_devices,
+        per_device_batch_size=per_device_batch_size,
+        max_boxes=max_boxes,
+    )
+
+
+def create_eval_iterator(
+    builder_or_name: str | tfds.core.DatasetBuilder,
+    *,
+    data_dir: str | None = None,
+    split: str = "validation",
+    image_size: int | Sequence[int],
+    max_boxes: int,
+    per_device_batch_size: int,
+) -> DeviceBatchIterator:
+    """This process's share of `split`, once, in order, without augmentation.
+
+    The last batch is filled with masked examples (`valid` False, image zeros, labels and
+    image_id -1); processes with fewer examples get extra masked batches, so that all processes
+    yield `num_batches` batches.
+
+    Args: as `create_train_iterator`.
+
+    Returns:
+      A finite `DeviceBatchIterator` of batches in the DEVELOPERS.md format.
+    """
+    image_size = _check_image_size(image_size)
+    _check_positive(max_boxes=max_boxes, per_device_batch_size=per_device_batch_size)
+    builder = load_builder(builder_or_name, data_dir=data_dir)
+    num_devices = jax.local_device_count()
+    host_batch_size = num_devices * per_device_batch_size
+    host_split, _, first_position = _host_split(builder, split, drop_remainder=False)
+    largest_share = math.ceil(builder.info.splits[split].num_examples / jax.process_count())
+    image_feature = builder.info.features["image"]
+
+    def preprocess(example):
+        return _preprocess(
+            example,
+            image_feature=image_feature,
+            image_size=image_size,
+            max_boxes=max_boxes,
+            key=None,
+        )
+
+    ds = _read_records(builder, host_split, first_position)
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(host_batch_size).prefetch(tf.data.AUTOTUNE)
+    return DeviceBatchIterator(
+        ds.with_options(_deterministic_options()),
+        num_devices=num_devices,
+        per_device_batch_size=per_device_batch_size,
+        max_boxes=max_boxes,
+        num_batches=math.ceil(largest_share / host_batch_size),
+    )
+
+
+def coco_ground_truth(
+    builder_or_name: str | tfds.core.DatasetBuilder,
+    *,
+    data_dir: str | None = None,
+    split: str,
+    category_ids: Sequence[int] | None = None,
+) -> dict:
+    """The ground truth of the whole `split` as a COCO-format annotation dict.
+
+    Boxes are `[x, y, width, height]` in original image pixels; `area` is `objects/area` when the
+    data set has it (the visible pixels for "shapes", the segment area for COCO), else the box
+    area. Image ids are those of the batches (`image/id`, or the 1-based position in the split).
+
+    Args:
+      builder_or_name, data_dir, split: as `create_eval_iterator`.
+      category_ids: COCO category id of each contiguous label; default `label + 1`.
+
+    Returns:
+      {"info", "images": [{id, width, height, file_name}], "annotations": [{id, image_id,
+      category_id, bbox, area, iscrowd}], "categories": [{id, name}]}, loadable by
+      `pycocotools.coco.COCO`.
+    """
+    builder = load_builder(builder_or_name, data_dir=data_dir)
+    class_names = builder.info.features["objects"]["label"].names
+    if category_ids is None:
+        category_ids = [label + 1 for label in range(len(class_names))]
+    if len(category_ids) != len(class_names):
+        raise ValueError(
+            f"category_ids has {len(category_ids)} entries, expected one per class "
+            f"({len(class_names)}: {class_names})"
+        )
+    images, annotations = [], []
+    records = _read_records(builder, split, 0)
+    for example in tfds.as_numpy(records):
+        image_id = int(example["image_id"])
+        with Image.open(io.BytesIO(example["image"])) as image:
+            width, height = image.size
+        filename = example.get("image/filename", b"").decode() or f"{image_id:012d}.png"
+        images.append({"id": image_id, "width": width, "height": height, "file_name": filename})
+        objects = example["objects"]
+        # float32 normalized coordinates: round to 1/1000 pixel to drop their representation error.
+        ymin, xmin, ymax, xmax = (
+            np.round(c.astype(np.float64) * s, 3)
+            for c, s in zip(objects["bbox"].T, (height, width, height, width), strict=True)
+        )
+        box_areas = (xmax - xmin) * (ymax - ymin)
+        areas = objects["area"] if "area" in objects else box_areas
+        is_crowd = objects.get("is_crowd", np.zeros(len(xmin), bool))
+        for i, label in enumerate(objects["label"]):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(category_ids[label]),
+                    "bbox": [float(xmin[i]), float(ymin[i]), float(xmax[i] - xmin[i]),
+                             float(ymax[i] - ymin[i])],
+                    "area": float(areas[i]),
+                    "iscrowd": int(is_crowd[i]),
+                }
+            )
+    return {
+        "info": {"description": f"{builder.info.full_name} {split}"},
+        "images": images,
+        "annotations": annotations,
+        "categories": [
+            {"id": int(c), "name": name} for c, name in zip(category_ids, class_names, strict=True)
+        ],
+    }
+
+
+def _check_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(f"image_size is {image_size}, expected (height, width) of positive ints")
+    return int(image_size[0]), int(image_size[1])
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise ValueError(f"{name} is {value}, expected a positive int")
+
+
+def _host_split(builder: tfds.core.DatasetBuilder, split: str, *, drop_remainder: bool):
+    """This process's contiguous share of `split`, its number of examples and the position of its
+    first example in `split`."""
+    shares = tfds.even_splits(split, n=jax.process_count(), drop_remainder=drop_remainder)
+    sizes = [builder.info.splits[share].num_examples for share in shares]
+    index = jax.process_index()
+    return shares[index], sizes[index], sum(sizes[:index])
+
+
+def _read_records(builder: tfds.core.DatasetBuilder, split, first_position: int) -> tf.data.Dataset:
+    """The examples of `split` in their stored order, images still encoded, with `image_id`
+    (`image/id`, else 1 + position in the split) and only the features the pipeline reads."""
+    records = builder.as_dataset(
+        split=split,
+        shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False),
+    )
+    has_id = "image/id" in builder.info.features.keys()
+
+    def select(position, example):
+        image_id = example["image/id"] if has_id else first_position + position + 1
+        selected = {"image": example["image"], "image_id": tf.cast(image_id, tf.int32)}
+        objects = {
+            k: example["objects"][k]
+            for k in ("bbox", "label", "is_crowd", "area")
+            if k in example["objects"]
+        }
+        selected["objects"] = objects
+        if "image/filename" in example:
+            selected["image/filename"] = example["image/filename"]
+        return selected
+
+    return records.enumerate().map(select)
+
+
+def _deterministic_options() -> tf.data.Options:
+    options = tf.data.Options()
+    # Resumption and evaluation order rely on the order of parallel maps being kept.
+    options.deterministic = True
+    return options
+
+
+def _preprocess(
+    example: dict,
+    *,
+    image_feature: tfds.features.Image,
+    image_size: tuple[int, int],
+    max_boxes: int,
+    key: tf.Tensor | None,
+    horizontal_flip: bool = False,
+    scale_jitter: tuple[float, float] | None = None,
+) -> dict[str, tf.Tensor]:
+    """Decodes, augments (when `key` is given), resizes, normalizes and pads one example."""
+    height, width = image_size
+    image = image_feature.decode_example(example["image"])
+    image.set_shape([None, None, 3])
+    objects = example["objects"]
+    boxes = tf.reshape(tf.cast(objects["bbox"], tf.float32), [-1, 4])
+    labels = tf.cast(objects["label"], tf.int32)
+    is_crowd = tf.cast(objects.get("is_crowd", tf.zeros_like(labels)), tf.bool)
+
+    original_size = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.minimum(height / original_size[0], width / original_size[1])
+    if key is not None:
+        flip_key, jitter_key, crop_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
+        if horizontal_flip:
+            flip = tf.random.stateless_uniform([], flip_key) < 0.5
+            image = tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+            ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=1)
+            boxes = tf.where(flip, tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=1), boxes)
+        if scale_jitter is not None:
+            low, high = scale_jitter
+            scale *= tf.random.stateless_uniform([], jitter_key, minval=low, maxval=high)
+    resized_size = tf.maximum(tf.cast(tf.round(original_size * scale), tf.int32), 1)
+    image = tf.image.resize(image, resized_size)
+    crop_size = tf.minimum(resized_size, [height, width])
+    crop_offset = tf.zeros([2], tf.int32)
+    if key is not None and scale_jitter is not None:
+        room = tf.cast(resized_size - crop_size + 1, tf.float32)
+        crop_offset = tf.cast(tf.random.stateless_uniform([2], crop_key) * room, tf.int32)
+    image = tf.slice(image, tf.concat([crop_offset, [0]], 0), tf.concat([crop_size, [3]], 0))
+
+    resized_h, resized_w = tf.unstack(tf.cast(resized_size, tf.float32))
+    offset_y, offset_x = tf.unstack(tf.cast(crop_offset, tf.float32))
+    crop_h, crop_w = tf.unstack(tf.cast(crop_size, tf.float32))
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=1)
+    x1 = tf.clip_by_value(xmin * resized_w - offset_x, 0.0, crop_w)
+    y1 = tf.clip_by_value(ymin * resized_h - offset_y, 0.0, crop_h)
+    x2 = tf.clip_by_value(xmax * resized_w - offset_x, 0.0, crop_w)
+    y2 = tf.clip_by_value(ymax * resized_h - offset_y, 0.0, crop_h)
+    keep = (x2 > x1) & (y2 > y1)
+    boxes = tf.boolean_mask(tf.stack([x1, y1, x2, y2], axis=1), keep)
+    labels = tf.boolean_mask(labels, keep)
+    is_crowd = tf.boolean_mask(is_crowd, keep)
+    num_objects = tf.shape(labels)[0]
+    num_padding = tf.maximum(max_boxes - num_objects, 0)
+
+    image = (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    image = tf.pad(image, [[0, height - crop_size[0]], [0, width - crop_size[1]], [0, 0]])
+    return {
+        "image": tf.ensure_shape(tf.cast(image, tf.float32), [height, width, 3]),
+        "boxes": tf.ensure_shape(tf.pad(boxes[:max_boxes], [[0, num_padding], [0, 0]]),
+                                 [max_boxes, 4]),
+        "labels": tf.ensure_shape(
+            tf.pad(labels[:max_boxes], [[0, num_padding]], constant_values=-1), [max_boxes]
+        ),
+        "is_crowd": tf.ensure_shape(tf.pad(is_crowd[:max_boxes], [[0, num_padding]]), [max_boxes]),
+        "image_id": example["image_id"],
+        "scale": tf.cast(scale, tf.float32),
+        "valid": tf.constant(True),
+        "num_objects": num_objects,
+    }

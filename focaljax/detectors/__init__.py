@@ -1,0 +1,48 @@
+"""Detectors: a network, its loss and its post-processing, built by name from a config.
+
+`build(config.model, num_classes=..., image_size=...)` looks `config.model.name` up in `BUILDERS`.
+A new detector is one builder `(config, *, num_classes, image_size, axis_name) -> Detector` added
+to `BUILDERS`; the trainer needs no change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from focaljax.detectors.detector import Detector, images_only
+from focaljax.detectors.retinanet import build_retinanet
+
+BUILDERS: dict[str, Callable[..., Detector]] = {
+    "retinanet": build_retinanet,
+}
+
+
+def build(
+    config: Any,
+    *,
+    num_classes: int,
+    image_size: tuple[int, int],
+    axis_name: str | None = None,
+) -> Detector:
+    """The `Detector` named `config.name`, for `num_classes` classes and `image_size` inputs.
+
+    Args:
+      config: the model config (`config.model` of a `configs/*.py`), with at least `name`.
+      num_classes: foreground classes of the data set.
+      image_size: `(height, width)` of the padded input images.
+      axis_name: the pmap device axis, for cross-device normalizers and synchronized batch norm.
+
+    Raises:
+      ValueError: for an unknown name (the message lists the known ones) or a config the
+        detector rejects.
+    """
+    name = config.name
+    if name not in BUILDERS:
+        raise ValueError(f"unknown model {name!r}, expected one of {sorted(BUILDERS)}")
+    return BUILDERS[name](
+        config, num_classes=num_classes, image_size=tuple(image_size), axis_name=axis_name
+    )
+
+
+__all__ = ["BUILDERS", "Detector", "build", "build_retinanet", "images_only"]

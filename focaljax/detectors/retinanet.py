@@ -1,0 +1,234 @@
+"""RetinaNet as a `Detector`: the network, the focal loss (or a baseline loss) and its inference.
+
+Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017. The anchors of the (padded) input
+size are computed once, as a NumPy constant. The loss of one image is built from
+`focaljax.ops.matching.build_targets`:
+
+    L = (1 / N) * [ sum_{anchors a not ignored} sum_c  L_cls(x_ac, t_ac)
+                    + box_weight * sum_{positive a} L_box(a) ],   N = max(1, #positive anchors),
+
+with `N` counted over the whole global batch (`focaljax.losses.positive_normalizer`), so the
+pmapped loss equals the loss of the global batch on one device. `L_cls` is chosen by
+`config.loss.cls`:
+
+* `"focal"`: `sigmoid_focal_loss(alpha, gamma)`, the paper's loss (alpha 0.25, gamma 2).
+* `"ce"`: plain sigmoid cross-entropy; `"alpha_ce"`: alpha-balanced cross-entropy (Table 1a).
+* `"fl_star"`: `focal_loss_star(gamma, fl_star_beta)` (appendix A).
+* `"ohem"`: cross-entropy on the `ohem_num_samples` highest-loss non-ignored anchors of each
+  image, at most `ohem_positive_fraction` of them positives (0.25 is the paper's "OHEM 1:3"; 0
+  takes the top anchors whatever their label). As for every loss here, the sum is divided by the
+  number of positives, and the paper's NMS over anchors before ranking is not applied.
+
+`L_box` (`config.loss.box`), summed over the four deltas: `"l1"` (detectron2's default),
+`"smooth_l1"` with `box_beta`, or `"giou"` on the decoded predicted and ground-truth boxes.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from focaljax import losses
+from focaljax.detectors.detector import Batch, Detector
+from focaljax.models import RetinaNet
+from focaljax.ops import anchors as anchor_ops
+from focaljax.ops import matching
+from focaljax.ops.boxes import BoxCoder
+from focaljax.ops.postprocess import retinanet_postprocess
+
+CLS_LOSSES = ("focal", "ce", "alpha_ce", "fl_star", "ohem")
+BOX_LOSSES = ("l1", "smooth_l1", "giou")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _head_norm(value: str | None) -> str | None:
+    # ml_collections cannot override a None field from the command line, so configs say "none".
+    return None if value in (None, "", "none") else value
+
+
+def classification_loss(loss_config: Any):
+    """`(logits [A, C], targets [A, C]) -> [A, C]` elementwise loss named by `loss_config.cls`."""
+    name = loss_config.cls
+    if name == "focal":
+        return functools.partial(
+            losses.sigmoid_focal_loss, alpha=loss_config.alpha, gamma=loss_config.gamma,
+            label_smoothing=loss_config.get("label_smoothing", 0.0),
+        )
+    if name in ("ce", "ohem"):
+        return losses.sigmoid_cross_entropy
+    if name == "alpha_ce":
+        return functools.partial(losses.sigmoid_cross_entropy, alpha=loss_config.alpha)
+    if name == "fl_star":
+        return functools.partial(
+            losses.focal_loss_star, gamma=loss_config.gamma, beta=loss_config.fl_star_beta
+        )
+    raise ValueError(f"model.loss.cls is {name!r}, expected one of {CLS_LOSSES}")
+
+
+def _check_config(config: Any, image_size: tuple[int, int]) -> None:
+    stride = 2**config.max_level
+    if len(image_size) != 2 or any(s % stride for s in image_size):
+        raise ValueError(
+            f"image size {tuple(image_size)} is not divisible by 2**max_level = {stride} "
+            f"(max_level={config.max_level}); pick a size that is a multiple of {stride}"
+        )
+    if config.loss.cls not in CLS_LOSSES:
+        raise ValueError(f"model.loss.cls is {config.loss.cls!r}, expected one of {CLS_LOSSES}")
+    if config.loss.box not in BOX_LOSSES:
+        raise ValueError(f"model.loss.box is {config.loss.box!r}, expected one of {BOX_LOSSES}")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"model.dtype is {config.dtype!r}, expected one of {sorted(DTYPES)}")
+
+
+def build_retinanet(
+    config: Any,
+    *,
+    num_classes: int,
+    image_size: tuple[int, int],
+    axis_name: str | None = None,
+) -> Detector:
+    """A RetinaNet `Detector` for `image_size` (height, width) inputs, from `config` (the
+    `config.model` of `configs/*_retinanet*.py`).
+
+    Raises ValueError for an unknown loss, dtype or norm, or an image size that the pyramid's
+    coarsest level does not divide, before anything is traced.
+    """
+    image_size = tuple(int(s) for s in image_size)
+    _check_config(config, image_size)
+    levels = {"min_level": config.min_level, "max_level": config.max_level}
+    anchor_kwargs = {
+        "scales": tuple(config.anchor_scales),
+        "aspect_ratios": tuple(config.aspect_ratios),
+    }
+    anchor_sizes = [
+        config.anchor_base_scale * 2**level
+        for level in range(config.min_level, config.max_level + 1)
+    ]
+    anchors = anchor_ops.generate_anchors(
+        image_size, **levels, anchor_sizes=anchor_sizes, **anchor_kwargs
+    )
+    anchors_per_level = anchor_ops.num_anchors_per_level(image_size, **levels, **anchor_kwargs)
+    module = RetinaNet(
+        num_classes=num_classes,
+        backbone=config.backbone,
+        **levels,
+        fpn_channels=config.fpn_channels,
+        head_convs=config.head_convs,
+        head_channels=config.head_channels,
+        head_norm=_head_norm(config.head_norm),
+        num_anchors=anchor_ops.num_anchors_per_location(**anchor_kwargs),
+        prior_prob=config.prior_prob,
+        norm=config.norm,
+        axis_name=axis_name,
+        dtype=DTYPES[config.dtype],
+    )
+    box_coder = BoxCoder(weights=tuple(config.box_coder_weights))
+    loss_fn = make_loss_fn(
+        config, anchors=anchors, num_classes=num_classes, box_coder=box_coder
+    )
+    post = config.postprocess
+    postprocess_one = functools.partial(
+        retinanet_postprocess,
+        anchors=jnp.asarray(anchors),
+        anchors_per_level=anchors_per_level,
+        image_size=image_size,
+        pre_nms_topk=post.pre_nms_topk,
+        score_threshold=post.score_threshold,
+        nms_iou_threshold=post.nms_iou_threshold,
+        max_detections=post.max_detections,
+        box_coder=box_coder,
+    )
+
+    def postprocess(outputs: dict[str, jax.Array], batch: Batch) -> dict[str, jax.Array]:
+        del batch
+        return jax.vmap(postprocess_one)(outputs["cls_logits"], outputs["box_deltas"])
+
+    return Detector(
+        name="retinanet",
+        module=module,
+        loss_fn=loss_fn,
+        postprocess=postprocess,
+        mutable_collections=("batch_stats",) if config.norm in ("bn", "sync_bn") else (),
+    )
+
+
+def make_loss_fn(
+    config: Any, *, anchors: np.ndarray, num_classes: int, box_coder: BoxCoder
+):
+    """The RetinaNet `Detector.loss_fn` over `anchors` (see the module docstring)."""
+    loss_config = config.loss
+    cls_loss = classification_loss(loss_config)
+    use_ohem = loss_config.cls == "ohem"
+    box_loss_name = loss_config.box
+    box_beta = 0.0 if box_loss_name == "l1" else float(loss_config.box_beta)
+    box_weight = float(loss_config.box_weight)
+    match_kwargs = {
+        "fg_iou_threshold": config.fg_iou_threshold,
+        "bg_iou_threshold": config.bg_iou_threshold,
+        "allow_low_quality_matches": config.allow_low_quality_matches,
+        "box_coder": box_coder,
+    }
+    if use_ohem:
+        ohem_fraction = float(loss_config.ohem_positive_fraction) or None
+        ohem_samples = int(loss_config.ohem_num_samples)
+    anchors = jnp.asarray(anchors)
+
+    def image_loss(logits, deltas, gt_boxes, gt_labels, gt_is_crowd):
+        """Unnormalized (cls_sum, box_sum, num_positives) of one image."""
+        targets = matching.build_targets(anchors, gt_boxes, gt_labels, gt_is_crowd, **match_kwargs)
+        labels = targets["labels"]
+        onehot = (labels[:, None] == jnp.arange(num_classes)).astype(jnp.float32)
+        cls_losses = cls_loss(logits, onehot)
+        cls_weights = targets["cls_weights"]
+        if use_ohem:
+            cls_weights = losses.ohem_mask(
+                jnp.sum(cls_losses, axis=-1),
+                num_samples=ohem_samples,
+                valid=cls_weights > 0,
+                positive_mask=labels >= 0,
+                positive_fraction=ohem_fraction,
+            )
+        cls_sum = losses.weighted_sum(cls_losses, cls_weights[:, None])
+
+        box_weights = targets["box_weights"]
+        if box_loss_name == "giou":
+            predicted = box_coder.decode(deltas, anchors)
+            matched = gt_boxes[jnp.maximum(targets["matched_gt"], 0)]
+            box_sum = losses.weighted_sum(losses.giou_loss(predicted, matched), box_weights)
+        else:
+            per_delta = losses.smooth_l1_loss(deltas, targets["box_targets"], beta=box_beta)
+            box_sum = losses.weighted_sum(per_delta, box_weights[:, None])
+        return cls_sum, box_sum, jnp.sum(box_weights)
+
+    def loss_fn(
+        outputs: dict[str, jax.Array],
+        batch: Batch,
+        *,
+        axis_name: str | None = None,
+        rng: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        del rng  # No sampling: every non-ignored anchor contributes.
+        cls_sum, box_sum, num_pos = jax.vmap(image_loss)(
+            outputs["cls_logits"].astype(jnp.float32),
+            outputs["box_deltas"].astype(jnp.float32),
+            batch["boxes"],
+            batch["labels"],
+            batch["is_crowd"],
+        )
+        normalizer = losses.positive_normalizer(jnp.sum(num_pos), axis_name=axis_name)
+        cls_term = jnp.sum(cls_sum) / normalizer
+        box_term = box_weight * jnp.sum(box_sum) / normalizer
+        loss = cls_term + box_term
+        metrics = {
+            "loss": loss,
+            "cls_loss": cls_term,
+            "box_loss": box_term,
+            "num_positives": jnp.mean(num_pos),
+        }
+        return loss, metrics
+
+    return loss_fn

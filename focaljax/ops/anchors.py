@@ -1,0 +1,144 @@
+"""Anchor boxes for a feature pyramid (FPN, Lin et al. 2017; RetinaNet, Lin et al. 2017).
+
+Level `l` has stride `2**l` and a feature map of `ceil(H / 2**l) x ceil(W / 2**l)` cells, which is
+what a stack of stride-2 'SAME' convolutions produces. Cell `(y, x)` is centred at
+`((x + 0.5) * stride, (y + 0.5) * stride)` in image pixels, the centre of the input pixels it
+covers. Each cell carries `len(scales) * len(aspect_ratios)` anchors of base size `s` (default
+`4 * stride`): for scale `k` and aspect ratio `r = height / width` the anchor has area
+`(s * k)**2`, width `s * k / sqrt(r)` and height `s * k * sqrt(r)`. Coordinates are not rounded.
+
+The anchors are returned flattened in the order (level, y, x, anchor), anchor index
+`scale_index * len(aspect_ratios) + ratio_index`, so a head output of shape `[h, w, A * C]`
+reshaped to `[h * w * A, C]` lines up with them level by level.
+
+RetinaNet uses the defaults (P3-P7, 9 anchors per cell). The FPN RPN uses one size per level:
+`min_level=2, max_level=6, anchor_sizes=(32, 64, 128, 256, 512), scales=(1.0,)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_ASPECT_RATIOS",
+    "DEFAULT_SCALES",
+    "generate_anchors",
+    "level_sizes",
+    "num_anchors_per_level",
+    "num_anchors_per_location",
+]
+
+DEFAULT_SCALES = (2**0, 2 ** (1 / 3), 2 ** (2 / 3))
+DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+
+
+def _check_levels(min_level: int, max_level: int) -> None:
+    if not 0 <= min_level <= max_level:
+        raise ValueError(
+            f"min_level={min_level} and max_level={max_level}, expected 0 <= min_level <= max_level"
+        )
+
+
+def _check_positive(name: str, values: Sequence[float]) -> None:
+    if len(values) == 0 or any(v <= 0 for v in values):
+        raise ValueError(f"{name} is {tuple(values)!r}, expected a non-empty sequence of positives")
+
+
+def level_sizes(
+    image_size: tuple[int, int], min_level: int = 3, max_level: int = 7
+) -> list[tuple[int, int]]:
+    """Feature map size `(ceil(H / 2**l), ceil(W / 2**l))` of each level `min_level..max_level`."""
+    if len(image_size) != 2 or any(int(s) != s or s <= 0 for s in image_size):
+        raise ValueError(
+            f"image_size is {image_size!r}, expected two positive ints (height, width)"
+        )
+    _check_levels(min_level, max_level)
+    height, width = image_size
+    return [
+        (math.ceil(height / 2**level), math.ceil(width / 2**level))
+        for level in range(min_level, max_level + 1)
+    ]
+
+
+def num_anchors_per_location(
+    *,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
+) -> int:
+    """Anchors per feature-map cell, `len(scales) * len(aspect_ratios)` (9 for RetinaNet)."""
+    return len(scales) * len(aspect_ratios)
+
+
+def num_anchors_per_level(
+    image_size: tuple[int, int],
+    *,
+    min_level: int = 3,
+    max_level: int = 7,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
+) -> tuple[int, ...]:
+    """Number of anchors of each level, in the order of `generate_anchors`; they sum to `A`."""
+    per_location = num_anchors_per_location(scales=scales, aspect_ratios=aspect_ratios)
+    return tuple(h * w * per_location for h, w in level_sizes(image_size, min_level, max_level))
+
+
+def _cell_anchors(
+    size: float, scales: Sequence[float], aspect_ratios: Sequence[float]
+) -> np.ndarray:
+    """`[len(scales) * len(aspect_ratios), 4]` anchors centred at the origin, scale-major."""
+    scaled = size * np.asarray(scales, np.float64)[:, None]
+    sqrt_ratios = np.sqrt(np.asarray(aspect_ratios, np.float64))[None, :]
+    half_w = (scaled / sqrt_ratios / 2).reshape(-1)
+    half_h = (scaled * sqrt_ratios / 2).reshape(-1)
+    return np.stack([-half_w, -half_h, half_w, half_h], axis=-1)
+
+
+def generate_anchors(
+    image_size: tuple[int, int],
+    *,
+    min_level: int = 3,
+    max_level: int = 7,
+    anchor_sizes: Sequence[float] | None = None,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
+) -> np.ndarray:
+    """All anchors of a feature pyramid, as a constant NumPy array.
+
+    Args:
+      image_size: `(height, width)` of the (padded) input image in pixels.
+      min_level: finest pyramid level; stride `2**min_level`.
+      max_level: coarsest pyramid level.
+      anchor_sizes: base size of each level, one per level; default `4 * 2**level`.
+      scales: multipliers of the base size, the same at every level.
+      aspect_ratios: `height / width` of the anchors.
+
+    Returns:
+      float32 `[A, 4]` xyxy anchors in image pixels, ordered (level, y, x, anchor) with
+      `A = sum(num_anchors_per_level(...))`.
+    """
+    sizes = level_sizes(image_size, min_level, max_level)
+    levels = range(min_level, max_level + 1)
+    if anchor_sizes is None:
+        anchor_sizes = [4 * 2**level for level in levels]
+    if len(anchor_sizes) != len(levels):
+        raise ValueError(
+            f"anchor_sizes has {len(anchor_sizes)} entries, expected one per level "
+            f"{min_level}..{max_level} ({len(levels)})"
+        )
+    _check_positive("anchor_sizes", anchor_sizes)
+    _check_positive("scales", scales)
+    _check_positive("aspect_ratios", aspect_ratios)
+
+    per_level = []
+    for level, (height, width), size in zip(levels, sizes, anchor_sizes, strict=True):
+        stride = 2**level
+        centre_x = (np.arange(width, dtype=np.float64) + 0.5) * stride
+        centre_y = (np.arange(height, dtype=np.float64) + 0.5) * stride
+        cx, cy = np.meshgrid(centre_x, centre_y)
+        centres = np.stack([cx, cy, cx, cy], axis=-1)
+        anchors = centres[:, :, None, :] + _cell_anchors(size, scales, aspect_ratios)
+        per_level.append(anchors.reshape(-1, 4))
+    return np.concatenate(per_level).astype(np.float32)

@@ -1,0 +1,263 @@
+"""RetinaNet detector: registry, config errors, shapes through the detector, and the loss against an
+independent NumPy computation on a hand-made anchor set."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from focaljax import detectors
+from focaljax.detectors import retinanet
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NUM_CLASSES = 3
+
+
+def load_config(name="shapes_retinanet"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def tiny_model_config():
+    model = load_config().model
+    model.backbone = "resnet_tiny"
+    model.min_level, model.max_level = 3, 4
+    model.fpn_channels = model.head_channels = 16
+    model.head_convs = 1
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry and config errors.
+
+
+def test_build_unknown_model_lists_known_names():
+    model = tiny_model_config()
+    model.name = "yolo"
+    with pytest.raises(ValueError, match=r"unknown model 'yolo', expected one of \['retinanet'\]"):
+        detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
+
+
+def test_build_rejects_image_size_not_divisible_by_coarsest_stride():
+    model = tiny_model_config()
+    with pytest.raises(ValueError, match=r"\(64, 72\) is not divisible by 2\*\*max_level = 16"):
+        detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 72))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("cls", "hinge", r"model.loss.cls is 'hinge', expected one of"),
+        ("box", "l3", r"model.loss.box is 'l3', expected one of"),
+    ],
+)
+def test_build_rejects_unknown_losses(field, value, message):
+    model = tiny_model_config()
+    model.loss[field] = value
+    with pytest.raises(ValueError, match=message):
+        detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
+
+
+def test_build_rejects_unknown_norm():
+    model = tiny_model_config()
+    model.norm = "layer_norm"
+    with pytest.raises(ValueError, match=r"norm is 'layer_norm', expected one of"):
+        detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
+
+
+# ----------------------------------------------------------------------------------------------
+# Shapes through the detector.
+
+
+def test_outputs_loss_and_detections_have_the_contract_shapes():
+    model = tiny_model_config()
+    model.postprocess.max_detections = 7
+    detector = detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
+    batch = {
+        "image": jnp.zeros((2, 64, 64, 3), jnp.float32),
+        "boxes": jnp.array([[[4, 4, 30, 20], [0, 0, 0, 0]], [[10, 10, 50, 60], [1, 1, 9, 9]]],
+                           jnp.float32),
+        "labels": jnp.array([[1, -1], [0, 2]], jnp.int32),
+        "is_crowd": jnp.zeros((2, 2), bool),
+    }
+    variables = detector.init(jax.random.PRNGKey(0), batch)
+    outputs, updates = detector.apply(variables, batch, train=False)
+    num_anchors = (8 * 8 + 4 * 4) * 9
+    assert outputs["cls_logits"].shape == (2, num_anchors, NUM_CLASSES)
+    assert outputs["box_deltas"].shape == (2, num_anchors, 4)
+    assert outputs["cls_logits"].dtype == outputs["box_deltas"].dtype == jnp.float32
+    assert updates == {}
+    loss, metrics = detector.loss_fn(outputs, batch)
+    assert loss.shape == () and np.isfinite(loss)
+    assert set(metrics) >= {"loss", "cls_loss", "box_loss", "num_positives"}
+    np.testing.assert_allclose(metrics["cls_loss"] + metrics["box_loss"], loss, rtol=1e-6)
+    detections = detector.postprocess(outputs, batch)
+    assert detections["boxes"].shape == (2, 7, 4)
+    assert detections["scores"].shape == (2, 7)
+    assert detections["classes"].shape == (2, 7) and detections["classes"].dtype == jnp.int32
+    assert detections["num_valid"].shape == (2,) and detections["num_valid"].dtype == jnp.int32
+
+
+def test_batch_norm_detector_declares_its_statistics_mutable():
+    model = tiny_model_config()
+    model.norm = "bn"
+    assert detectors.build(
+        model, num_classes=NUM_CLASSES, image_size=(64, 64)
+    ).mutable_collections == ("batch_stats",)
+    model.norm = "frozen_bn"
+    assert detectors.build(
+        model, num_classes=NUM_CLASSES, image_size=(64, 64)
+    ).mutable_collections == ()
+
+
+# ----------------------------------------------------------------------------------------------
+# The loss against NumPy on a hand-made anchor set.
+
+# One ground-truth box [0, 0, 10, 10] of class 1 and a padding row. IoUs of the anchors with it:
+# 1.0 (fg), 0.833 (fg), 0.667 (fg), 0.538 (fg), 0.429 (ignored), 0.333 (bg), 0 (bg), 0 (bg).
+ANCHORS = np.array(
+    [[0, 0, 10, 10], [0, 0, 10, 12], [2, 0, 12, 10], [3, 0, 13, 10], [4, 0, 14, 10],
+     [5, 0, 15, 10], [30, 30, 40, 40], [20, 0, 30, 10]],
+    np.float32,
+)
+GT_BOXES = np.array([[[0, 0, 10, 10], [0, 0, 0, 0]]], np.float32)
+GT_LABELS = np.array([[1, -1]], np.int32)
+NP_LABELS = np.array([1, 1, 1, 1, -2, -1, -1, -1])  # -2 ignored, -1 background
+
+
+def _np_iou(a, b):
+    x1, y1 = np.maximum(a[0], b[:, 0]), np.maximum(a[1], b[:, 1])
+    x2, y2 = np.minimum(a[2], b[:, 2]), np.minimum(a[3], b[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = lambda box: (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def _np_log_sigmoid(x):
+    return -np.logaddexp(0.0, -x)
+
+
+def _np_cls_loss(name, x, t, *, alpha, gamma, beta):
+    """Per-logit losses of the paper (eqs. 1-5, appendix A), from p_t."""
+    p_t = np.exp(np.where(t == 1, _np_log_sigmoid(x), _np_log_sigmoid(-x)))
+    ce = -np.log(p_t)
+    alpha_t = np.where(t == 1, alpha, 1 - alpha)
+    if name == "focal":
+        return alpha_t * (1 - p_t) ** gamma * ce
+    if name in ("ce", "ohem"):
+        return ce
+    if name == "alpha_ce":
+        return alpha_t * ce
+    if name == "fl_star":
+        x_t = np.where(t == 1, x, -x)
+        return -_np_log_sigmoid(gamma * x_t + beta) / gamma
+    raise AssertionError(name)
+
+
+def _np_box_deltas(box, anchors):
+    wa, ha = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    xa, ya = anchors[:, 0] + wa / 2, anchors[:, 1] + ha / 2
+    w, h = box[2] - box[0], box[3] - box[1]
+    x, y = box[0] + w / 2, box[1] + h / 2
+    return np.stack([(x - xa) / wa, (y - ya) / ha, np.log(w / wa), np.log(h / ha)], -1)
+
+
+def _loss_fn(**loss_overrides):
+    model = tiny_model_config()
+    for key, value in loss_overrides.items():
+        model.loss[key] = value
+    return retinanet.make_loss_fn(
+        model, anchors=ANCHORS, num_classes=NUM_CLASSES, box_coder=retinanet.BoxCoder()
+    )
+
+
+def _hand_set_outputs(seed=0):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (1, len(ANCHORS), NUM_CLASSES)).astype(np.float32)
+    deltas = rng.normal(0, 0.3, (1, len(ANCHORS), 4)).astype(np.float32)
+    return {"cls_logits": jnp.asarray(logits), "box_deltas": jnp.asarray(deltas)}
+
+
+def _batch():
+    return {"boxes": jnp.asarray(GT_BOXES), "labels": jnp.asarray(GT_LABELS),
+            "is_crowd": jnp.zeros((1, 2), bool)}
+
+
+def test_hand_made_anchor_labels_are_what_the_numpy_reference_assumes():
+    iou = _np_iou(GT_BOXES[0, 0], ANCHORS)
+    expected = np.where(iou >= 0.5, 1, np.where(iou < 0.4, -1, -2))
+    np.testing.assert_array_equal(expected, NP_LABELS)
+
+
+@pytest.mark.parametrize("cls", ["focal", "ce", "alpha_ce", "fl_star"])
+def test_loss_equals_numpy_sum_over_non_ignored_anchors_divided_by_positives(cls):
+    alpha, gamma, beta = 0.25, 2.0, 1.0
+    outputs = _hand_set_outputs()
+    loss, metrics = _loss_fn(cls=cls, alpha=alpha, gamma=gamma, fl_star_beta=beta, box="l1")(
+        outputs, _batch()
+    )
+
+    logits = np.asarray(outputs["cls_logits"][0], np.float64)
+    targets = (NP_LABELS[:, None] == np.arange(NUM_CLASSES)).astype(np.float64)
+    per_logit = _np_cls_loss(cls, logits, targets, alpha=alpha, gamma=gamma, beta=beta)
+    not_ignored = NP_LABELS != -2
+    positive = NP_LABELS >= 0
+    num_pos = positive.sum()
+    cls_loss = per_logit[not_ignored].sum() / num_pos
+    target_deltas = _np_box_deltas(GT_BOXES[0, 0], ANCHORS)
+    deltas = np.asarray(outputs["box_deltas"][0], np.float64)
+    box_loss = np.abs(deltas - target_deltas)[positive].sum() / num_pos
+
+    np.testing.assert_allclose(metrics["cls_loss"], cls_loss, rtol=1e-5)
+    np.testing.assert_allclose(metrics["box_loss"], box_loss, rtol=1e-5)
+    np.testing.assert_allclose(loss, cls_loss + box_loss, rtol=1e-5)
+    np.testing.assert_allclose(metrics["num_positives"], num_pos)
+
+
+def test_smooth_l1_and_giou_box_losses_equal_numpy():
+    outputs = _hand_set_outputs(seed=1)
+    deltas = np.asarray(outputs["box_deltas"][0], np.float64)
+    positive = NP_LABELS >= 0
+    target_deltas = _np_box_deltas(GT_BOXES[0, 0], ANCHORS)
+
+    _, metrics = _loss_fn(box="smooth_l1", box_beta=0.1, box_weight=2.0)(outputs, _batch())
+    d = np.abs(deltas - target_deltas)
+    smooth = np.where(d < 0.1, 0.5 * d**2 / 0.1, d - 0.05)
+    np.testing.assert_allclose(metrics["box_loss"], 2.0 * smooth[positive].sum() / 4, rtol=1e-5)
+
+    _, metrics = _loss_fn(box="giou")(outputs, _batch())
+    wa, ha = ANCHORS[:, 2] - ANCHORS[:, 0], ANCHORS[:, 3] - ANCHORS[:, 1]
+    cx, cy = ANCHORS[:, 0] + wa / 2 + deltas[:, 0] * wa, ANCHORS[:, 1] + ha / 2 + deltas[:, 1] * ha
+    w, h = wa * np.exp(deltas[:, 2]), ha * np.exp(deltas[:, 3])
+    pred = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+    gt = GT_BOXES[0, 0].astype(np.float64)
+    inter = np.clip(np.minimum(pred[:, 2], gt[2]) - np.maximum(pred[:, 0], gt[0]), 0, None) * (
+        np.clip(np.minimum(pred[:, 3], gt[3]) - np.maximum(pred[:, 1], gt[1]), 0, None)
+    )
+    union = w * h + 100 - inter
+    hull = (np.maximum(pred[:, 2], gt[2]) - np.minimum(pred[:, 0], gt[0])) * (
+        np.maximum(pred[:, 3], gt[3]) - np.minimum(pred[:, 1], gt[1])
+    )
+    iou = inter / union
+    giou = iou - (hull - union) / hull
+    np.testing.assert_allclose(metrics["box_loss"], (1 - giou)[positive].sum() / 4, rtol=1e-4)
+
+
+def test_ohem_keeps_the_highest_loss_anchors_with_at_most_a_quarter_positives():
+    outputs = _hand_set_outputs(seed=2)
+    _, metrics = _loss_fn(cls="ohem", ohem_num_samples=4, ohem_positive_fraction=0.25)(
+        outputs, _batch()
+    )
+    logits = np.asarray(outputs["cls_logits"][0], np.float64)
+    targets = (NP_LABELS[:, None] == np.arange(NUM_CLASSES)).astype(np.float64)
+    per_anchor = _np_cls_loss("ce", logits, targets, alpha=0, gamma=0, beta=0).sum(-1)
+    positives = np.flatnonzero(NP_LABELS >= 0)
+    negatives = np.flatnonzero(NP_LABELS == -1)
+    # One positive (4 * 0.25), the three negatives (all of them), divided by the 4 positives.
+    expected = (per_anchor[positives].max() + per_anchor[negatives].sum()) / 4
+    np.testing.assert_allclose(metrics["cls_loss"], expected, rtol=1e-5)

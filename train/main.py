@@ -1,0 +1,46 @@
+"""Command line of the trainer: flags only, the work is in `train.train`.
+
+  python -m train --config configs/shapes_retinanet.py --workdir runs/shapes_retinanet
+
+Any config field can be overridden, e.g. `--config.num_train_steps=500 --config.batch_size=8`.
+Rerunning the same command with the same `--workdir` resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from train import train
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and detection images.")
+config_flags.DEFINE_config_file(
+    "config", None, "A configs/*.py file; override fields with --config.<field>=<value>.",
+    lock_config=True,
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.info("Config:\n%s", FLAGS.config)
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except (ValueError, train.TrainingDiverged) as error:
+        # Config and divergence errors are for the user, not stack traces.
+        sys.exit(f"error: {error}")
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
