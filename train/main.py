@@ -3,7 +3,9 @@
   python -m train --config configs/shapes_retinanet.py --workdir runs/shapes_retinanet
 
 Any config field can be overridden, e.g. `--config.num_train_steps=500 --config.batch_size=8`.
-Rerunning the same command with the same `--workdir` resumes from its latest checkpoint.
+Rerunning the same command with the same `--workdir` resumes from its latest checkpoint. SIGTERM
+or Ctrl-C saves a checkpoint of the current step, then exits with status 128 + the signal number.
+Library logs (orbax, TFDS) are shown from warnings up; `--verbosity=0` shows their info lines.
 """
 
 from __future__ import annotations
@@ -28,12 +30,16 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        # The progress bar is the trainer's output; orbax's per-save info lines would bury it.
+        logging.set_verbosity(logging.WARNING)
     logging.info("Config:\n%s", FLAGS.config)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except (ValueError, train.TrainingDiverged) as error:
+    except train.TrainingInterruptedError as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(128 + stop.signum)
+    except (ValueError, train.TrainingDivergedError) as error:
         # Config and divergence errors are for the user, not stack traces.
         sys.exit(f"error: {error}")
 

@@ -6,18 +6,26 @@ the pmapped `train_step` with periodic checkpoints, logs, COCO evaluations and d
 and returns the final evaluation metrics.
 
 The model, loss and data set are all picked by name from `config`; nothing here knows RetinaNet
-or the shapes data set.
+or the shapes data set. A workdir holds:
+
+  checkpoints/        orbax checkpoints of the `TrainState`, the last `max_checkpoints_to_keep`
+  config.json         the config of the latest run, read by `python -m train.predict`
+  dataset_info.json   class names and COCO category ids of the training data set, likewise
+  metrics.jsonl       one JSON object per logging step or evaluation
+  events.out.tfevents.*  the same scalars, and the detection grids, for TensorBoard
+  detections_step_N.png  predicted (solid) and ground-truth (dashed) boxes on validation images
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
+import json
 import math
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -26,9 +34,7 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from absl import logging
-from flax import jax_utils
-from flax import struct
+from flax import jax_utils, struct
 from jax import lax
 from tqdm import tqdm
 
@@ -42,6 +48,8 @@ AXIS_NAME = "batch"
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
 EVAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+CONFIG_FILE = "config.json"
+DATASET_INFO_FILE = "dataset_info.json"
 
 
 class TrainState(struct.PyTreeNode):
@@ -61,8 +69,25 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf."""
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradient norm became NaN or Inf."""
+
+
+class TrainingInterruptedError(RuntimeError):
+    """SIGTERM or Ctrl-C stopped training after a checkpoint of the current step was saved.
+
+    Attributes:
+      step: the step of that checkpoint; rerunning on the same workdir resumes from it.
+      signum: the signal received.
+    """
+
+    def __init__(self, step: int, signum: int):
+        super().__init__(
+            f"{signal.Signals(signum).name}: saved a checkpoint at step {step}; rerun the same "
+            "command to resume"
+        )
+        self.step = step
+        self.signum = signum
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,14 +118,26 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ValueError("set config.num_train_steps or config.num_epochs to a positive value")
     if not 0 < schedule.warmup_factor <= 1:
-        raise ValueError(f"config.schedule.warmup_factor is {schedule.warmup_factor}, "
-                         "expected a value in (0, 1]")
+        raise ValueError(
+            f"config.schedule.warmup_factor is {schedule.warmup_factor}, expected a value in (0, 1]"
+        )
     for name in ("checkpoint_every_steps", "eval_every_steps", "log_every_steps"):
         if config[name] < 0:
             raise ValueError(f"config.{name} is {config[name]}, expected >= 0 (0 turns it off)")
+    if config.max_checkpoints_to_keep < 1:
+        raise ValueError(
+            f"config.max_checkpoints_to_keep is {config.max_checkpoints_to_keep}, expected >= 1"
+        )
+    image_size = tuple(config.dataset.image_size)
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(
+            f"config.dataset.image_size is {image_size}, expected (height, width) in pixels"
+        )
 
 
-def resolve_steps(config: ml_collections.ConfigDict, num_train_examples: int):
+def resolve_steps(
+    config: ml_collections.ConfigDict, num_train_examples: int
+) -> tuple[int, tuple[int, ...]]:
     """`(num_train_steps, decay_steps)` from the config's steps, or from its epochs."""
     steps_per_epoch = num_train_examples / config.batch_size
     num_steps = config.num_train_steps
@@ -127,7 +164,8 @@ def create_learning_rate_fn(
     is `decay_factor ** (number of decay_steps passed)` ("step"), half a cosine to 0 over the run
     ("cosine"), or 1 ("constant").
     """
-    base = config.optimizer.learning_rate * config.batch_size / config.optimizer.reference_batch_size
+    opt = config.optimizer
+    base = opt.learning_rate * config.batch_size / opt.reference_batch_size
     schedule = config.schedule
     warmup_steps = schedule.warmup_steps
     boundaries = jnp.asarray(decay_steps, jnp.int32)
@@ -158,7 +196,8 @@ def decay_mask(params: Any) -> Any:
 def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
-    """SGD with momentum and coupled weight decay (detectron2), or AdamW; optional clipping."""
+    """SGD with momentum and coupled weight decay (detectron2), or AdamW; optional clipping of the
+    global gradient norm first. Weight decay skips biases and norm parameters (`decay_mask`)."""
     opt = config.optimizer
     parts = []
     if opt.grad_clip_norm > 0:
@@ -178,7 +217,9 @@ def create_optimizer(
 
 
 def create_train_state(
-    rng: jax.Array, detector: detectors.Detector, tx: optax.GradientTransformation,
+    rng: jax.Array,
+    detector: detectors.Detector,
+    tx: optax.GradientTransformation,
     image_size: tuple[int, int],
 ) -> TrainState:
     """Initial, unreplicated state; variables are initialized from a dummy one-image batch."""
@@ -189,12 +230,33 @@ def create_train_state(
         "labels": jnp.full((1, 1), -1, jnp.int32),
         "is_crowd": jnp.zeros((1, 1), bool),
     }
-    variables = jax.jit(detector.init)(rng, dummy)
-    params = variables["params"]
-    model_state = {k: v for k, v in variables.items() if k != "params"}
-    return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
-        opt_state=tx.init(params),
+
+    @jax.jit  # One compilation, rather than one per eagerly run op of every initializer.
+    def init(rng):
+        variables = detector.init(rng, dummy)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            model_state={k: v for k, v in variables.items() if k != "params"},
+            opt_state=tx.init(params),
+        )
+
+    return init(rng)
+
+
+def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
+    """A copy of `tree` on each of `devices` (default: the local devices) with a leading device
+    axis, as `pmap` takes it."""
+    devices = np.array(devices or jax.local_devices())
+    # The sharding pmap gives its outputs (a mesh axis named as its axis): a step whose inputs
+    # had another would compile twice, for its first input and for its own outputs.
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(devices, (AXIS_NAME,)), jax.sharding.PartitionSpec(AXIS_NAME)
+    )
+    # Stacked on the host: `jnp.stack` would compile once for every shape in the tree.
+    return jax.tree.map(
+        lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)), sharding), tree
     )
 
 
@@ -216,7 +278,8 @@ def train_step(
     The detector's loss is normalized over the global batch (`axis_name`), so the `pmean` of the
     gradients is the gradient of the global-batch loss and the step equals the same step on one
     device holding the whole batch. Statistics that the forward pass updates (batch norm) are
-    averaged over devices so that all replicas stay identical.
+    averaged over devices so that all replicas stay identical. The step's randomness is a function
+    of `rng`, the step number and the device, so a resumed run draws what it would have drawn.
     """
     step_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS_NAME))
     apply_rng, loss_rng = jax.random.split(step_rng)
@@ -238,8 +301,11 @@ def train_step(
         model_state={**state.model_state, **updates},
         opt_state=opt_state,
     )
-    metrics = {**metrics, "learning_rate": learning_rate_fn(state.step),
-               "grad_norm": optax.global_norm(grads)}
+    metrics = {
+        **metrics,
+        "learning_rate": learning_rate_fn(state.step),
+        "grad_norm": optax.tree.norm(grads),
+    }
     return new_state, metrics
 
 
@@ -261,6 +327,18 @@ def _merge_devices(tree: Any) -> Any:
     return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
 
 
+def to_original_pixels(boxes: np.ndarray, scale: np.ndarray, image_sizes: np.ndarray) -> np.ndarray:
+    """Detected boxes `[B, K, 4]` in input pixels -> original pixels of each image, clipped to
+    its `(height, width)` in `image_sizes [B, 2]`.
+
+    The detector clips boxes to its padded input; an image of another aspect ratio fills only
+    part of it, so boxes reaching into the padding are clipped here.
+    """
+    boxes = boxes / scale[:, None, None]
+    height, width = image_sizes[:, 0], image_sizes[:, 1]
+    return np.clip(boxes, 0.0, np.stack([width, height, width, height], axis=-1)[:, None, :])
+
+
 def denormalize(images: np.ndarray, mean: Any, std: Any) -> np.ndarray:
     """Normalized float images back to uint8 RGB, for pictures."""
     images = images * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
@@ -270,34 +348,36 @@ def denormalize(images: np.ndarray, mean: Any, std: Any) -> np.ndarray:
 def evaluate(
     p_eval_step: Callable,
     state: TrainState,
-    dataset: Any,
+    dataset: data_lib.DetectionDataset,
     config: ml_collections.ConfigDict,
     *,
     grid_path: str | None = None,
 ) -> tuple[dict[str, float], np.ndarray | None]:
     """COCO metrics of the (replicated) `state` on the evaluation split, and a picture grid.
 
-    Detections are mapped back to original pixels (divided by the batch's `scale`) before they
-    meet the ground truth. The grid shows the first `config.num_grid_images` images with their
-    predicted and true boxes, in resized-image pixels.
+    Detections are mapped back to original pixels (`to_original_pixels`) before they meet the
+    ground truth. The grid, written to `grid_path` as a PNG, shows the first
+    `config.num_grid_images` images with their predicted and true boxes, in resized-image pixels.
     """
     info = dataset.info
-    evaluator = CocoEvaluator(dataset.coco_ground_truth(config.dataset.eval_split))
+    ground_truth = dataset.coco_ground_truth(config.dataset.eval_split)
+    evaluator = CocoEvaluator(ground_truth)
+    sizes = {image["id"]: (image["height"], image["width"]) for image in ground_truth["images"]}
     per_device = config.eval_batch_size // jax.local_device_count()
     grid_images, grid_predictions, grid_truths = [], [], []
     for batch in dataset.eval_iterator(per_device):
         predictions = _merge_devices(jax.device_get(p_eval_step(state, batch)))
         batch = _merge_devices(batch)
-        boxes = predictions["boxes"] / batch["scale"][:, None, None]
+        # Padding examples (image_id -1) are dropped by `detections_to_coco`.
+        image_sizes = np.array([sizes.get(i, (np.inf, np.inf)) for i in batch["image_id"]])
+        boxes = to_original_pixels(predictions["boxes"], batch["scale"], image_sizes)
         evaluator.add(
             detections_to_coco(
                 batch["image_id"], boxes, predictions["scores"], predictions["classes"],
                 predictions["num_valid"], info.category_ids, batch["valid"],
             )
         )
-        for i in np.flatnonzero(batch["valid"]):
-            if len(grid_images) >= config.num_grid_images:
-                break
+        for i in np.flatnonzero(batch["valid"])[: config.num_grid_images - len(grid_images)]:
             grid_images.append(batch["image"][i])
             grid_predictions.append({k: v[i] for k, v in predictions.items()})
             grid_truths.append({"boxes": batch["boxes"][i], "labels": batch["labels"][i]})
@@ -307,7 +387,7 @@ def evaluate(
         images = denormalize(np.stack(grid_images), dataset.mean, dataset.std)
         grid = save_detection_grid(
             grid_path, list(images), grid_predictions, grid_truths, info.class_names,
-            title=os.path.basename(grid_path),
+            title=f"{os.path.basename(grid_path)}: predicted (solid), ground truth (dashed)",
         )
     return metrics, grid
 
@@ -319,49 +399,156 @@ def format_metrics_table(metrics: Mapping[str, float]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# Checkpoints and the workdir.
+
+
+def checkpoint_manager(
+    workdir: str, *, max_to_keep: int | None = None, create: bool = True
+) -> ocp.CheckpointManager:
+    """The orbax manager of `workdir/checkpoints`; it saves in the background."""
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create),
+    )
+
+
+def restore_variables(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
+    """`({"params": ..., **model_state}, step)` of the checkpoint at `step` (default: the latest)
+    in `workdir`, for inference; the optimizer state is not needed and not returned.
+
+    Raises:
+      FileNotFoundError: when `workdir` has no such checkpoint.
+    """
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"{workdir} has no checkpoints folder: expected the workdir of a "
+                                "`python -m train` run")
+    manager = checkpoint_manager(workdir, create=False)
+    try:
+        steps = manager.all_steps()
+        if step is None and steps:
+            step = max(steps)
+        if step is None or step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint {'' if step is None else f'at step {step} '}in "
+                f"{manager.directory}; it has steps {sorted(steps)}"
+            )
+        restored = manager.restore(step, args=ocp.args.StandardRestore())
+    finally:
+        manager.close()
+    return {"params": restored["params"], **restored.get("model_state", {})}, int(step)
+
+
+def write_run_info(
+    workdir: str, config: ml_collections.ConfigDict, info: data_lib.DatasetInfo
+) -> None:
+    """Writes what inference needs besides the checkpoint: the config and the class names."""
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(workdir, DATASET_INFO_FILE), "w") as f:
+        json.dump(dataclasses.asdict(info), f, indent=2)
+
+
+def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, data_lib.DatasetInfo]:
+    """The config and data set info that `train_and_evaluate` wrote to `workdir`."""
+    paths = [os.path.join(workdir, name) for name in (CONFIG_FILE, DATASET_INFO_FILE)]
+    missing = [path for path in paths if not os.path.exists(path)]
+    if missing:
+        raise FileNotFoundError(
+            f"{workdir} lacks {missing}: expected the workdir of a `python -m train` run"
+        )
+    with open(paths[0]) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    with open(paths[1]) as f:
+        info = json.load(f)
+    for name in ("class_names", "category_ids"):
+        info[name] = tuple(info[name])
+    return config, data_lib.DatasetInfo(**info)
+
+
+# ----------------------------------------------------------------------------------------------
 # The loop.
 
 
 class _StopRequest:
-    """Turns SIGTERM into a flag that the loop checks after each step (SIGINT stays an exception)."""
+    """Turns SIGTERM and a first Ctrl-C into a flag that the loop checks after each step; a second
+    Ctrl-C raises KeyboardInterrupt at once. Outside the main thread no handler is installed."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
-    def __enter__(self):
-        with contextlib.suppress(ValueError):  # Not the main thread: no handler, no stop on TERM.
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+    def __enter__(self) -> _StopRequest:
+        try:
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # Not the main thread.
+            self.__exit__()
         return self
 
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.requested = True
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        tqdm.write(
+            f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+            "(Ctrl-C again to stop without saving)."
+        )
 
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-        return False
+    def __exit__(self, *exc: Any) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
-def _to_float(metrics: Mapping[str, Any]) -> dict[str, float]:
+class _Throughput:
+    """Images per second over the steps finished since the last `restart`, not counting the first
+    one (compilation, or the wait after a checkpoint or evaluation)."""
+
+    def __init__(self, images_per_step: int):
+        self._images_per_step = images_per_step
+        self.restart()
+
+    def restart(self) -> None:
+        self._start: float | None = None
+        self._steps = 0
+
+    def step_done(self) -> None:
+        if self._start is None:
+            self._start = time.perf_counter()
+        else:
+            self._steps += 1
+
+    def images_per_second(self) -> float:
+        if not self._steps:
+            return math.nan
+        return self._steps * self._images_per_step / (time.perf_counter() - self._start)
+
+
+def _to_floats(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(np.asarray(v)[0]) for k, v in metrics.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains `config` in `workdir`, resuming from its latest checkpoint; returns the final
-    evaluation metrics (`{}` when training stopped early on SIGTERM or Ctrl-C).
+    """Trains `config` in `workdir`, resuming from its latest checkpoint, then evaluates.
+
+    Returns:
+      The final COCO metrics (`CocoEvaluator.evaluate`: AP, AP50, AP75, APs, APm, APl, AR...).
 
     Raises:
       ValueError: for a config that cannot run, before anything is compiled.
-      TrainingDiverged: when the loss becomes NaN or Inf; nothing is saved after the last good
-        checkpoint.
+      TrainingDivergedError: when the loss or the gradient norm becomes NaN or Inf; the message
+        names the step and the last good checkpoint, and nothing is saved after it.
+      TrainingInterruptedError: after SIGTERM or Ctrl-C, once the checkpoint of the current step
+        is saved.
     """
     num_devices = jax.local_device_count()
     check_config(config, num_devices)
     dataset = data_lib.build(config.dataset)
     info = dataset.info
-    image_size = tuple(config.dataset.image_size)
+    image_size = tuple(int(s) for s in config.dataset.image_size)
     detector = detectors.build(
         config.model, num_classes=info.num_classes, image_size=image_size, axis_name=AXIS_NAME
     )
@@ -370,18 +557,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tx = create_optimizer(config, learning_rate_fn)
 
     os.makedirs(workdir, exist_ok=True)
-    rng = jax.random.PRNGKey(config.seed)
-    init_rng, step_rng = jax.random.split(rng)
+    write_run_info(workdir, config, info)
+    init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
     state = create_train_state(init_rng, detector, tx, image_size)
-    checkpoints = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep),
-    )
-    if checkpoints.latest_step() is not None:
-        state = checkpoints.restore(checkpoints.latest_step(), args=ocp.args.StandardRestore(state))
-        logging.info("Resumed from step %d of %s", int(state.step), workdir)
-    start_step = int(state.step)
+    checkpoints = checkpoint_manager(workdir, max_to_keep=config.max_checkpoints_to_keep)
+    writer = SummaryWriter(workdir)
+    try:
+        if checkpoints.latest_step() is not None:
+            state = checkpoints.restore(
+                checkpoints.latest_step(), args=ocp.args.StandardRestore(state)
+            )
+            tqdm.write(f"Resuming from the checkpoint at step {int(state.step)} in {workdir}")
+        return _train_loop(
+            config, workdir, state,
+            dataset=dataset, detector=detector, tx=tx, learning_rate_fn=learning_rate_fn,
+            step_rng=step_rng, num_steps=num_steps, checkpoints=checkpoints, writer=writer,
+        )
+    finally:
+        checkpoints.wait_until_finished()
+        checkpoints.close()
+        writer.close()
 
+
+def _train_loop(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    state: TrainState,
+    *,
+    dataset: data_lib.DetectionDataset,
+    detector: detectors.Detector,
+    tx: optax.GradientTransformation,
+    learning_rate_fn: optax.Schedule,
+    step_rng: jax.Array,
+    num_steps: int,
+    checkpoints: ocp.CheckpointManager,
+    writer: SummaryWriter,
+) -> dict[str, float]:
     p_train_step = jax.pmap(
         functools.partial(
             train_step, detector=detector, tx=tx, learning_rate_fn=learning_rate_fn, rng=step_rng
@@ -390,12 +601,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         donate_argnums=(0,),
     )
     p_eval_step = jax.pmap(functools.partial(eval_step, detector=detector), axis_name=AXIS_NAME)
-
-    writer = SummaryWriter(workdir)
-    per_device_batch = config.batch_size // num_devices
-    train_iter = dataset.train_iterator(per_device_batch, config.seed, start_step)
-    train_iter = jax_utils.prefetch_to_device(train_iter, 2)
-    state = jax_utils.replicate(state)
+    step = int(state.step)
+    per_device_batch = config.batch_size // jax.local_device_count()
+    # The iterator starts at the batch of `step`, so a resumed run sees the data it would have.
+    train_iter = jax_utils.prefetch_to_device(
+        dataset.train_iterator(per_device_batch, config.seed, step), 2, axis_name=AXIS_NAME
+    )
+    state = replicate(state)
 
     def save(step: int) -> None:
         checkpoints.save(step, args=ocp.args.StandardSave(jax_utils.unreplicate(state)))
@@ -406,98 +618,68 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
         if grid is not None:
             writer.write_image(step, "eval/detections", grid)
-        tqdm.write(f"\nEvaluation at step {step}:\n{format_metrics_table(metrics)}")
+        tqdm.write(f"Evaluation at step {step}:\n{format_metrics_table(metrics)}")
         tqdm.write(f"Detections vs ground truth: {grid_path}")
         return metrics
 
-    history: list[dict[str, float]] = []
-    log_start = time.perf_counter()
-    final_metrics: dict[str, float] = {}
-    step = start_step
-    pending: tuple[int, Any] | None = None
+    def every(interval: int) -> bool:
+        return interval > 0 and step % interval == 0
 
-    def check(pending_step: int, metrics: Any) -> dict[str, float]:
-        values = _to_float(metrics)
-        if not math.isfinite(values["loss"]):
+    history: list[dict[str, float]] = []
+    throughput = _Throughput(config.batch_size)
+
+    def finish(finished_step: int, metrics: Any) -> None:
+        """Reads a step's metrics from the devices, stopping on NaN/Inf before any save."""
+        values = _to_floats(metrics)
+        if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
             last = checkpoints.latest_step()
             where = f"step {last} in {checkpoints.directory}" if last is not None else "none"
-            raise TrainingDiverged(
-                f"loss is {values['loss']} at step {pending_step}; stopping. Last good "
-                f"checkpoint: {where}. Lower the learning rate or add gradient clipping "
-                "(config.optimizer.grad_clip_norm)."
+            raise TrainingDivergedError(
+                f"loss is {values['loss']} (gradient norm {values['grad_norm']}) at step "
+                f"{finished_step}; stopping. Last good checkpoint: {where}. Lower the learning "
+                "rate or clip gradients (config.optimizer.grad_clip_norm)."
             )
-        return values
+        history.append(values)
+        throughput.step_done()
 
-    progress = tqdm(total=num_steps, initial=start_step, desc="train", dynamic_ncols=True)
-    stopped_early = False
-    try:
-        with _StopRequest() as stop:
-            while step < num_steps:
-                batch = next(train_iter)
-                state, metrics = p_train_step(state, batch)
-                step += 1
-                # Read the previous step's metrics while this one runs: one step of latency
-                # keeps the device busy and still names the exact step that diverged.
-                if pending is not None:
-                    history.append(check(*pending))
-                pending = (step, metrics)
-                progress.update(1)
-                boundary = (
-                    step == num_steps
-                    or stop.requested
-                    or (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0)
-                    or (config.eval_every_steps and step % config.eval_every_steps == 0)
-                    or (config.log_every_steps and step % config.log_every_steps == 0)
+    progress = tqdm(total=num_steps, initial=step, desc="train", dynamic_ncols=True)
+    pending: tuple[int, Any] | None = None  # The last step's metrics, read one step late.
+    with progress, _StopRequest() as stop:
+        while step < num_steps:
+            state, metrics = p_train_step(state, next(train_iter))
+            step += 1
+            progress.update(1)
+            # Reading the previous step's metrics while this one runs keeps the devices busy and
+            # still names the exact step that diverged.
+            if pending is not None:
+                finish(*pending)
+            pending = (step, metrics)
+            log_now = every(config.log_every_steps) or step == num_steps
+            save_now = every(config.checkpoint_every_steps) or step == num_steps
+            eval_now = every(config.eval_every_steps) and step < num_steps
+            if not (log_now or save_now or eval_now or stop.signum is not None):
+                continue
+            finish(*pending)
+            pending = None
+            if log_now:
+                summary = {f"train/{k}": float(np.mean([h[k] for h in history]))
+                           for k in history[0]}
+                summary["train/images_per_second"] = throughput.images_per_second()
+                writer.write_scalars(step, summary)
+                progress.set_postfix(
+                    loss=f"{summary['train/loss']:.4f}",
+                    lr=f"{summary['train/learning_rate']:.2e}",
+                    img_s=f"{summary['train/images_per_second']:.1f}",
                 )
-                if boundary:
-                    history.append(check(*pending))
-                    pending = None
-                if config.log_every_steps and step % config.log_every_steps == 0 or (
-                    boundary and history and step == num_steps
-                ):
-                    elapsed = time.perf_counter() - log_start
-                    summary = {f"train/{k}": float(np.mean([h[k] for h in history]))
-                               for k in history[0]}
-                    summary["train/images_per_second"] = (
-                        len(history) * config.batch_size / max(elapsed, 1e-9)
-                    )
-                    writer.write_scalars(step, summary)
-                    progress.set_postfix(
-                        loss=f"{summary['train/loss']:.4f}",
-                        lr=f"{summary['train/learning_rate']:.2e}",
-                        img_s=f"{summary['train/images_per_second']:.1f}",
-                    )
-                    history, log_start = [], time.perf_counter()
-                if stop.requested:
-                    save(step)
-                    stopped_early = True
-                    tqdm.write(f"SIGTERM: saved a checkpoint at step {step}; rerun to resume.")
-                    break
-                if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
-                    save(step)
-                if config.eval_every_steps and step % config.eval_every_steps == 0 and (
-                    step < num_steps
-                ):
-                    run_eval(step)
-    except KeyboardInterrupt:
-        if pending is not None:
-            check(*pending)
-        # Steps dispatched before the interrupt have finished or will before the save reads them.
-        save(int(jax_utils.unreplicate(state.step)))
-        checkpoints.wait_until_finished()
-        progress.close()
-        tqdm.write(f"Interrupted: saved a checkpoint at step {checkpoints.latest_step()}; "
-                   "rerun the same command to resume.")
-        writer.close()
-        checkpoints.close()
-        raise
-    progress.close()
-    if not stopped_early:
-        if checkpoints.latest_step() != step:
-            save(step)
-        final_metrics = run_eval(step)
-    checkpoints.wait_until_finished()
-    checkpoints.close()
-    writer.close()
-    return final_metrics
-
+                history = []
+                throughput.restart()
+            if save_now or stop.signum is not None:
+                save(step)
+            if stop.signum is not None:
+                checkpoints.wait_until_finished()
+                raise TrainingInterruptedError(step, stop.signum)
+            if eval_now:
+                run_eval(step)
+            if save_now or eval_now:
+                throughput.restart()
+    return run_eval(step)

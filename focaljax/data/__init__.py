@@ -2,10 +2,10 @@
 
 `build(config)` turns the `dataset` part of a training config into a `DetectionDataset`:
 
-  name                 registered name: "shapes"
+  name                 registered name: "shapes", "coco", "voc" or "coco_folder"
   image_size           (height, width) of the batch images, or one int
   max_boxes            box rows per image in the batches
-  data_dir             TFDS data directory; None for TFDS's default (~/tensorflow_datasets)
+  data_dir             TFDS data directory; None or "" for TFDS's default (~/tensorflow_datasets)
   train_split          default "train"
   eval_split           default "validation"
   horizontal_flip      default True
@@ -13,9 +13,15 @@
   shuffle_buffer_size  default 10_000 (capped at the size of the split)
   builder_kwargs       what to build; for "shapes" either {"config": "default" | "tiny"} or the
                        arguments of `shapes_config` (image_size, num_train, num_validation, seed);
-                       default {} ("shapes/default")
+                       default {} ("shapes/default");
+                       for "coco" {"source_dir": folder of COCO 2017's files (focaljax.data.coco)};
+                       for "voc" {"source_dir": folder of VOCdevkit (focaljax.data.voc),
+                       "config": "2007" (default) | "2012"};
+                       for "coco_folder" {"name": data set name, "splits": {split: {"images":
+                       image folder, "annotations": COCO-format JSON}}} (focaljax.data.coco_folder)
 
-The data set is prepared (generated, for "shapes") in `data_dir` the first time it is used.
+The data set is prepared (generated, for "shapes") in `data_dir` the first time it is used; the
+sources of real data sets are needed only then (`python -m train.prepare_data` prepares them ahead).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import tensorflow_datasets as tfds
 
-from focaljax.data import shapes
+from focaljax.data.coco import CATEGORY_IDS as COCO_CATEGORY_IDS
+from focaljax.data.coco import Coco2017
+from focaljax.data.coco_folder import CocoFolder
 from focaljax.data.pipeline import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -38,15 +46,22 @@ from focaljax.data.pipeline import (
     load_builder,
 )
 from focaljax.data.shapes import Shapes, ShapesConfig, generate_example, shapes_config
+from focaljax.data.sources import SplitReport, source_reports
+from focaljax.data.voc import VocDetection, voc_ground_truth
 
 __all__ = [
+    "COCO_CATEGORY_IDS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Coco2017",
+    "CocoFolder",
     "DatasetInfo",
     "DetectionDataset",
     "DeviceBatchIterator",
     "Shapes",
     "ShapesConfig",
+    "SplitReport",
+    "VocDetection",
     "build",
     "coco_ground_truth",
     "create_eval_iterator",
@@ -56,10 +71,13 @@ __all__ = [
     "register",
     "registered_names",
     "shapes_config",
+    "source_reports",
+    "voc_ground_truth",
 ]
 
 # A factory makes the (possibly unprepared) TFDS builder from the config, and says which COCO
-# category id each contiguous label has (None: label + 1).
+# category id each contiguous label has (None: the builder's `info.metadata["category_ids"]` once
+# prepared, if it records them, else label + 1).
 BuilderFactory = Callable[[Mapping], tuple[tfds.core.DatasetBuilder, Sequence[int] | None]]
 _FACTORIES: dict[str, BuilderFactory] = {}
 _REQUIRED_FIELDS = ("name", "image_size", "max_boxes")
@@ -93,7 +111,31 @@ def _shapes_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, None]:
         builder_config = kwargs["config"]
     else:
         builder_config = shapes_config(**kwargs)
-    return Shapes(config=builder_config, data_dir=config.get("data_dir")), None
+    # ml_collections configs spell "TFDS's default" as "", which TFDS would take as the cwd.
+    return Shapes(config=builder_config, data_dir=config.get("data_dir") or None), None
+
+
+@register("coco")
+def _coco_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, tuple[int, ...]]:
+    kwargs = _builder_kwargs(config, ("source_dir",))
+    return Coco2017(data_dir=config.get("data_dir") or None, **kwargs), COCO_CATEGORY_IDS
+
+
+@register("voc")
+def _voc_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, None]:
+    kwargs = _builder_kwargs(config, ("source_dir", "config"))
+    return VocDetection(data_dir=config.get("data_dir") or None, **kwargs), None
+
+
+@register("coco_folder")
+def _coco_folder_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, None]:
+    kwargs = _builder_kwargs(config, ("name", "splits"))
+    if "name" not in kwargs:
+        raise ValueError(f"builder_kwargs {kwargs}: a coco_folder data set needs a 'name'")
+    # The category ids come from the JSON files, recorded in the builder's metadata.
+    return CocoFolder(
+        config=kwargs["name"], splits=kwargs.get("splits"), data_dir=config.get("data_dir") or None
+    ), None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,7 +158,15 @@ class DatasetInfo:
 
 
 class DetectionDataset:
-    """A registered data set with the pipeline settings of its config; see `build`."""
+    """A registered data set with the pipeline settings of its config; see `build`.
+
+    Attributes:
+      mean, std: per-channel normalization in 0..255 pixel units: batch images are
+        `(pixels - mean) / std`.
+    """
+
+    mean = tuple(255.0 * m for m in IMAGENET_MEAN)
+    std = tuple(255.0 * s for s in IMAGENET_STD)
 
     def __init__(
         self, config: Mapping, builder: tfds.core.DatasetBuilder, category_ids: Sequence[int] | None
@@ -144,7 +194,11 @@ class DetectionDataset:
     def info(self) -> DatasetInfo:
         info = self.builder.info
         class_names = tuple(info.features["objects"]["label"].names)
-        category_ids = self._category_ids or range(1, len(class_names) + 1)
+        category_ids = (
+            self._category_ids
+            or (info.metadata or {}).get("category_ids")
+            or range(1, len(class_names) + 1)
+        )
         return DatasetInfo(
             name=info.full_name,
             num_classes=len(class_names),
@@ -208,6 +262,17 @@ def build(config: Mapping) -> DetectionDataset:
 
 def _to_dict(value) -> dict:
     return dict(value.to_dict() if hasattr(value, "to_dict") else value)
+
+
+def _builder_kwargs(config: Mapping, allowed: Sequence[str]) -> dict:
+    """`config.builder_kwargs` as a dict, with "" (an unset path in ml_collections) as absent."""
+    kwargs = {k: v for k, v in _to_dict(config.get("builder_kwargs") or {}).items() if v != ""}
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"builder_kwargs of {config['name']!r} has {unknown}, expected some of {list(allowed)}"
+        )
+    return kwargs
 
 
 def _optional_pair(value) -> tuple[float, float] | None:

@@ -64,7 +64,7 @@ def load_builder(
 
 def _has_feature(features, path: Sequence[str]) -> bool:
     for name in path:
-        if name not in features.keys():
+        if name not in features:
             return False
         features = features[name]
     return True
@@ -74,8 +74,8 @@ class DeviceBatchIterator(Iterator[dict[str, np.ndarray]]):
     """Iterates numpy batches reshaped to [num_devices, per_device_batch, ...].
 
     Batches with fewer examples than `num_devices * per_device_batch_size` are filled with masked
-    examples (`valid` False, image zeros, labels and image_id -1); when `num_batches` is given,
-    fully masked batches follow the last one until `num_batches` batches are yielded.
+    examples (`valid` False, image zeros, labels and image_id -1, scale 1); when `num_batches` is
+    given, fully masked batches follow the last one until `num_batches` batches are yielded.
 
     Attributes:
       num_batches: number of batches it yields, or None when it yields as many as `dataset` holds.
@@ -102,6 +102,8 @@ class DeviceBatchIterator(Iterator[dict[str, np.ndarray]]):
         }
         self._padding["labels"][:] = -1
         self._padding["image_id"][:] = -1
+        # Predicted boxes are divided by `scale`; 1 keeps those of padding examples finite.
+        self._padding["scale"][:] = 1
         self.num_batches = num_batches
         self.num_truncated_images = 0
         self._num_yielded = 0
@@ -182,7 +184,9 @@ def create_train_iterator(
     if start_step < 0:
         raise ValueError(f"start_step is {start_step}, expected >= 0")
     if scale_jitter is not None and not 0 < scale_jitter[0] <= scale_jitter[1]:
-        raise ValueError(f"scale_jitter is {scale_jitter}, expected (low, high) with 0 < low <= high")
+        raise ValueError(
+            f"scale_jitter is {scale_jitter}, expected (low, high) with 0 < low <= high"
+        )
     builder = load_builder(builder_or_name, data_dir=data_dir)
     num_devices = jax.local_device_count()
     host_batch_size = num_devices * per_device_batch_size
@@ -199,8 +203,13 @@ def create_train_iterator(
     buffer_size = min(shuffle_buffer_size, num_examples)
 
     def epoch(index):
-        epoch_seed = tf.random.experimental.stateless_fold_in(shuffle_key, index)[0]
-        shuffled = records.shuffle(buffer_size, seed=tf.cast(epoch_seed, tf.int64))
+        # A fold-in key is (hash of the key, index), so its first word is the same every epoch;
+        # a draw from it mixes both words into one seed.
+        epoch_key = tf.random.experimental.stateless_fold_in(shuffle_key, index)
+        epoch_seed = tf.random.stateless_uniform(
+            [], epoch_key, minval=None, maxval=None, dtype=tf.int64
+        )
+        shuffled = records.shuffle(buffer_size, seed=epoch_seed)
         return shuffled.enumerate(start=index * num_examples)
 
     start_epoch, skip = divmod(start_step * host_batch_size, num_examples)
@@ -241,8 +250,8 @@ def create_eval_iterator(
     """This process's share of `split`, once, in order, without augmentation.
 
     The last batch is filled with masked examples (`valid` False, image zeros, labels and
-    image_id -1); processes with fewer examples get extra masked batches, so that all processes
-    yield `num_batches` batches.
+    image_id -1, scale 1); processes with fewer examples get extra masked batches, so that all
+    processes yield `num_batches` batches.
 
     Args: as `create_train_iterator`.
 
@@ -324,8 +333,7 @@ def coco_ground_truth(
             np.round(c.astype(np.float64) * s, 3)
             for c, s in zip(objects["bbox"].T, (height, width, height, width), strict=True)
         )
-        box_areas = (xmax - xmin) * (ymax - ymin)
-        areas = objects["area"] if "area" in objects else box_areas
+        areas = objects.get("area", (xmax - xmin) * (ymax - ymin))
         is_crowd = objects.get("is_crowd", np.zeros(len(xmin), bool))
         for i, label in enumerate(objects["label"]):
             annotations.append(
@@ -381,7 +389,7 @@ def _read_records(builder: tfds.core.DatasetBuilder, split, first_position: int)
         decoders={"image": tfds.decode.SkipDecoding()},
         read_config=tfds.ReadConfig(interleave_cycle_length=1, try_autocache=False),
     )
-    has_id = "image/id" in builder.info.features.keys()
+    has_id = "image/id" in builder.info.features
 
     def select(position, example):
         image_id = example["image/id"] if has_id else first_position + position + 1

@@ -95,6 +95,19 @@ class ShapesConfig(tfds.core.BuilderConfig):
             )
         if self.max_objects < 1:
             raise ValueError(f"max_objects is {self.max_objects}, expected >= 1")
+        if self.min_object_size < 2:
+            raise ValueError(f"min_object_size is {self.min_object_size}, expected >= 2")
+        if not 0 <= self.empty_fraction <= 1:
+            raise ValueError(f"empty_fraction is {self.empty_fraction}, expected in [0, 1]")
+        if not 0 < self.max_object_fraction <= 1:
+            raise ValueError(
+                f"max_object_fraction is {self.max_object_fraction}, expected in (0, 1]"
+            )
+        # An object with no visible pixel would have no box.
+        if not 0 < self.min_visible_fraction <= 1:
+            raise ValueError(
+                f"min_visible_fraction is {self.min_visible_fraction}, expected in (0, 1]"
+            )
         if self.class_weights is not None and (
             len(self.class_weights) != len(CLASS_NAMES) or min(self.class_weights) < 0
         ):
@@ -166,7 +179,7 @@ def generate_example(config: ShapesConfig, split: str, index: int) -> dict[str, 
     rng = np.random.default_rng([config.seed, _SPLITS.index(split), index])
     height, width = config.image_size
     image = _background(rng, height, width)
-    owner, labels, colours, full_areas = _place_objects(rng, config)
+    owner, labels, colours, _ = _place_objects(rng, config)
     for i, colour in enumerate(colours):
         image[owner == i] = colour
     # Grey noise, identical on the three channels, leaves the saturation of every pixel unchanged.
@@ -250,7 +263,7 @@ def _place_objects(rng: np.random.Generator, config: ShapesConfig):
             mask = _shape_mask(rng, label, size, height, width)
             new_owner = np.where(mask, len(labels), owner)
             visible = np.bincount(new_owner[new_owner >= 0], minlength=len(labels) + 1)
-            if all(
+            if mask.any() and all(
                 visible[i] >= config.min_visible_fraction * full_areas[i]
                 for i in range(len(labels))
             ):

@@ -69,12 +69,11 @@ def classification_loss(loss_config: Any):
     raise ValueError(f"model.loss.cls is {name!r}, expected one of {CLS_LOSSES}")
 
 
-def _check_config(config: Any, image_size: tuple[int, int]) -> None:
-    stride = 2**config.max_level
-    if len(image_size) != 2 or any(s % stride for s in image_size):
+def _check_config(config: Any, image_size: tuple[int, ...]) -> None:
+    # Any size works: level l is ceil(H / 2**l) x ceil(W / 2**l) in the network and the anchors.
+    if len(image_size) != 2 or min(image_size) < 1:
         raise ValueError(
-            f"image size {tuple(image_size)} is not divisible by 2**max_level = {stride} "
-            f"(max_level={config.max_level}); pick a size that is a multiple of {stride}"
+            f"image size {tuple(image_size)} is not (height, width) in pixels, both positive"
         )
     if config.loss.cls not in CLS_LOSSES:
         raise ValueError(f"model.loss.cls is {config.loss.cls!r}, expected one of {CLS_LOSSES}")
@@ -94,8 +93,8 @@ def build_retinanet(
     """A RetinaNet `Detector` for `image_size` (height, width) inputs, from `config` (the
     `config.model` of `configs/*_retinanet*.py`).
 
-    Raises ValueError for an unknown loss, dtype or norm, or an image size that the pyramid's
-    coarsest level does not divide, before anything is traced.
+    Raises ValueError for an unknown loss, dtype or norm, or an image size that is not two
+    positive ints, before anything is traced.
     """
     image_size = tuple(int(s) for s in image_size)
     _check_config(config, image_size)

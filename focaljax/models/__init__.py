@@ -1,7 +1,14 @@
 """Flax Linen networks: ResNet backbones, the FPN, and the RetinaNet network (no losses)."""
 
 from focaljax.models.fpn import FPN, ResNetFPN
-from focaljax.models.resnet import PRESETS, BasicBlock, Bottleneck, FrozenBatchNorm, ResNet, resnet
+from focaljax.models.resnet import (
+    PRESETS,
+    BasicBlock,
+    Bottleneck,
+    FrozenBatchNorm,
+    ResNet,
+    build_resnet,
+)
 from focaljax.models.retinanet import RetinaNet, Subnet
 
 __all__ = [
@@ -14,5 +21,5 @@ __all__ = [
     "ResNetFPN",
     "RetinaNet",
     "Subnet",
-    "resnet",
+    "build_resnet",
 ]

@@ -4,9 +4,11 @@
 "P{max_level}": ...}``, all with ``channels`` channels. P2..P5 come from the top-down path over
 C2..C5; levels above 5 come from an extra block:
 
-* ``"conv_c5"``: P6 = 3x3/2 conv of C5, P(l+1) = 3x3/2 conv of relu(P(l)) (RetinaNet, Lin et al.,
-  "Focal Loss for Dense Object Detection", ICCV 2017).
-* ``"conv_p5"``: the same with P6 computed from P5.
+* ``"conv_c5"`` (the default): P6 = 3x3/2 conv of C5, P(l+1) = 3x3/2 conv of relu(P(l)), as in
+  RetinaNet (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017, section 4: "P6 is
+  obtained via a 3x3 stride-2 conv on C5") and detectron2's RetinaNet (``LastLevelP6P7`` on
+  ``"res5"``).
+* ``"conv_p5"``: the same with P6 computed from P5, as in FCOS (Tian et al., ICCV 2019).
 * ``"max_pool"``: P(l+1) = P(l) subsampled with stride 2 (Faster R-CNN's P6).
 
 Level ``l`` has spatial size ``ceil(H / 2**l) x ceil(W / 2**l)`` for an ``H x W`` input image, odd
@@ -138,7 +140,7 @@ class ResNetFPN(nn.Module):
 
     def __post_init__(self) -> None:
         # Builds (and so validates) both parts when the module is constructed, before any tracing.
-        resnet_lib.resnet(
+        resnet_lib.build_resnet(
             self.backbone, norm=self.norm, axis_name=self.axis_name, dtype=self.dtype, parent=None
         )
         FPN(self.channels, self.min_level, self.max_level, self.extra_block, parent=None)
@@ -146,7 +148,7 @@ class ResNetFPN(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
-        features = resnet_lib.resnet(
+        features = resnet_lib.build_resnet(
             self.backbone, norm=self.norm, axis_name=self.axis_name, dtype=self.dtype,
             name="resnet",
         )(images, train=train)

@@ -44,6 +44,17 @@ class Subnet(nn.Module):
     output_bias: float = 0.0
     dtype: Any = jnp.float32
 
+    def __post_init__(self) -> None:
+        if self.outputs < 1:
+            raise ValueError(f"outputs is {self.outputs}, expected >= 1")
+        if self.num_convs < 0:
+            raise ValueError(f"num_convs is {self.num_convs}, expected >= 0")
+        if self.channels < 1:
+            raise ValueError(f"channels is {self.channels}, expected >= 1")
+        if self.norm not in HEAD_NORMS:
+            raise ValueError(f"norm is {self.norm!r}, expected one of {HEAD_NORMS}")
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.num_convs):
@@ -71,7 +82,9 @@ class RetinaNet(nn.Module):
     The anchor axis ``A = sum_l ceil(H / 2**l) * ceil(W / 2**l) * num_anchors`` over levels
     ``l = min_level..max_level`` is flattened in the order (level, y, x, anchor), the order of
     ``focaljax.ops.anchors.generate_anchors``. ``box_deltas`` are the box coder's encoded
-    ``(dx, dy, dw, dh)`` of each anchor.
+    ``(dx, dy, dw, dh)`` of each anchor. The FPN makes P6 from C5, as the paper does (see
+    :mod:`focaljax.models.fpn`). The outputs are cast to float32 whatever ``dtype`` is, so that
+    the loss sees full-precision logits.
 
     Attributes:
       num_classes: foreground classes (no background class: sigmoid classification).
@@ -116,7 +129,19 @@ class RetinaNet(nn.Module):
         if self.head_norm not in HEAD_NORMS:
             raise ValueError(f"head_norm is {self.head_norm!r}, expected one of {HEAD_NORMS}")
         super().__post_init__()
+        # Builds (and so validates) the backbone when the module is constructed, before tracing.
         self._backbone_module(parent=None)
+
+    def _subnet(self, values_per_anchor: int, output_bias: float, **kwargs: Any) -> Subnet:
+        return Subnet(
+            outputs=self.num_anchors * values_per_anchor,
+            num_convs=self.head_convs,
+            channels=self.head_channels,
+            norm=self.head_norm,
+            output_bias=output_bias,
+            dtype=self.dtype,
+            **kwargs,
+        )
 
     def _backbone_module(self, **kwargs: Any) -> fpn_lib.ResNetFPN:
         return fpn_lib.ResNetFPN(
@@ -138,14 +163,8 @@ class RetinaNet(nn.Module):
         features = self._backbone_module(name="backbone")(images, train=train)
         # Every anchor starts with foreground probability sigmoid(bias) = prior_prob (section 4.1).
         prior_bias = -math.log((1.0 - self.prior_prob) / self.prior_prob)
-        cls_subnet = Subnet(
-            self.num_anchors * self.num_classes, self.head_convs, self.head_channels,
-            self.head_norm, prior_bias, self.dtype, name="cls_subnet",
-        )
-        box_subnet = Subnet(
-            self.num_anchors * 4, self.head_convs, self.head_channels, self.head_norm, 0.0,
-            self.dtype, name="box_subnet",
-        )
+        cls_subnet = self._subnet(self.num_classes, prior_bias, name="cls_subnet")
+        box_subnet = self._subnet(4, 0.0, name="box_subnet")
         batch = images.shape[0]
         levels = [features[f"P{level}"] for level in range(self.min_level, self.max_level + 1)]
         # Channels are (anchor, value) within a location, so a row-major reshape of

@@ -161,6 +161,11 @@ def build_targets(
                 f"{name} has shape {tuple(array.shape)}, expected ({num_boxes},) like gt_boxes"
             )
     _check_thresholds(fg_iou_threshold, bg_iou_threshold)
+    if num_boxes == 0:
+        # One padding row keeps the gathers below well-defined; it is never matched.
+        gt_boxes = jnp.zeros([1, 4], gt_boxes.dtype)
+        gt_labels = jnp.full([1], -1, gt_labels.dtype)
+        gt_is_crowd = jnp.zeros([1], bool)
 
     real = gt_labels >= 0
     crowd = real & gt_is_crowd.astype(bool)

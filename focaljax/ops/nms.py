@@ -4,9 +4,10 @@ Greedy NMS visits boxes in descending score order (ties: lower index first) and 
 its IoU with an already kept box is greater than `iou_threshold` (the torchvision rule). The result
 here equals that sequential algorithm exactly, for any threshold, but runs as blocks:
 
-1. sort the boxes once and cut them into tiles of `tile_size`;
-2. for each tile in turn, drop the boxes that overlap an already selected box (one `[tile, tile]`
-   IoU block per block of the selected list, so memory is `O(tile**2)`, never `O(N**2)`);
+1. take the next tile: the `tile_size` best boxes not yet visited (`lax.top_k`, whose ties go to
+   the lower index, so tiles follow the greedy order exactly);
+2. drop the tile's boxes that overlap an already selected box (one `[tile, tile]` IoU block per
+   block of the selected list, so memory is `O(tile**2)`, never `O(N**2)`);
 3. resolve the tile against itself: with `S[i, j]` = "i ranks above j and overlaps it",
    `keep = live & ~any_i(keep[i] & S[i, j])` is iterated from `keep = live` until it no longer
    changes. Its only fixed point is the greedy answer (box `j` depends only on boxes ranked above
@@ -15,15 +16,18 @@ here equals that sequential algorithm exactly, for any threshold, but runs as bl
    or no live box is left.
 
 Only boxes ever compared with the selected list cost work, so for `K` outputs the cost is about
-`N * K` IoUs. The widely copied tiled TensorFlow/JAX version decides "not suppressed" inside a tile
-with a hard-coded `max IoU <= 0.5`, which is wrong for other thresholds; here suppression is a
-boolean relation, so no threshold is baked in.
+`N * K` IoUs, plus one `top_k` pass over the scores per tile. No full sort is needed: most of the
+`N` boxes are never visited when `K` is small, and sorting is slow on XLA:CPU (8 ms for 20k
+scores, against 0.1 ms for a top 32).
+
+The widely copied tiled TensorFlow/JAX version decides "not suppressed" inside a tile with a
+hard-coded `max IoU <= 0.5`, which is wrong for other thresholds; here suppression is a boolean
+relation, so no threshold is baked in.
 """
 
 from __future__ import annotations
 
-import math
-
+import jax
 import jax.numpy as jnp
 from jax import Array, lax
 from jax.typing import ArrayLike
@@ -44,12 +48,14 @@ def _check_inputs(
     *,
     iou_threshold: float,
     max_output_size: int,
-    tile_size: int,
+    tile_size: int | None,
 ) -> tuple[Array, Array, Array]:
     boxes = check_boxes("boxes", boxes)
     scores = jnp.asarray(scores)
     if boxes.ndim != 2:
-        raise ValueError(f"boxes has shape {tuple(boxes.shape)}, expected [N, 4] (vmap for a batch)")
+        raise ValueError(
+            f"boxes has shape {tuple(boxes.shape)}, expected [N, 4] (vmap for a batch)"
+        )
     num_boxes = boxes.shape[0]
     if scores.shape != (num_boxes,):
         raise ValueError(f"scores has shape {tuple(scores.shape)}, expected ({num_boxes},)")
@@ -62,8 +68,8 @@ def _check_inputs(
         raise ValueError(f"iou_threshold is {iou_threshold}, expected a number in [0, 1]")
     if not isinstance(max_output_size, int) or max_output_size < 1:
         raise ValueError(f"max_output_size is {max_output_size!r}, expected a positive int")
-    if not isinstance(tile_size, int) or tile_size < 1:
-        raise ValueError(f"tile_size is {tile_size!r}, expected a positive int")
+    if tile_size is not None and (not isinstance(tile_size, int) or tile_size < 1):
+        raise ValueError(f"tile_size is {tile_size!r}, expected a positive int or None")
     # A box that cannot be ranked (score -inf or NaN) takes no part, like a masked one.
     live = valid.astype(bool) & (scores > -jnp.inf)
     return boxes.astype(jnp.promote_types(boxes.dtype, jnp.float32)), scores, live
@@ -77,24 +83,24 @@ def _greedy_nms(
     *,
     iou_threshold: float | Array,
     max_output_size: int,
-    tile_size: int,
+    tile_size: int | None,
 ) -> Array:
     """Greedy NMS in which only boxes of the same class suppress each other; see the module doc."""
     num_boxes = boxes.shape[0]
     if num_boxes == 0:
         return jnp.full([max_output_size], -1, jnp.int32)
-    tile = min(tile_size, _round_up(num_boxes, 8))
-    num_tiles = math.ceil(num_boxes / tile)
+    if tile_size is None:
+        # XLA:CPU runs a step of the tile loops in microseconds, so small tiles that compare
+        # fewer boxes win there; on accelerators each step costs kernel launches, so fewer,
+        # larger tiles do.
+        tile_size = 32 if jax.default_backend() == "cpu" else 256
+    tile = min(tile_size, num_boxes)
     limit = min(max_output_size, num_boxes)
     capacity = _round_up(limit, tile)
 
-    # Live boxes first, by descending score; a stable sort ranks ties by index.
-    order = jnp.argsort(jnp.where(live, -scores, jnp.inf), stable=True).astype(jnp.int32)
-    pad = num_tiles * tile - num_boxes
-    sorted_boxes = jnp.pad(boxes[order], [(0, pad), (0, 0)])
-    sorted_classes = jnp.pad(classes[order], [(0, pad)])
-    sorted_live = jnp.pad(live[order], [(0, pad)])
-    sorted_index = jnp.pad(order, [(0, pad)], constant_values=-1)
+    # Visited and dead boxes get key -inf; a live box's score is above -inf.
+    key_dtype = jnp.promote_types(scores.dtype, jnp.float32)
+    keys = jnp.where(live, scores.astype(key_dtype), -jnp.inf)
     num_live = live.sum()
     rank = jnp.arange(tile)
 
@@ -128,14 +134,15 @@ def _greedy_nms(
 
     def not_done(state):
         tile_index, count = state[0], state[1]
-        return (tile_index < num_tiles) & (tile_index * tile < num_live) & (count < limit)
+        return (tile_index * tile < num_live) & (count < limit)
 
     def process_tile(state):
-        tile_index, count, selected_boxes, selected_classes, selected_index = state
-        start = tile_index * tile
-        tile_boxes = lax.dynamic_slice_in_dim(sorted_boxes, start, tile)
-        tile_classes = lax.dynamic_slice_in_dim(sorted_classes, start, tile)
-        tile_live = lax.dynamic_slice_in_dim(sorted_live, start, tile)
+        tile_index, count, keys, selected_boxes, selected_classes, selected_index = state
+        tile_keys, tile_index_of_box = lax.top_k(keys, tile)
+        keys = keys.at[tile_index_of_box].set(-jnp.inf)
+        tile_boxes = boxes[tile_index_of_box]
+        tile_classes = classes[tile_index_of_box]
+        tile_live = tile_keys > -jnp.inf
         tile_live &= ~suppressed_by_selected(
             tile_boxes, tile_classes, selected_boxes, selected_classes, count
         )
@@ -147,19 +154,19 @@ def _greedy_nms(
         slot = jnp.where(keep & (slot < limit), slot, capacity)
         selected_boxes = selected_boxes.at[slot].set(tile_boxes, mode="drop")
         selected_classes = selected_classes.at[slot].set(tile_classes, mode="drop")
-        tile_index_of_box = lax.dynamic_slice_in_dim(sorted_index, start, tile)
         selected_index = selected_index.at[slot].set(tile_index_of_box, mode="drop")
         count = jnp.minimum(count + keep.sum(), limit)
-        return tile_index + 1, count, selected_boxes, selected_classes, selected_index
+        return tile_index + 1, count, keys, selected_boxes, selected_classes, selected_index
 
     init = (
         jnp.array(0),
         jnp.array(0),
+        keys,
         jnp.zeros([capacity, 4], boxes.dtype),
         jnp.zeros([capacity], classes.dtype),
         jnp.full([capacity], -1, jnp.int32),
     )
-    selected_index = lax.while_loop(not_done, process_tile, init)[4]
+    selected_index = lax.while_loop(not_done, process_tile, init)[5]
     return jnp.pad(selected_index[:limit], [(0, max_output_size - limit)], constant_values=-1)
 
 
@@ -170,7 +177,7 @@ def non_max_suppression(
     iou_threshold: float,
     max_output_size: int,
     valid: ArrayLike | None = None,
-    tile_size: int = 256,
+    tile_size: int | None = None,
 ) -> Array:
     """Greedy non-maximum suppression of one set of boxes, exactly as the sequential algorithm.
 
@@ -184,7 +191,8 @@ def non_max_suppression(
       iou_threshold: a box whose IoU with a kept box exceeds this is dropped; in [0, 1].
       max_output_size: static length of the result.
       valid: optional bool `[N]`, False for boxes to leave out (padding).
-      tile_size: boxes resolved per block; changes speed and memory, never the result.
+      tile_size: boxes resolved per block; changes speed and memory, never the result. Default
+        32 on CPU, 256 on accelerators.
 
     Returns:
       int32 `[max_output_size]` indices into `boxes` of the kept boxes by descending score, then -1.
@@ -216,7 +224,7 @@ def batched_non_max_suppression(
     iou_threshold: float,
     max_output_size: int,
     valid: ArrayLike | None = None,
-    tile_size: int = 256,
+    tile_size: int | None = None,
 ) -> Array:
     """Per-class greedy non-maximum suppression, with one ranking over all classes.
 

@@ -1,6 +1,7 @@
 """RetinaNet detector: registry, config errors, shapes through the detector, and the loss against an
 independent NumPy computation on a hand-made anchor set."""
 
+import functools
 import importlib.util
 import pathlib
 
@@ -43,10 +44,11 @@ def test_build_unknown_model_lists_known_names():
         detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
 
 
-def test_build_rejects_image_size_not_divisible_by_coarsest_stride():
+@pytest.mark.parametrize("image_size", [(64,), (0, 64)])
+def test_build_rejects_an_image_size_that_is_not_two_positive_ints(image_size):
     model = tiny_model_config()
-    with pytest.raises(ValueError, match=r"\(64, 72\) is not divisible by 2\*\*max_level = 16"):
-        detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 72))
+    with pytest.raises(ValueError, match=r"is not \(height, width\) in pixels, both positive"):
+        detectors.build(model, num_classes=NUM_CLASSES, image_size=image_size)
 
 
 @pytest.mark.parametrize(
@@ -74,33 +76,61 @@ def test_build_rejects_unknown_norm():
 # Shapes through the detector.
 
 
-def test_outputs_loss_and_detections_have_the_contract_shapes():
-    model = tiny_model_config()
-    model.postprocess.max_detections = 7
-    detector = detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
-    batch = {
-        "image": jnp.zeros((2, 64, 64, 3), jnp.float32),
+def _contract_batch(image_size=(64, 64)):
+    return {
+        "image": jnp.zeros((2, *image_size, 3), jnp.float32),
         "boxes": jnp.array([[[4, 4, 30, 20], [0, 0, 0, 0]], [[10, 10, 50, 60], [1, 1, 9, 9]]],
                            jnp.float32),
         "labels": jnp.array([[1, -1], [0, 2]], jnp.int32),
         "is_crowd": jnp.zeros((2, 2), bool),
     }
-    variables = detector.init(jax.random.PRNGKey(0), batch)
-    outputs, updates = detector.apply(variables, batch, train=False)
+
+
+def test_outputs_loss_and_detections_have_the_contract_shapes():
+    model = tiny_model_config()
+    model.postprocess.max_detections = 7
+    detector = detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
+    batch = _contract_batch()
+    variables = jax.jit(detector.init)(jax.random.PRNGKey(0), batch)
+    outputs, updates = jax.jit(functools.partial(detector.apply, train=False))(variables, batch)
     num_anchors = (8 * 8 + 4 * 4) * 9
     assert outputs["cls_logits"].shape == (2, num_anchors, NUM_CLASSES)
     assert outputs["box_deltas"].shape == (2, num_anchors, 4)
     assert outputs["cls_logits"].dtype == outputs["box_deltas"].dtype == jnp.float32
     assert updates == {}
-    loss, metrics = detector.loss_fn(outputs, batch)
+    loss, metrics = jax.jit(detector.loss_fn)(outputs, batch)
     assert loss.shape == () and np.isfinite(loss)
     assert set(metrics) >= {"loss", "cls_loss", "box_loss", "num_positives"}
     np.testing.assert_allclose(metrics["cls_loss"] + metrics["box_loss"], loss, rtol=1e-6)
-    detections = detector.postprocess(outputs, batch)
+    detections = jax.jit(detector.postprocess)(outputs, batch)
     assert detections["boxes"].shape == (2, 7, 4)
     assert detections["scores"].shape == (2, 7)
     assert detections["classes"].shape == (2, 7) and detections["classes"].dtype == jnp.int32
     assert detections["num_valid"].shape == (2,) and detections["num_valid"].dtype == jnp.int32
+
+
+def _abstract_outputs(detector, batch):
+    """The network's output shapes and dtypes, traced but not compiled or run."""
+    variables = jax.eval_shape(detector.init, jax.random.PRNGKey(0), batch)
+    return jax.eval_shape(functools.partial(detector.apply, train=False), variables, batch)[0]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_reduced_precision_detectors_still_return_float32_outputs(dtype):
+    model = tiny_model_config()
+    model.dtype = dtype
+    detector = detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
+    outputs = _abstract_outputs(detector, _contract_batch())
+    assert outputs["cls_logits"].dtype == outputs["box_deltas"].dtype == jnp.float32
+
+
+def test_image_sizes_that_the_coarsest_stride_does_not_divide_have_one_output_per_anchor():
+    model = tiny_model_config()
+    detector = detectors.build(model, num_classes=NUM_CLASSES, image_size=(50, 70))
+    outputs = _abstract_outputs(detector, _contract_batch((50, 70)))
+    num_anchors = (7 * 9 + 4 * 5) * 9  # ceil(50 / 8) x ceil(70 / 8), ceil(50 / 16) x ceil(70 / 16)
+    assert outputs["cls_logits"].shape == (2, num_anchors, NUM_CLASSES)
+    assert outputs["box_deltas"].shape == (2, num_anchors, 4)
 
 
 def test_batch_norm_detector_declares_its_statistics_mutable():
@@ -261,3 +291,20 @@ def test_ohem_keeps_the_highest_loss_anchors_with_at_most_a_quarter_positives():
     # One positive (4 * 0.25), the three negatives (all of them), divided by the 4 positives.
     expected = (per_anchor[positives].max() + per_anchor[negatives].sum()) / 4
     np.testing.assert_allclose(metrics["cls_loss"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"cls": "focal"}, {"cls": "ce"}, {"cls": "alpha_ce"},
+        {"cls": "fl_star", "fl_star_beta": 1.0}, {"cls": "ohem", "ohem_num_samples": 4},
+        {"box": "giou"}, {"box": "smooth_l1", "box_beta": 0.1},
+    ],
+    ids=lambda overrides: "-".join(str(v) for v in overrides.values()),
+)
+def test_every_loss_variant_has_a_finite_gradient_that_reaches_both_heads(overrides):
+    outputs = _hand_set_outputs(seed=3)
+    grads = jax.jit(jax.grad(lambda o: _loss_fn(**overrides)(o, _batch())[0]))(outputs)
+    for name in ("cls_logits", "box_deltas"):
+        assert np.all(np.isfinite(grads[name])), name
+        assert np.any(grads[name] != 0), name

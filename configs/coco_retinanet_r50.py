@@ -1,0 +1,91 @@
+r"""RetinaNet ResNet-50-FPN on COCO 2017 with the paper's 1x recipe, for one GPU or TPU host.
+
+What: the 80 COCO categories, trained on train2017 (118k images), evaluated on val2017 (5k
+images) with pycocotools. The recipe of Lin et al. 2017 (section 4.1) and detectron2's
+`retinanet_R_50_FPN_1x`: P3-P7 with 256 channels, 9 anchors per location (sizes 32-512, scales
+2^0, 2^(1/3), 2^(2/3), ratios 1:2, 1:1, 2:1), IoU >= 0.5 foreground, < 0.4 background, focal loss
+alpha 0.25, gamma 2, L1 box loss, normalized by the foreground anchors of the global batch. SGD
+with momentum 0.9 at 0.01 per 16 images, weight decay 1e-4 (not on biases and norms), linear
+warm-up from 0.001x over 1000 steps, 90k steps at 16 images per step, x0.1 at 60k and 80k.
+Inference: score > 0.05, top 1000 per level, per-class NMS 0.5, 100 detections.
+
+Images are resized to fit 800x1344, keeping their aspect ratio, and padded to it: landscape
+images get detectron2's short side of 800 (long side at most 1344), portrait ones a long side of
+800. Horizontal flips, no scale jitter (the paper's 1x models).
+
+Differences from the paper: it fine-tunes ImageNet weights with frozen batch norm; focaljax cannot
+load ImageNet weights yet, so this trains from scratch with GroupNorm in the backbone and the heads
+(He et al., "Rethinking ImageNet Pre-training", 2019). Expect less than the paper's 35.7 AP
+(R50-800, test-dev) and detectron2's 37.4 (val2017) from a 1x schedule from scratch; longer
+schedules (`--config.num_train_steps=270000 --config.schedule.decay_steps="(210000,250000)"`)
+close most of the gap in that paper.
+
+Command. Prepare once from the official files (nothing is downloaded; about 25 GB written):
+
+  python -m train.prepare_data --dataset coco --source_dir /data/coco
+
+then:
+
+  python -m train --config configs/coco_retinanet_r50.py --workdir runs/coco_retinanet_r50
+
+  (`--config.dataset.data_dir=DIR` if it was prepared outside ~/tensorflow_datasets;
+  `--config.model.dtype=bfloat16` for mixed precision on TPU or recent GPUs.)
+
+Hardware, time and result: TO BE MEASURED on COCO. The batch of 16 images of 800x1344 needs a
+single accelerator with about 40 GB or several devices (batch_size must be a multiple of the
+device count; the learning rate scales with it).
+"""
+
+import ml_collections
+
+from configs import shapes_retinanet
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = shapes_retinanet.get_config()
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "coco"
+    config.dataset.data_dir = ""
+    # source_dir is read only when the data set is not prepared in data_dir yet.
+    config.dataset.builder_kwargs = ml_collections.ConfigDict({"source_dir": ""})
+    config.dataset.image_size = (800, 1344)
+    config.dataset.max_boxes = 100  # COCO train2017 has at most 93 annotations in an image.
+    config.dataset.train_split = "train"
+    config.dataset.eval_split = "validation"
+    config.dataset.horizontal_flip = True
+    # No jitter, written as a range so that the command line can set one, e.g. "(0.8,1.2)".
+    config.dataset.scale_jitter = (1.0, 1.0)
+
+    model = config.model
+    model.backbone = "resnet50"
+    model.norm = "gn"
+    model.head_norm = "gn"
+    model.min_level = 3
+    model.max_level = 7
+    model.fpn_channels = 256
+    model.head_convs = 4
+    model.head_channels = 256
+    model.postprocess.pre_nms_topk = 1000
+    model.postprocess.max_detections = 100
+
+    config.optimizer.name = "sgd"
+    config.optimizer.learning_rate = 0.01
+    config.optimizer.reference_batch_size = 16
+    config.optimizer.momentum = 0.9
+    config.optimizer.weight_decay = 1e-4
+    config.schedule.name = "step"
+    config.schedule.warmup_steps = 1000
+    config.schedule.warmup_factor = 0.001
+    config.schedule.decay_steps = (60_000, 80_000)
+    config.schedule.decay_factor = 0.1
+
+    config.batch_size = 16
+    config.eval_batch_size = 16
+    config.num_train_steps = 90_000
+    config.num_epochs = 0.0
+    config.log_every_steps = 100
+    config.eval_every_steps = 10_000
+    config.checkpoint_every_steps = 2_000
+    config.max_checkpoints_to_keep = 3
+    return config

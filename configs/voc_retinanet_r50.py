@@ -1,0 +1,71 @@
+r"""RetinaNet ResNet-50-FPN on PASCAL VOC 2007: trained on trainval, evaluated on test.
+
+What: the 20 VOC classes, 5011 trainval images (VOC2007 "train+validation"), evaluated on the
+4952 test images. Images are resized to fit 512x512 (VOC images are at most 500 px) with scale
+jitter 0.8-1.2, padded square. RetinaNet as in the paper (P3-P7, 9 anchors, focal loss alpha 0.25,
+gamma 2, L1 box loss), a ResNet-50 with GroupNorm trained from scratch (the trainer has no
+ImageNet weights yet), SGD at 0.01 per 16 images, 24 epochs, x0.1 at epochs 16 and 22.
+
+"Difficult" objects are ignore regions in training and left out of evaluation, as VOC does (see
+`focaljax.data.voc`). The trainer reports COCO-style metrics; with difficult objects as crowd
+regions, AP50 is close to VOC's all-point mAP at IoU 0.5. VOC's own metric is
+`focaljax.evaluation.voc.voc_map` on `focaljax.data.voc_ground_truth`.
+
+Command. Prepare once from the official files (nothing is downloaded; about a minute):
+
+  python -m train.prepare_data --dataset voc --source_dir /data/voc
+
+  where /data/voc holds VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar, or what they
+  extract to, VOCdevkit/VOC2007/{Annotations,JPEGImages,ImageSets/Main}. Then:
+
+  python -m train --config configs/voc_retinanet_r50.py --workdir runs/voc_retinanet_r50
+
+  (`--config.dataset.builder_kwargs.source_dir=/data/voc` lets the trainer prepare it instead;
+  `--config.dataset.data_dir=DIR` if it was prepared outside ~/tensorflow_datasets.)
+
+Hardware, time and result: TO BE MEASURED. No reference result for RetinaNet on VOC is in
+../shared/reference; its only VOC2007 figures are Fast R-CNN VGG16 (67.2 -> 69.9 mAP with OHEM,
+OHEM paper), a different, ImageNet-pretrained detector, so not a target for this config.
+"""
+
+import ml_collections
+
+from configs import shapes_retinanet
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = shapes_retinanet.get_config()
+
+    config.dataset = ml_collections.ConfigDict()
+    config.dataset.name = "voc"
+    config.dataset.data_dir = ""
+    # source_dir is read only when the data set is not prepared in data_dir yet.
+    config.dataset.builder_kwargs = ml_collections.ConfigDict({"source_dir": "", "config": "2007"})
+    config.dataset.image_size = (512, 512)
+    config.dataset.max_boxes = 64  # VOC2007 has at most 42 objects per image.
+    config.dataset.train_split = "train+validation"
+    config.dataset.eval_split = "test"
+    config.dataset.horizontal_flip = True
+    config.dataset.scale_jitter = (0.8, 1.2)
+
+    model = config.model
+    model.backbone = "resnet50"
+    model.norm = "gn"
+    model.min_level = 3
+    model.max_level = 7
+    model.fpn_channels = 256
+    model.head_convs = 4
+    model.head_channels = 256
+
+    config.optimizer.learning_rate = 0.01
+    config.optimizer.reference_batch_size = 16
+    config.schedule.warmup_steps = 500
+    config.schedule.decay_epochs = (16, 22)
+    config.batch_size = 16
+    config.eval_batch_size = 16
+    config.num_train_steps = 0
+    config.num_epochs = 24.0
+    config.log_every_steps = 100
+    config.eval_every_steps = 5000
+    config.checkpoint_every_steps = 1000
+    return config

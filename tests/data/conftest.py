@@ -1,0 +1,24 @@
+"""A small prepared "shapes" data set shared by the data tests, written under pytest's tmp dir."""
+
+import pytest
+import tensorflow_datasets as tfds
+
+from focaljax.data import Shapes, shapes_config
+
+# Landscape images, so that resizing has an aspect ratio to keep; 11 validation images, so that
+# neither the batches nor two processes divide the split evenly.
+SMALL_SETTINGS = {"image_size": (48, 64), "num_train": 24, "num_validation": 11, "seed": 3}
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def small_builder(small_data_dir) -> Shapes:
+    builder = Shapes(config=shapes_config(**SMALL_SETTINGS), data_dir=small_data_dir)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+    )
+    return builder

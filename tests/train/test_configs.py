@@ -1,0 +1,75 @@
+"""Every `configs/*.py`: it loads, the trainer accepts it, its data set and detector build, and its
+docstring says how to run it. The COCO config follows the paper's 1x recipe."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from focaljax import data as data_lib
+from focaljax import detectors
+from focaljax.ops import anchors as anchor_ops
+from train import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
+
+
+def load(name: str):
+    return importlib.import_module(f"configs.{name}")
+
+
+def test_the_configs_include_the_default_run_and_the_coco_recipe():
+    assert {"shapes_retinanet", "coco_retinanet_r50"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds_its_data_set_and_a_detector_with_one_output_per_anchor(name):
+    config = load(name).get_config()
+    train.check_config(config, num_devices=1)
+    # Lazy: nothing is read or prepared, so this runs without the data set on disk.
+    assert isinstance(data_lib.build(config.dataset), data_lib.DetectionDataset)
+    image_size = tuple(config.dataset.image_size)
+    detector = detectors.build(config.model, num_classes=80, image_size=image_size)
+    batch = {"image": jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)}
+    variables = jax.eval_shape(detector.init, jax.random.PRNGKey(0), batch)
+    outputs, _ = jax.eval_shape(functools.partial(detector.apply, train=False), variables, batch)
+    model = config.model
+    num_anchors = sum(anchor_ops.num_anchors_per_level(
+        image_size, min_level=model.min_level, max_level=model.max_level,
+        scales=model.anchor_scales, aspect_ratios=model.aspect_ratios,
+    ))
+    assert outputs["cls_logits"].shape == (1, num_anchors, 80)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_docstring_says_what_it_trains_how_to_run_it_and_on_what(name):
+    doc = load(name).__doc__
+    assert f"python -m train --config configs/{name}.py --workdir" in doc
+    assert "Hardware, time and result:" in doc
+
+
+def test_coco_config_is_the_papers_1x_recipe():
+    config = load("coco_retinanet_r50").get_config()
+    assert config.dataset.name == "coco"
+    assert config.model.backbone == "resnet50"
+    assert (config.model.min_level, config.model.max_level) == (3, 7)
+    assert (config.model.loss.cls, config.model.loss.alpha, config.model.loss.gamma) == (
+        "focal", 0.25, 2.0
+    )
+    assert (config.model.fg_iou_threshold, config.model.bg_iou_threshold) == (0.5, 0.4)
+    assert min(config.dataset.image_size) == 800
+    assert config.batch_size == 16 and config.optimizer.momentum == 0.9
+    num_steps, decay_steps = train.resolve_steps(config, num_train_examples=117_266)
+    assert (num_steps, decay_steps) == (90_000, (60_000, 80_000))
+    learning_rate = train.create_learning_rate_fn(config, num_steps, decay_steps)
+    np.testing.assert_allclose(
+        [learning_rate(s) for s in (0, 1000, 59_999, 60_000, 80_000)],
+        [1e-5, 0.01, 0.01, 0.001, 0.0001], rtol=1e-5,
+    )

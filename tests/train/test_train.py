@@ -1,0 +1,155 @@
+"""The trainer's parts: config checks, learning rate, weight decay and gradient clipping."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from focaljax import detectors
+from tests.train.conftest import tiny_config
+from train import train
+
+IMAGE_SIZE = (64, 64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config checks.
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("batch_size", 6, r"config.batch_size is 6, expected a positive multiple of the 4 local "
+                          r"devices"),
+        ("eval_batch_size", 0, r"config.eval_batch_size is 0, expected a positive multiple"),
+        ("optimizer.name", "rmsprop", r"config.optimizer.name is 'rmsprop', expected one of "
+                                      r"\('sgd', 'adamw'\)"),
+        ("schedule.name", "linear", r"config.schedule.name is 'linear', expected one of"),
+        ("schedule.warmup_factor", 0.0, r"warmup_factor is 0.0, expected a value in \(0, 1\]"),
+        ("checkpoint_every_steps", -1, r"config.checkpoint_every_steps is -1, expected >= 0"),
+        ("dataset.image_size", (64,), r"config.dataset.image_size is \(64,\), expected \(height"),
+    ],
+)
+def test_check_config_names_the_bad_field_and_what_was_expected(field, value, message):
+    config = tiny_config("")
+    *parents, name = field.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[name] = value
+    with pytest.raises(ValueError, match=message):
+        train.check_config(config, num_devices=4)
+
+
+def test_check_config_rejects_decay_points_in_both_steps_and_epochs():
+    config = tiny_config("")
+    config.schedule.decay_steps = (10,)
+    config.schedule.decay_epochs = (1.0,)
+    with pytest.raises(ValueError, match="decay_steps and decay_epochs are both set"):
+        train.check_config(config, num_devices=4)
+
+
+def test_unknown_model_is_rejected_before_anything_is_compiled(tiny_data_dir, tmp_path):
+    config = tiny_config(tiny_data_dir)
+    config.model.name = "yolo"
+    with pytest.raises(ValueError, match=r"unknown model 'yolo', expected one of \['retinanet'\]"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning rate and optimizer.
+
+
+def test_learning_rate_warms_up_linearly_then_steps_down():
+    config = tiny_config("")
+    config.optimizer.learning_rate = 0.01
+    config.optimizer.reference_batch_size = 16
+    config.batch_size = 32  # Linear scaling: base 0.02.
+    config.schedule.warmup_steps = 100
+    config.schedule.warmup_factor = 0.001
+    learning_rate = train.create_learning_rate_fn(config, 1000, (600, 800))
+    expected = {0: 0.02 * 0.001, 50: 0.02 * (0.001 * 0.5 + 0.5), 100: 0.02, 599: 0.02,
+                600: 0.002, 799: 0.002, 800: 0.0002, 999: 0.0002}
+    for step, value in expected.items():
+        np.testing.assert_allclose(learning_rate(step), value, rtol=1e-5, err_msg=f"step {step}")
+
+
+def test_cosine_schedule_falls_to_zero_at_the_last_step():
+    config = tiny_config("")
+    config.schedule.name = "cosine"
+    config.schedule.warmup_steps = 0
+    config.optimizer.reference_batch_size = config.batch_size
+    learning_rate = train.create_learning_rate_fn(config, 1000, ())
+    base = config.optimizer.learning_rate
+    np.testing.assert_allclose([learning_rate(0), learning_rate(500), learning_rate(1000)],
+                               [base, base / 2, 0.0], atol=1e-9)
+
+
+def test_steps_and_decay_points_can_be_given_in_epochs():
+    config = tiny_config("")
+    config.num_train_steps = 0
+    config.num_epochs = 12.0
+    config.schedule.decay_epochs = (8, 11)
+    config.batch_size = 16
+    assert train.resolve_steps(config, num_train_examples=160) == (120, (80, 110))
+    config.schedule.decay_epochs = (13,)
+    with pytest.raises(ValueError, match=r"decay steps \(130,\) must increase and lie in"):
+        train.resolve_steps(config, num_train_examples=160)
+
+
+def test_decay_mask_selects_the_kernels_of_the_detector_and_no_bias_or_norm_parameter():
+    config = tiny_config("")
+    detector = detectors.build(config.model, num_classes=4, image_size=IMAGE_SIZE,
+                               axis_name=train.AXIS_NAME)
+    batch = {"image": jax.ShapeDtypeStruct((1, *IMAGE_SIZE, 3), np.float32)}
+    params = jax.eval_shape(detector.init, jax.random.PRNGKey(0), batch)["params"]
+    mask = jax.tree_util.tree_flatten_with_path(train.decay_mask(params))[0]
+    names = {jax.tree_util.keystr(path)[2:-2].split("']['")[-1] for path, _ in mask}
+    assert names == {"kernel", "bias", "scale"}
+    for path, decayed in mask:
+        assert decayed == path[-1].key.endswith("kernel"), jax.tree_util.keystr(path)
+
+
+def _toy_params():
+    return {"conv": {"kernel": np.ones((3, 3, 2, 2), np.float32), "bias": np.ones(2, np.float32)},
+            "norm": {"scale": np.ones(2, np.float32), "bias": np.ones(2, np.float32)}}
+
+
+def test_sgd_weight_decay_moves_kernels_only():
+    config = tiny_config("")
+    config.optimizer.weight_decay = 0.1
+    config.optimizer.learning_rate = 1.0
+    config.optimizer.reference_batch_size = config.batch_size
+    config.schedule.warmup_steps = 0
+    tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 100, ()))
+    params = _toy_params()
+    zero_grads = jax.tree.map(np.zeros_like, params)
+    updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["conv"]["kernel"], -0.1)  # -lr * wd * w.
+    for bias_or_scale in (updates["conv"]["bias"], updates["norm"]["scale"],
+                          updates["norm"]["bias"]):
+        np.testing.assert_array_equal(bias_or_scale, 0.0)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_gradient_clipping_bounds_the_global_gradient_norm(optimizer):
+    config = tiny_config("")
+    config.optimizer.name = optimizer
+    config.optimizer.grad_clip_norm = 1.0
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.momentum = 0.0
+    config.optimizer.learning_rate = 1.0
+    config.optimizer.reference_batch_size = config.batch_size
+    config.schedule.warmup_steps = 0
+    tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 100, ()))
+    params = _toy_params()
+    grads = jax.tree.map(lambda p: np.full_like(p, 100.0), params)
+    updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    if optimizer == "sgd":  # The update is -lr * the clipped gradient.
+        np.testing.assert_allclose(optax.tree.norm(updates), 1.0, rtol=1e-5)
+    else:  # Adam's first moment after one step is (1 - b1) * the clipped gradient.
+        mu = optax.tree_utils.tree_get(state, "mu")
+        np.testing.assert_allclose(optax.tree.norm(mu), 1 - config.optimizer.b1, rtol=1e-5)

@@ -1,0 +1,191 @@
+"""Detections on a folder of images with a trained workdir: COCO results JSON and annotated PNGs.
+
+  python -m train.predict --workdir runs/shapes_retinanet --images photos/ --output predictions/
+
+The detector, its input size and the class names come from the workdir (`config.json`,
+`dataset_info.json` and the latest checkpoint, or `--step`). Every image in `--images` and its
+subfolders (JPEG, PNG, BMP, GIF, WebP) is preprocessed as the evaluation data is: resized to fit
+the config's `dataset.image_size` keeping its aspect ratio, normalized and padded. `--output`
+receives:
+
+  results.json    COCO results, [{"image_id", "category_id", "bbox": [x, y, width, height],
+                  "score"}], in the original pixels of each image: every detection the detector
+                  returns (score above the config's `model.postprocess.score_threshold`)
+  images.json     {"images": [{"id", "file_name", "width", "height"}], "categories": [{"id",
+                  "name"}]}: which file each image_id is (ids count from 1 in sorted file order)
+  <file>.png      each image with its detections scoring at least `--draw_threshold`, at the same
+                  relative path with a .png suffix
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+from PIL import Image
+
+from focaljax import detectors
+from focaljax.data import IMAGENET_MEAN, IMAGENET_STD
+from focaljax.evaluation.coco import detections_to_coco
+from focaljax.evaluation.visualize import draw_detections
+from train import train
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+def find_images(folder: str | os.PathLike) -> list[str]:
+    """Paths of the images under `folder`, relative to it, sorted."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    paths = sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*")
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not paths:
+        raise FileNotFoundError(f"{folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    return paths
+
+
+def preprocess(image: np.ndarray, image_size: Sequence[int]) -> tuple[np.ndarray, float]:
+    """`(input float32 [H, W, 3], scale)` of a uint8 `[h, w, 3]` image for an `(H, W)` input.
+
+    The evaluation preprocessing of `focaljax.data` (no augmentation): resized by
+    `scale = min(H / h, W / w)` with bilinear interpolation, normalized with the ImageNet mean and
+    standard deviation, padded bottom/right with zeros. Divide boxes by `scale` for original pixels.
+    """
+    height, width = (int(s) for s in image_size)
+    # float32 throughout, as the tf.data pipeline computes it, so that sizes round the same way.
+    original_size = np.asarray(image.shape[:2], np.float32)
+    scale = np.min(np.asarray([height, width], np.float32) / original_size)
+    resized_size = np.maximum(np.round(original_size * scale), 1).astype(np.int32)
+    resized = tf.image.resize(tf.convert_to_tensor(image), resized_size).numpy()[:height, :width]
+    normalized = (resized / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(
+        IMAGENET_STD, np.float32
+    )
+    padded = np.zeros((height, width, 3), np.float32)
+    padded[: normalized.shape[0], : normalized.shape[1]] = normalized
+    return padded, float(scale)
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def predict(
+    workdir: str,
+    image_dir: str,
+    output_dir: str,
+    *,
+    step: int | None = None,
+    batch_size: int = 8,
+    draw_threshold: float = 0.3,
+) -> dict[str, Any]:
+    """Runs the detector of `workdir` on every image of `image_dir`; writes the files of the
+    module docstring to `output_dir` and returns `{"results": [...], "images": [...]}`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size is {batch_size}, expected >= 1")
+    if Path(output_dir).resolve() == Path(image_dir).resolve():
+        raise ValueError("--output is the --images folder; the annotated PNGs would overwrite it")
+    config, info = train.read_run_info(workdir)
+    image_size = tuple(int(s) for s in config.dataset.image_size)
+    names = find_images(image_dir)
+    drawings = [str(Path(name).with_suffix(".png")) for name in names]
+    clashes = sorted({d for d in drawings if drawings.count(d) > 1})
+    if clashes:
+        raise ValueError(f"several images would be drawn to each of {clashes}; rename them")
+
+    # The device axis name only matters to training; synchronized batch norm insists on one.
+    detector = detectors.build(
+        config.model, num_classes=info.num_classes, image_size=image_size,
+        axis_name=train.AXIS_NAME,
+    )
+    variables, step = train.restore_variables(workdir, step)
+
+    @jax.jit
+    def detect(variables, images):
+        batch = {"image": images}
+        outputs, _ = detector.apply(variables, batch, train=False)
+        return detector.postprocess(outputs, batch)
+
+    results, images = [], []
+    for start in range(0, len(names), batch_size):
+        chunk = names[start : start + batch_size]
+        originals = [_load_rgb(Path(image_dir) / name) for name in chunk]
+        inputs, scales = zip(*(preprocess(image, image_size) for image in originals), strict=True)
+        # Padding to a full batch keeps one compiled shape.
+        inputs = np.stack(inputs + (np.zeros_like(inputs[0]),) * (batch_size - len(chunk)))
+        detections = jax.device_get(detect(variables, jnp.asarray(inputs)))
+        detections = {k: v[: len(chunk)] for k, v in detections.items()}
+        boxes = train.to_original_pixels(
+            detections["boxes"], np.asarray(scales, np.float32),
+            np.array([image.shape[:2] for image in originals]),
+        )
+        image_ids = np.arange(start + 1, start + len(chunk) + 1)
+        results += detections_to_coco(
+            image_ids, boxes, detections["scores"], detections["classes"],
+            detections["num_valid"], info.category_ids,
+        )
+        for i, (name, original) in enumerate(zip(chunk, originals, strict=True)):
+            images.append({"id": int(image_ids[i]), "file_name": name,
+                           "width": original.shape[1], "height": original.shape[0]})
+            count = int(detections["num_valid"][i])
+            drawing = draw_detections(
+                original, boxes[i, :count], detections["classes"][i, :count],
+                detections["scores"][i, :count], info.class_names,
+                score_threshold=draw_threshold,
+            )
+            path = Path(output_dir) / Path(name).with_suffix(".png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(drawing).save(path)
+
+    categories = [
+        {"id": int(c), "name": n} for c, n in zip(info.category_ids, info.class_names, strict=True)
+    ]
+    with open(Path(output_dir) / "results.json", "w") as f:
+        json.dump(results, f)
+    with open(Path(output_dir) / "images.json", "w") as f:
+        json.dump({"images": images, "categories": categories}, f, indent=1)
+    print(
+        f"{len(results)} detections on {len(images)} images (checkpoint at step {step} of "
+        f"{workdir}) -> {output_dir}"
+    )
+    return {"results": results, "images": images}
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "The workdir of a `python -m train` run.")
+flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
+flags.DEFINE_string("output", None, "Folder for results.json, images.json and annotated PNGs.")
+flags.DEFINE_integer("step", None, "Checkpoint step to use; default the latest.")
+flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
+flags.DEFINE_float("draw_threshold", 0.3, "Least score of a drawn detection.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Keep orbax's restore logs out of sight.
+    try:
+        predict(
+            FLAGS.workdir, FLAGS.images, FLAGS.output, step=FLAGS.step,
+            batch_size=FLAGS.batch_size, draw_threshold=FLAGS.draw_threshold,
+        )
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir", "images", "output"])
+    app.run(main)

@@ -1,0 +1,118 @@
+"""Prepares a real data set from local files into a TFDS data directory, ahead of training.
+
+  python -m train.prepare_data --dataset coco --source_dir /data/coco
+  python -m train.prepare_data --dataset voc --source_dir /data/voc [--voc_year 2007]
+  python -m train.prepare_data --dataset coco_folder --name my_data \\
+      --images train=/data/my_data/images/train --annotations train=/data/my_data/train.json \\
+      --images validation=/data/my_data/images/val --annotations validation=/data/my_data/val.json
+
+`--data_dir` (default TFDS's, ~/tensorflow_datasets) is where the prepared data set goes; give the
+same `config.dataset.data_dir` to the trainer. The expected layouts of `--source_dir` are in
+`focaljax.data.coco` and `focaljax.data.voc`, and printed when a path is missing. Nothing is
+downloaded. For every split it prints what was read, and every box clipped or dropped and image
+re-encoded on the way (the first ones by name); the same counts stay in the prepared data set's
+metadata. A data set already prepared is left as it is, and its report printed again.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+
+import tensorflow_datasets as tfds
+from absl import app, flags
+
+from focaljax.data import Coco2017, CocoFolder, SplitReport, VocDetection, source_reports
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_enum("dataset", None, ["coco", "voc", "coco_folder"], "The kind of data set.")
+flags.DEFINE_string("data_dir", None, "TFDS data directory; default ~/tensorflow_datasets.")
+flags.DEFINE_string("source_dir", None, "coco, voc: the folder holding the official files.")
+flags.DEFINE_enum("voc_year", "2007", ["2007", "2012"], "voc: which PASCAL VOC.")
+flags.DEFINE_string("name", None, "coco_folder: the data set's name (its folder in --data_dir).")
+flags.DEFINE_multi_string("images", [], "coco_folder: SPLIT=FOLDER, the images of a split.")
+flags.DEFINE_multi_string("annotations", [], "coco_folder: SPLIT=FILE, the COCO-format JSON of a "
+                          "split.")
+flags.mark_flag_as_required("dataset")
+
+
+def make_builder(
+    dataset: str,
+    *,
+    data_dir: str | None = None,
+    source_dir: str | None = None,
+    voc_year: str = "2007",
+    name: str | None = None,
+    splits: Mapping[str, tuple[str, str]] | None = None,
+) -> tfds.core.DatasetBuilder:
+    """The builder of `dataset` ("coco", "voc" or "coco_folder") from these sources."""
+    if dataset in ("coco", "voc") and not source_dir:
+        raise ValueError(f"--dataset={dataset} needs --source_dir, the folder of its files")
+    if dataset == "coco":
+        return Coco2017(source_dir=source_dir, data_dir=data_dir)
+    if dataset == "voc":
+        return VocDetection(config=voc_year, source_dir=source_dir, data_dir=data_dir)
+    if dataset == "coco_folder":
+        if not name or not splits:
+            raise ValueError("--dataset=coco_folder needs --name and, per split, --images "
+                             "SPLIT=FOLDER and --annotations SPLIT=FILE")
+        return CocoFolder(config=name, splits=splits, data_dir=data_dir)
+    raise ValueError(f"unknown dataset {dataset!r}, expected coco, voc or coco_folder")
+
+
+def prepare(builder: tfds.core.DatasetBuilder) -> dict[str, SplitReport]:
+    """Prepares `builder` unless it is prepared; returns its `SplitReport` per split."""
+    if builder.is_prepared():
+        print(f"{builder.info.full_name} is already prepared in {builder.data_dir}", flush=True)
+    else:
+        print(f"Preparing {builder.info.full_name} in {builder.data_dir_root} ...", flush=True)
+        start = time.perf_counter()
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+        )
+        print(f"Prepared {builder.data_dir} in {time.perf_counter() - start:.0f} s", flush=True)
+    reports = source_reports(builder)
+    for split, report in reports.items():
+        print(f"  {split}: {report.summary()}")
+        for line in report.notes:
+            print(f"    {line}")
+    return reports
+
+
+def parse_splits(images: list[str], annotations: list[str]) -> dict[str, tuple[str, str]]:
+    """{split: (image folder, JSON)} from the values of --images and --annotations."""
+    pairs = {}
+    for flag, values in (("images", images), ("annotations", annotations)):
+        for value in values:
+            split, sep, path = value.partition("=")
+            if not sep or not split or not path:
+                raise ValueError(f"--{flag}={value}: expected SPLIT=PATH, e.g. train=/data/train")
+            pairs.setdefault(split, {})[flag] = path
+    unpaired = {split: sorted(paths) for split, paths in pairs.items() if len(paths) != 2}
+    if unpaired:
+        raise ValueError(f"splits with only {unpaired}: give both --images and --annotations")
+    return {split: (paths["images"], paths["annotations"]) for split, paths in pairs.items()}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        builder = make_builder(
+            FLAGS.dataset,
+            data_dir=FLAGS.data_dir,
+            source_dir=FLAGS.source_dir,
+            voc_year=FLAGS.voc_year,
+            name=FLAGS.name,
+            splits=parse_splits(FLAGS.images, FLAGS.annotations),
+        )
+        prepare(builder)
+    except (FileNotFoundError, ValueError) as error:
+        # Bad or missing source files are for the user, not stack traces.
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    app.run(main)
