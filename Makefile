@@ -24,6 +24,10 @@ test: $(STAMP)
 train: $(STAMP)
 	$(PY) -m train --config configs/shapes_retinanet.py --workdir $(WORKDIR)
 
+bench: $(STAMP)
+	$(PY) benchmarks/loss_bench.py
+	$(PY) benchmarks/nms_bench.py
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check focaljax train configs tests benchmarks
 

@@ -94,7 +94,8 @@ def main() -> None:
     fns = {name: value_and_grad_fn(loss) for name, loss in CANDIDATES.items()}
     for n in args.sizes:
         x, t = inputs(n)
-        ms = {name: 1e3 * median_seconds(fn, x, t, repeats=args.repeats) for name, fn in fns.items()}
+        ms = {name: 1e3 * median_seconds(fn, x, t, repeats=args.repeats)
+              for name, fn in fns.items()}
         ms["floor"] = 1e3 * median_seconds(floor, x, t, repeats=args.repeats)
         row = (
             f"| {n:,} | {ms['focaljax']:.2f} | {ms['optax']:.2f} | {ms['jnp']:.2f} | "

@@ -1,4 +1,4 @@
-"""Test-session set-up: four CPU devices, so that pmap paths run on a machine with no accelerator."""
+"""Test-session set-up: four CPU devices, so that pmap paths run without an accelerator."""
 
 import os
 

@@ -23,7 +23,9 @@ def check_floating(name: str, x: ArrayLike) -> None:
 
 def check_integer(name: str, x: ArrayLike) -> None:
     if not jnp.issubdtype(dtype_of(x), jnp.integer):
-        raise TypeError(f"{name} has dtype {dtype_of(x)}, expected an integer dtype (class indices)")
+        raise TypeError(
+            f"{name} has dtype {dtype_of(x)}, expected an integer dtype (class indices)"
+        )
 
 
 def check_same_shape(name: str, x: ArrayLike, ref_name: str, ref: ArrayLike) -> None:
@@ -56,7 +58,8 @@ def check_alpha(alpha: object) -> None:
         values = np.asarray(alpha, dtype=np.float64)
     except Exception:  # a tracer: the caller is inside jit and the range cannot be checked
         return
-    if values.size and (np.any(values < 0) or np.any(values > 1) or not np.all(np.isfinite(values))):
+    out_of_range = np.any(values < 0) or np.any(values > 1)
+    if values.size and (out_of_range or not np.all(np.isfinite(values))):
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
 
 

@@ -5,9 +5,10 @@ independently and the softmax losses on each anchor's class vector, so `loss(x)[
 anchor `i` and the functions equal their single-anchor form mapped with `jax.vmap` (tested).
 
 The focal losses have a hand-derived gradient (`jax.custom_vjp`), computed in the same pass as the
-loss: the fused forward/backward that Detectron and mmcv wrote as CUDA kernels. Besides speed this
-keeps the gradient finite where autodiff of the textbook formula is not, e.g. `(1 - p_t)^(gamma - 1)`
-for `0 < gamma < 1` as `p_t -> 1`. Integer `gamma` takes a multiply-only path (no `exp(gamma * log)`).
+loss: the fused forward/backward that Detectron and mmcv wrote as CUDA kernels. Besides speed
+this keeps the gradient finite where autodiff of the textbook formula is not, e.g.
+`(1 - p_t)^(gamma - 1)` for `0 < gamma < 1` as `p_t -> 1`. Integer `gamma` takes a multiply-only
+path (no `exp(gamma * log)`).
 
 16-bit inputs are computed in float32 and returned in their own dtype.
 
@@ -127,7 +128,8 @@ def sigmoid_focal_loss(
 
     Args:
         logits: float array of any shape, e.g. `[anchors, classes]`.
-        targets: array of the shape of `logits`, values in [0, 1] (bool and integer one-hot accepted).
+        targets: array of the shape of `logits`, values in [0, 1] (bool and integer one-hot
+            accepted).
         alpha: weight of the positive class in [0, 1] (a scalar, or an array broadcastable to
             `logits` such as one value per class); `None` disables alpha-weighting.
         gamma: focusing parameter, >= 0. `gamma=0` is exactly (alpha-balanced) binary cross-entropy.
@@ -241,9 +243,9 @@ def softmax_focal_loss(
 
     Alpha, three forms:
         * a Python float (the default 0.25): the Detectron convention for a softmax whose class
-            `background_class` (0 by default) is background: `alpha_y = 1 - alpha` for background and
-            `alpha` for every foreground class. The RPN's 2-way softmax objectness (Chen et al. 2018)
-            uses this form.
+            `background_class` (0 by default) is background: `alpha_y = 1 - alpha` for
+            background and `alpha` for every foreground class. The RPN's 2-way softmax
+            objectness (Chen et al. 2018) uses this form.
         * an array of shape `[C]`: one weight per class, `alpha_y = alpha[y]`.
         * `None`: no weighting.
 
@@ -299,7 +301,7 @@ def softmax_cross_entropy(
         alpha: float | ArrayLike | None = None,
         background_class: int = 0,
 ) -> Array:
-    r"""Softmax cross-entropy `-alpha_y log softmax(x)_y` per anchor; `softmax_focal_loss` at gamma 0.
+    r"""Softmax cross-entropy `-alpha_y log softmax(x)_y` per anchor: `softmax_focal_loss`, gamma 0.
 
     Stable for any finite logits (log-sum-exp). `alpha` as in `softmax_focal_loss`; `None` (the
     default here) is plain cross-entropy.

@@ -1,4 +1,4 @@
-"""RetinaNet inference for one image: scores and deltas of every anchor -> a fixed-size detection list.
+"""RetinaNet inference for one image: per-anchor scores and deltas -> a fixed-size detection list.
 
 The procedure of the paper (section 5, "Inference") and of detectron2's `RetinaNet.inference`:
 
@@ -25,6 +25,8 @@ from focaljax.ops.boxes import BoxCoder, clip_boxes
 from focaljax.ops.nms import batched_non_max_suppression
 
 __all__ = ["retinanet_postprocess"]
+
+_RETINANET_BOX_CODER = BoxCoder()
 
 
 def _check_inputs(
@@ -68,7 +70,7 @@ def retinanet_postprocess(
     score_threshold: float = 0.05,
     nms_iou_threshold: float = 0.5,
     max_detections: int = 100,
-    box_coder: BoxCoder = BoxCoder(),
+    box_coder: BoxCoder = _RETINANET_BOX_CODER,
 ) -> dict[str, Array]:
     """Detections of one image from RetinaNet's per-anchor outputs (see the module docstring).
 

@@ -114,7 +114,9 @@ def test_label_smoothing_perfect_prediction_of_smoothed_target_costs_nothing():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("gamma, alpha", list(itertools.product([0.0, 0.5, 2.0, 5.0], [None, 0.25])))
+@pytest.mark.parametrize(
+    "gamma, alpha", list(itertools.product([0.0, 0.5, 2.0, 5.0], [None, 0.25]))
+)
 def test_softmax_focal_matches_float64_reference(gamma, alpha):
     rng = np.random.default_rng(0)
     logits = (rng.normal(size=(64, 5)) * rng.choice([0.1, 3.0, 30.0, 1e3], size=(64, 1)))
