@@ -102,4 +102,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 200
     config.max_checkpoints_to_keep = 2
     config.num_grid_images = 8
+    config.eval_backend = "pycocotools"  # or "faster_coco_eval"
     return config

@@ -6,12 +6,18 @@ Any config field can be overridden, e.g. `--config.num_train_steps=500 --config.
 Rerunning the same command with the same `--workdir` resumes from its latest checkpoint. SIGTERM
 or Ctrl-C saves a checkpoint of the current step, then exits with status 128 + the signal number.
 Library logs (orbax, TFDS) are shown from warnings up; `--verbosity=0` shows their info lines.
+
+Several hosts: start the same command on every host with `--distributed`, which calls
+`jax.distributed.initialize()` (coordinator, process count and id come from the cluster environment
+on Cloud TPU and SLURM, or from `--coordinator_address`, `--num_processes` and `--process_id`).
+Each host reads its own share of the data; gradients are averaged over all devices of all hosts.
 """
 
 from __future__ import annotations
 
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -24,6 +30,10 @@ config_flags.DEFINE_config_file(
     "config", None, "A configs/*.py file; override fields with --config.<field>=<value>.",
     lock_config=True,
 )
+flags.DEFINE_bool("distributed", False, "Join a multi-host run: jax.distributed.initialize().")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, if not auto-detected.")
+flags.DEFINE_integer("num_processes", None, "Processes in the run, if not auto-detected.")
+flags.DEFINE_integer("process_id", None, "This process's index, if not auto-detected.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -33,13 +43,19 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         # The progress bar is the trainer's output; orbax's per-save info lines would bury it.
         logging.set_verbosity(logging.WARNING)
+    if FLAGS.distributed:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
     logging.info("Config:\n%s", FLAGS.config)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train.TrainingInterruptedError as stop:
         print(stop, file=sys.stderr)
         sys.exit(128 + stop.signum)
-    except (ValueError, train.TrainingDivergedError) as error:
+    except (ValueError, FileNotFoundError, train.TrainingDivergedError) as error:
         # Config and divergence errors are for the user, not stack traces.
         sys.exit(f"error: {error}")
 

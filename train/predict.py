@@ -164,12 +164,18 @@ def predict(
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The workdir of a `python -m train` run.")
-flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
-flags.DEFINE_string("output", None, "Folder for results.json, images.json and annotated PNGs.")
-flags.DEFINE_integer("step", None, "Checkpoint step to use; default the latest.")
-flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
-flags.DEFINE_float("draw_threshold", 0.3, "Least score of a drawn detection.")
+
+
+def define_flags() -> None:
+    """The command line's flags, defined only when run as a program: the `train` entry points
+    share absl's global flag registry, and `predict()` is also imported as a library."""
+    flags.DEFINE_string("workdir", None, "The workdir of a `python -m train` run.")
+    flags.DEFINE_string("images", None, "Folder of images (searched recursively).")
+    flags.DEFINE_string("output", None, "Folder for results.json, images.json and annotated PNGs.")
+    flags.DEFINE_integer("step", None, "Checkpoint step to use; default the latest.")
+    flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
+    flags.DEFINE_float("draw_threshold", 0.3, "Least score of a drawn detection.")
+    flags.mark_flags_as_required(["workdir", "images", "output"])
 
 
 def main(argv: list[str]) -> None:
@@ -187,5 +193,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir", "images", "output"])
+    define_flags()
     app.run(main)

@@ -27,15 +27,21 @@ from focaljax.data import Coco2017, CocoFolder, SplitReport, VocDetection, sourc
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("dataset", None, ["coco", "voc", "coco_folder"], "The kind of data set.")
-flags.DEFINE_string("data_dir", None, "TFDS data directory; default ~/tensorflow_datasets.")
-flags.DEFINE_string("source_dir", None, "coco, voc: the folder holding the official files.")
-flags.DEFINE_enum("voc_year", "2007", ["2007", "2012"], "voc: which PASCAL VOC.")
-flags.DEFINE_string("name", None, "coco_folder: the data set's name (its folder in --data_dir).")
-flags.DEFINE_multi_string("images", [], "coco_folder: SPLIT=FOLDER, the images of a split.")
-flags.DEFINE_multi_string("annotations", [], "coco_folder: SPLIT=FILE, the COCO-format JSON of a "
-                          "split.")
-flags.mark_flag_as_required("dataset")
+
+
+def define_flags() -> None:
+    """The command line's flags, defined only when run as a program: the `train` entry points
+    share absl's global flag registry, and `prepare()` is also imported as a library."""
+    flags.DEFINE_enum("dataset", None, ["coco", "voc", "coco_folder"], "The kind of data set.")
+    flags.DEFINE_string("data_dir", None, "TFDS data directory; default ~/tensorflow_datasets.")
+    flags.DEFINE_string("source_dir", None, "coco, voc: the folder holding the official files.")
+    flags.DEFINE_enum("voc_year", "2007", ["2007", "2012"], "voc: which PASCAL VOC.")
+    flags.DEFINE_string("name", None, "coco_folder: the data set's name (folder in --data_dir).")
+    flags.DEFINE_multi_string("images", [], "coco_folder: SPLIT=FOLDER, the images of a split.")
+    flags.DEFINE_multi_string(
+        "annotations", [], "coco_folder: SPLIT=FILE, the COCO-format JSON of a split."
+    )
+    flags.mark_flag_as_required("dataset")
 
 
 def make_builder(
@@ -115,4 +121,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -361,7 +361,8 @@ def evaluate(
     """
     info = dataset.info
     ground_truth = dataset.coco_ground_truth(config.dataset.eval_split)
-    evaluator = CocoEvaluator(ground_truth)
+    # "faster_coco_eval" gives pycocotools' numbers (to 1e-4, tested) an order of magnitude faster.
+    evaluator = CocoEvaluator(ground_truth, backend=config.get("eval_backend", "pycocotools"))
     sizes = {image["id"]: (image["height"], image["width"]) for image in ground_truth["images"]}
     per_device = config.eval_batch_size // jax.local_device_count()
     grid_images, grid_predictions, grid_truths = [], [], []
@@ -552,7 +553,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     detector = detectors.build(
         config.model, num_classes=info.num_classes, image_size=image_size, axis_name=AXIS_NAME
     )
-    num_steps, decay_steps = resolve_steps(config, info.num_examples[config.dataset.train_split])
+    # TFDS resolves split expressions such as VOC's "train+validation" to their size.
+    num_train_examples = dataset.builder.info.splits[config.dataset.train_split].num_examples
+    num_steps, decay_steps = resolve_steps(config, num_train_examples)
     learning_rate_fn = create_learning_rate_fn(config, num_steps, decay_steps)
     tx = create_optimizer(config, learning_rate_fn)
 
