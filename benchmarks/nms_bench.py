@@ -16,7 +16,7 @@ The last row times the whole `focaljax.ops.retinanet_postprocess` of one 640x640
 of 80 classes and deltas on the 76,725 anchors of P3-P7 -> per-level top 1000, score threshold
 0.05, decoding, per-class NMS at 0.5, 100 detections.
 
-  python benchmarks/nms_bench.py                      # the table in benchmarks/results/nms.md
+  python benchmarks/nms_bench.py                      # the table in BENCHMARKS.md
   python benchmarks/nms_bench.py --sizes 5000 --max-outputs 100 --repeats 50
 """
 

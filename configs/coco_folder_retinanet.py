@@ -37,11 +37,12 @@ weights (mmdetection, detectron2; ../shared/reference/paper_tables.md).
 
 import ml_collections
 
-from configs import shapes_retinanet
+from configs import coco_retinanet_r50
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = shapes_retinanet.get_config()
+    # The model, optimizer and inference settings of the COCO recipe; data and schedule below.
+    config = coco_retinanet_r50.get_config()
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "coco_folder"
@@ -63,18 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.horizontal_flip = True
     config.dataset.scale_jitter = (0.8, 1.2)
 
-    model = config.model
-    model.backbone = "resnet50"
-    model.norm = "gn"
-    model.min_level = 3
-    model.max_level = 7
-    model.fpn_channels = 256
-    model.head_convs = 4
-    model.head_channels = 256
-
-    config.optimizer.learning_rate = 0.01
-    config.optimizer.reference_batch_size = 16
     config.schedule.warmup_steps = 500
+    config.schedule.decay_steps = ()
     config.schedule.decay_epochs = (8, 11)
     config.batch_size = 16
     config.eval_batch_size = 16

@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.backbone = "resnet50"
     model.norm = "gn"
     model.head_norm = "gn"
+    model.anchor_base_scale = 4.0  # Anchor sizes 32 (P3) to 512 (P7), the paper's.
     model.min_level = 3
     model.max_level = 7
     model.fpn_channels = 256

@@ -12,10 +12,17 @@ Command:
 
   (or `make train`). Override any field, e.g. `--config.num_train_steps=100`.
 
-Hardware, time and result: the full run is TO BE MEASURED. Measured so far, on a 2-core CPU
-shared with other jobs: `--config.num_train_steps=50` takes 73 s end to end (13 s to generate the
-data set the first time, about 10 s to compile, 52 images/s in training, then the evaluation);
-after 50 steps, still in the warm-up, AP is 0.0.
+Hardware, time and result, measured: 2-core AMD EPYC VM, no accelerator, jax 0.10.2 (XLA:CPU).
+`make train` took 598 s wall-clock in all, set-up included (creating `.venv` and installing into
+it; the data set, about 15 s to generate, was already there): 1500 steps of 16 images at 46 images/s (544 s with the
+compilation), then the evaluation on the 200 validation images:
+
+    AP 0.627 | AP50 0.826 | AP75 0.697 | APs 0.608 | APm 0.761 | APl - (no object > 96^2 px)
+
+The target of the default run (AP >= 0.6 and AP50 >= 0.85 within 10 minutes) is met for AP and
+time, not for AP50. Tried on the way (same data, 1500 steps unless said): SGD 0.01 with anchors at
+4x the stride and BN heads, 1000 steps: AP 0.179; AdamW 0.001 cosine, anchors at 2x: AP 0.390;
+adding GroupNorm in the heads and AdamW 0.002 (this config): AP 0.627; anchors at 1.5x: AP 0.599.
 """
 
 import ml_collections
@@ -46,11 +53,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.fpn_channels = 64
     config.model.head_convs = 2
     config.model.head_channels = 64
-    config.model.head_norm = "none"
+    config.model.head_norm = "gn"  # Heads trained from scratch converge much faster with GN.
     config.model.prior_prob = 0.01
     config.model.dtype = "float32"
     # Anchors: base size anchor_base_scale * stride, times each scale, at each aspect ratio.
-    config.model.anchor_base_scale = 4.0
+    # 2 (not the paper's 4): anchors of 16-101 px for objects of 8-64 px.
+    config.model.anchor_base_scale = 2.0
     config.model.anchor_scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     config.model.aspect_ratios = (0.5, 1.0, 2.0)
     config.model.fg_iou_threshold = 0.5
@@ -75,8 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.postprocess.max_detections = 100
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.01  # Per reference_batch_size images, scaled linearly.
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 0.002  # Per reference_batch_size images, scaled linearly.
     config.optimizer.reference_batch_size = 16
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = False
@@ -86,7 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.grad_clip_norm = 0.0
 
     config.schedule = ml_collections.ConfigDict()
-    config.schedule.name = "step"
+    config.schedule.name = "cosine"
     config.schedule.warmup_steps = 100
     config.schedule.warmup_factor = 0.001
     config.schedule.decay_steps = ()
@@ -95,7 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.batch_size = 16
     config.eval_batch_size = 32
-    config.num_train_steps = 1000
+    config.num_train_steps = 1500
     config.num_epochs = 0.0
     config.log_every_steps = 20
     config.eval_every_steps = 0

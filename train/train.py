@@ -2,8 +2,8 @@
 
 `train_and_evaluate(config, workdir)` does everything a run needs: it builds the data set and the
 detector named in the config, restores the latest checkpoint of `workdir` if there is one, runs
-the pmapped `train_step` with periodic checkpoints, logs, COCO evaluations and detection images,
-and returns the final evaluation metrics.
+the pmapped `train_step` with periodic checkpoints, logs, COCO evaluations (plus PASCAL VOC's mAP
+when `config.voc_metric` is set) and detection images, and returns the final evaluation metrics.
 
 The model, loss and data set are all picked by name from `config`; nothing here knows RetinaNet
 or the shapes data set. A workdir holds:
@@ -42,12 +42,16 @@ from focaljax import data as data_lib
 from focaljax import detectors
 from focaljax.evaluation.coco import CocoEvaluator, detections_to_coco
 from focaljax.evaluation.visualize import save_detection_grid
+from focaljax.evaluation.voc import voc_map
 from train.summary import SummaryWriter
 
 AXIS_NAME = "batch"
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
 EVAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# config.voc_metric -> the name of PASCAL VOC's mAP at IoU 0.5 among the evaluation metrics:
+# "voc07" the 11-point VOC2007 AP, "voc" the all-point area (VOC2010+); "" (default) neither.
+VOC_METRICS = {"voc07": "VOC07_mAP50", "voc": "VOC_mAP50"}
 CONFIG_FILE = "config.json"
 DATASET_INFO_FILE = "dataset_info.json"
 
@@ -127,6 +131,11 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     if config.max_checkpoints_to_keep < 1:
         raise ValueError(
             f"config.max_checkpoints_to_keep is {config.max_checkpoints_to_keep}, expected >= 1"
+        )
+    voc_metric = config.get("voc_metric", "")
+    if voc_metric and voc_metric not in VOC_METRICS:
+        raise ValueError(
+            f"config.voc_metric is {voc_metric!r}, expected '' (off) or one of {tuple(VOC_METRICS)}"
         )
     image_size = tuple(config.dataset.image_size)
     if len(image_size) != 2 or min(image_size) < 1:
@@ -356,8 +365,11 @@ def evaluate(
     """COCO metrics of the (replicated) `state` on the evaluation split, and a picture grid.
 
     Detections are mapped back to original pixels (`to_original_pixels`) before they meet the
-    ground truth. The grid, written to `grid_path` as a PNG, shows the first
-    `config.num_grid_images` images with their predicted and true boxes, in resized-image pixels.
+    ground truth. With `config.voc_metric` set, the same detections are also scored by
+    `focaljax.evaluation.voc.voc_map` at IoU 0.5 against `dataset.voc_ground_truth`, with its
+    "difficult" boxes, and the mAP is added under its `VOC_METRICS` name. The grid, written to
+    `grid_path` as a PNG, shows the first `config.num_grid_images` images with their predicted and
+    true boxes, in resized-image pixels.
     """
     info = dataset.info
     ground_truth = dataset.coco_ground_truth(config.dataset.eval_split)
@@ -365,6 +377,8 @@ def evaluate(
     evaluator = CocoEvaluator(ground_truth, backend=config.get("eval_backend", "pycocotools"))
     sizes = {image["id"]: (image["height"], image["width"]) for image in ground_truth["images"]}
     per_device = config.eval_batch_size // jax.local_device_count()
+    voc_metric = config.get("voc_metric", "")
+    voc_detections: dict[int, dict[str, np.ndarray]] = {}  # image id -> its detections
     grid_images, grid_predictions, grid_truths = [], [], []
     for batch in dataset.eval_iterator(per_device):
         predictions = _merge_devices(jax.device_get(p_eval_step(state, batch)))
@@ -378,11 +392,24 @@ def evaluate(
                 predictions["num_valid"], info.category_ids, batch["valid"],
             )
         )
+        if voc_metric:
+            for i in np.flatnonzero(batch["valid"]):
+                voc_detections[int(batch["image_id"][i])] = {
+                    "boxes": boxes[i], "scores": predictions["scores"][i],
+                    "classes": predictions["classes"][i], "num_valid": predictions["num_valid"][i],
+                }
         for i in np.flatnonzero(batch["valid"])[: config.num_grid_images - len(grid_images)]:
             grid_images.append(batch["image"][i])
             grid_predictions.append({k: v[i] for k, v in predictions.items()})
             grid_truths.append({"boxes": batch["boxes"][i], "labels": batch["labels"][i]})
     metrics = evaluator.evaluate()
+    if voc_metric:
+        image_ids, truths = dataset.voc_ground_truth(config.dataset.eval_split)
+        nothing = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "classes": np.zeros(0, int)}
+        metrics[VOC_METRICS[voc_metric]] = voc_map(
+            truths, [voc_detections.get(i, nothing) for i in image_ids],
+            use_07_metric=voc_metric == "voc07", num_classes=info.num_classes,
+        )["mAP"]
     grid = None
     if grid_path is not None and grid_images:
         images = denormalize(np.stack(grid_images), dataset.mean, dataset.std)
@@ -394,9 +421,11 @@ def evaluate(
 
 
 def format_metrics_table(metrics: Mapping[str, float]) -> str:
+    """The COCO metrics as a table, then a line for VOC's mAP if `metrics` has it."""
     header = " | ".join(f"{name:>6}" for name in EVAL_METRICS)
     values = " | ".join(f"{metrics[name]:6.3f}" for name in EVAL_METRICS)
-    return f"{header}\n{values}"
+    voc = [f"{name}: {metrics[name]:.3f}" for name in VOC_METRICS.values() if name in metrics]
+    return "\n".join([header, values, *voc])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -536,10 +565,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains `config` in `workdir`, resuming from its latest checkpoint, then evaluates.
 
     Returns:
-      The final COCO metrics (`CocoEvaluator.evaluate`: AP, AP50, AP75, APs, APm, APl, AR...).
+      The final COCO metrics (`CocoEvaluator.evaluate`: AP, AP50, AP75, APs, APm, APl, AR...),
+      and VOC's mAP under its `VOC_METRICS` name when `config.voc_metric` is set.
 
     Raises:
-      ValueError: for a config that cannot run, before anything is compiled.
+      ValueError: for a config that cannot run, before anything is compiled; also for
+        `config.voc_metric` on a data set without VOC's "difficult" flags.
       TrainingDivergedError: when the loss or the gradient norm becomes NaN or Inf; the message
         names the step and the last good checkpoint, and nothing is saved after it.
       TrainingInterruptedError: after SIGTERM or Ctrl-C, once the checkpoint of the current step
@@ -549,6 +580,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     check_config(config, num_devices)
     dataset = data_lib.build(config.dataset)
     info = dataset.info
+    voc_metric = config.get("voc_metric", "")
+    if voc_metric:
+        # Now rather than at the first evaluation; the ground truth is read once and kept.
+        try:
+            dataset.voc_ground_truth(config.dataset.eval_split)
+        except ValueError as error:
+            raise ValueError(
+                f"config.voc_metric is {voc_metric!r}, but {error}. Set it to '' for this data set."
+            ) from error
     image_size = tuple(int(s) for s in config.dataset.image_size)
     detector = detectors.build(
         config.model, num_classes=info.num_classes, image_size=image_size, axis_name=AXIS_NAME

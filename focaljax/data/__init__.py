@@ -31,6 +31,7 @@ import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from focaljax.data.coco import CATEGORY_IDS as COCO_CATEGORY_IDS
@@ -243,6 +244,33 @@ class DetectionDataset:
                 self.builder, split=split, category_ids=self.info.category_ids
             )
         return self._ground_truth[split]
+
+    def voc_ground_truth(
+        self, split: str | None = None
+    ) -> tuple[list[int], list[dict[str, np.ndarray]]]:
+        """Ground truth of `split` (default `config.eval_split`) with PASCAL VOC's "difficult"
+        flags, for `focaljax.evaluation.voc.voc_map`; see `focaljax.data.voc.voc_ground_truth`.
+
+        Only a data set with the feature `objects/is_difficult` has the flags. It must also mark
+        those boxes `objects/is_crowd` (ignore regions in training, as `VocDetection` does): the
+        flags are read from the COCO-format ground truth, where they are `iscrowd`.
+
+        Returns:
+          The image ids, and for each image `{"boxes": float [M, 4] xyxy original pixels,
+          "labels": int [M], "difficult": bool [M]}`.
+
+        Raises:
+          ValueError: when the data set lacks `objects/is_difficult` or `objects/is_crowd`.
+        """
+        objects = self.builder.info.features["objects"]
+        missing = [f"objects/{k}" for k in ("is_difficult", "is_crowd") if k not in objects]
+        if missing:
+            raise ValueError(
+                f"{self.info.name} has no VOC 'difficult' flags: it lacks the features {missing}; "
+                "VOC's metric needs a data set such as \"voc\" that flags its difficult boxes "
+                "objects/is_difficult and objects/is_crowd"
+            )
+        return voc_ground_truth(self.coco_ground_truth(split), self.info.category_ids)
 
 
 def build(config: Mapping) -> DetectionDataset:

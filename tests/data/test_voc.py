@@ -15,10 +15,10 @@ import tensorflow_datasets as tfds
 from focaljax import data
 from focaljax.data import VocDetection, create_train_iterator, source_reports, voc_ground_truth
 from focaljax.evaluation.voc import voc_map
-from tests.data.fake_sources import write_image
+from tests.data.fake_sources import VOC2007_DEVKIT as DEVKIT
+from tests.data.fake_sources import voc_annotation, write_voc_source
 
 LABELS = VocDetection(config="2007").info.features["objects"]["label"].names
-DEVKIT = "VOCdevkit/VOC2007"
 # image: (split list, width, height, [(label, (xmin, ymin, xmax, ymax) as in the XML, difficult)])
 IMAGES = {
     "000005": ("train", 64, 48, [("dog", (5, 7, 20, 30), False), ("person", (30, 10, 50, 40), True),
@@ -36,33 +36,6 @@ EXPECTED_TRAIN = {
 DOWNLOAD_CONFIG = tfds.download.DownloadConfig(try_download_gcs=False)
 
 
-def _xml(name: str, width: int, height: int, objects) -> str:
-    parts = [f"<annotation><folder>VOC2007</folder><filename>{name}.jpg</filename>"
-             f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"]
-    for label, (xmin, ymin, xmax, ymax), difficult in objects:
-        parts.append(
-            f"<object><name>{label}</name><pose>Left</pose><truncated>1</truncated>"
-            f"<difficult>{int(difficult)}</difficult><bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
-            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>"
-        )
-    return "".join(parts) + "</annotation>"
-
-
-def make_source(root: Path, images=IMAGES) -> Path:
-    devkit = root / DEVKIT
-    (devkit / "Annotations").mkdir(parents=True)
-    (devkit / "ImageSets" / "Main").mkdir(parents=True)
-    lists: dict[str, list[str]] = {}
-    for seed, (name, (split, width, height, objects)) in enumerate(images.items()):
-        write_image(devkit / "JPEGImages" / f"{name}.jpg", width, height, seed=seed)
-        (devkit / "Annotations" / f"{name}.xml").write_text(_xml(name, width, height, objects))
-        lists.setdefault(split, []).append(name)
-    for split, names in lists.items():
-        image_list = devkit / "ImageSets" / "Main" / f"{split}.txt"
-        image_list.write_text("".join(f"{n}\n" for n in names))
-    return root
-
-
 def _prepare(source_dir: Path, data_dir: Path) -> VocDetection:
     builder = VocDetection(config="2007", source_dir=str(source_dir), data_dir=str(data_dir))
     builder.download_and_prepare(download_config=DOWNLOAD_CONFIG)
@@ -76,7 +49,7 @@ def _records(builder, split: str) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    return make_source(tmp_path_factory.mktemp("voc"))
+    return write_voc_source(tmp_path_factory.mktemp("voc"), IMAGES)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +195,7 @@ def test_missing_file_of_a_listed_image_is_named(tmp_path, source, folder, file,
     ("content", "message"),
     [
         ("<annotation><size>", r"cannot parse the annotation .*000009\.xml"),
-        (_xml("000009", 64, 64, [("unicorn", (1, 1, 5, 5), False)]),
+        (voc_annotation("000009", 64, 64, [("unicorn", (1, 1, 5, 5), False)]),
          r"000009\.xml: object 0 is a 'unicorn', expected one of \['aeroplane'"),
     ],
 )

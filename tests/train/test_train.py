@@ -30,6 +30,8 @@ IMAGE_SIZE = (64, 64)
         ("schedule.warmup_factor", 0.0, r"warmup_factor is 0.0, expected a value in \(0, 1\]"),
         ("checkpoint_every_steps", -1, r"config.checkpoint_every_steps is -1, expected >= 0"),
         ("dataset.image_size", (64,), r"config.dataset.image_size is \(64,\), expected \(height"),
+        ("voc_metric", "voc12", r"config.voc_metric is 'voc12', expected '' \(off\) or one of "
+                                r"\('voc07', 'voc'\)"),
     ],
 )
 def test_check_config_names_the_bad_field_and_what_was_expected(field, value, message):
@@ -65,6 +67,7 @@ def test_unknown_model_is_rejected_before_anything_is_compiled(tiny_data_dir, tm
 
 def test_learning_rate_warms_up_linearly_then_steps_down():
     config = tiny_config("")
+    config.schedule.name = "step"
     config.optimizer.learning_rate = 0.01
     config.optimizer.reference_batch_size = 16
     config.batch_size = 32  # Linear scaling: base 0.02.
