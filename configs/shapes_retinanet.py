@@ -14,8 +14,8 @@ Command:
 
 Hardware, time and result, measured: 2-core AMD EPYC VM, no accelerator, jax 0.10.2 (XLA:CPU).
 `make train` took 598 s wall-clock in all, set-up included (creating `.venv` and installing into
-it; the data set, about 15 s to generate, was already there): 1500 steps of 16 images at 46 images/s (544 s with the
-compilation), then the evaluation on the 200 validation images:
+it; the data set, about 15 s to generate, was already there): 1500 steps of 16 images at
+46 images/s (544 s with the compilation), then the evaluation on the 200 validation images:
 
     AP 0.627 | AP50 0.826 | AP75 0.697 | APs 0.608 | APm 0.761 | APl - (no object > 96^2 px)
 

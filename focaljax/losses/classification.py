@@ -32,6 +32,18 @@ def _integer_power(a: Array, n: int) -> Array:
     return jnp.ones_like(a) if n == 0 else lax.integer_pow(a, n)
 
 
+def _end_fusion(y: Array) -> Array:
+    """`y`, unchanged in value and gradient, behind an op XLA:CPU keeps in a loop fusion.
+
+    XLA:CPU hands a `sum` of a loss to a YNNPACK reduction that absorbs the simple elementwise ops
+    before it but not `exp` or `log1p`, which breaks the loss into one materialized array per
+    transcendental. Ending the loss on a rounding to its own precision (an identity) keeps the
+    whole loss in one fusion feeding the reduction (BENCHMARKS.md).
+    """
+    info = jnp.finfo(y.dtype)
+    return lax.reduce_precision(y, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+
+
 def _safe_div(num: Array, den: Array) -> Array:
     """num / den where den > 0, else 0 (the limit the callers need at den = 0)."""
     positive = den > 0
@@ -42,10 +54,10 @@ def _safe_div(num: Array, den: Array) -> Array:
 # Sigmoid focal loss.
 
 
-def _sigmoid_focal_parts(x: Array, t: Array, gamma: float):
+def _sigmoid_focal_parts(x: Array, t: Array, e: Array, gamma: float):
     """Loss, d loss / d x and d loss / d t of the unweighted sigmoid focal loss, elementwise.
 
-    Uses one exp and one log1p per element:
+    Takes e = exp(-|x|) and uses one more log1p per element:
         p = sigmoid(x), q = 1 - p = sigmoid(-x), both from e = exp(-|x|) without cancellation;
         ce = softplus(x) - t x = max(x, 0) - t x + log1p(e);
         d = t - p = t q - (1 - t) p  (exact for hard targets, even when p rounds to 1);
@@ -56,7 +68,6 @@ def _sigmoid_focal_parts(x: Array, t: Array, gamma: float):
     The factor a^(gamma - 1) is only formed for integer gamma >= 1; otherwise it is folded into
     m * (p q / a) and m * (ce / a), which stay finite (for hard targets p q / a is p or q).
     """
-    e = jnp.exp(-jnp.abs(x))
     log1p_e = jnp.log1p(e)
     inv = 1 / (1 + e)
     nonneg = x >= 0
@@ -67,14 +78,15 @@ def _sigmoid_focal_parts(x: Array, t: Array, gamma: float):
     if gamma == 0:
         return ce, -d, -x
     a = jnp.abs(d)
-    s = jnp.sign(d)
     if float(gamma).is_integer():
-        m1 = _integer_power(a, int(gamma) - 1)  # a^(gamma - 1)
-        m = m1 * a
+        # s a^(gamma - 1), as d a^(gamma - 2) from gamma = 2 on (no sign needed).
+        sm1 = jnp.sign(d) if gamma == 1 else d * _integer_power(a, int(gamma) - 2)
+        m = _integer_power(a, int(gamma))
         loss = m * ce
-        dx = -s * m1 * (gamma * p * q * ce + a * a)
-        dt = gamma * s * m1 * ce - m * x
+        dx = -sm1 * (gamma * p * q * ce + a * a)
+        dt = gamma * sm1 * ce - m * x
         return loss, dx, dt
+    s = jnp.sign(d)
     m = jnp.exp(gamma * jnp.log(a))  # log(0) = -inf gives m = 0, the right limit for gamma > 0
     loss = m * ce
     dx = -s * m * (gamma * _safe_div(p * q, a) * ce + a)
@@ -82,13 +94,30 @@ def _sigmoid_focal_parts(x: Array, t: Array, gamma: float):
     return loss, dx, dt
 
 
+def _two_copies(e: Array) -> tuple[Array, Array]:
+    """`(e, e)`; on CPU as two values XLA cannot merge back into one.
+
+    The loss and its gradient both start from `e = exp(-|x|)`. On XLA:CPU, which has no
+    multi-output fusion, an `exp`, `log1p` or division with consumers in two fusions is computed
+    once into its own array: five arrays written and read again. With its own copy of `e`, each
+    of the two fusions (loss, gradient) computes its own `log1p` and division from one shared
+    array: cheaper here than the memory traffic it saves (BENCHMARKS.md). Elsewhere the two are
+    one value, fused as the compiler likes.
+    """
+    return lax.platform_dependent(
+        e, cpu=lambda e: lax.optimization_barrier((e, e)), default=lambda e: (e, e)
+    )
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _sigmoid_focal(x: Array, t: Array, gamma: float) -> Array:
-    return _sigmoid_focal_parts(x, t, gamma)[0]
+    return _sigmoid_focal_parts(x, t, jnp.exp(-jnp.abs(x)), gamma)[0]
 
 
 def _sigmoid_focal_fwd(x, t, gamma):
-    loss, dx, dt = _sigmoid_focal_parts(x, t, gamma)
+    e_loss, e_grad = _two_copies(jnp.exp(-jnp.abs(x)))
+    loss = _sigmoid_focal_parts(x, t, e_loss, gamma)[0]
+    _, dx, dt = _sigmoid_focal_parts(x, t, e_grad, gamma)
     return loss, (dx, dt)
 
 
@@ -158,7 +187,7 @@ def _sigmoid_focal_loss(logits, targets, alpha, gamma, label_smoothing):
     loss = _sigmoid_focal(x, t, gamma)
     if alpha is not None:
         loss = _alpha_t(jnp.asarray(alpha, dtype), t) * loss
-    return loss.astype(logits.dtype)
+    return _end_fusion(loss).astype(logits.dtype)
 
 
 def sigmoid_cross_entropy(
