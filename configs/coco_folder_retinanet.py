@@ -67,11 +67,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.schedule.warmup_steps = 500
     config.schedule.decay_steps = ()
     config.schedule.decay_epochs = (8, 11)
-    config.batch_size = 16
-    config.eval_batch_size = 16
     config.num_train_steps = 0
     config.num_epochs = 12.0
-    config.log_every_steps = 100
     config.eval_every_steps = 0
     config.checkpoint_every_steps = 1000
     return config

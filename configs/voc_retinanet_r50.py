@@ -55,11 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.schedule.warmup_steps = 500
     config.schedule.decay_steps = ()
     config.schedule.decay_epochs = (16, 22)
-    config.batch_size = 16
-    config.eval_batch_size = 16
     config.num_train_steps = 0
     config.num_epochs = 24.0
-    config.log_every_steps = 100
     config.eval_every_steps = 5000
     config.checkpoint_every_steps = 1000
     config.voc_metric = "voc07"  # Also VOC2007's 11-point mAP@0.5, as VOC07_mAP50.
