@@ -61,10 +61,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.prior_prob = 0.01
     config.model.dtype = "float32"
     # Anchors: base size anchor_base_scale * stride, times each scale, at each aspect ratio.
-    # 2 (not the paper's 4): anchors of 16-101 px for objects of 8-64 px.
+    # 2 (not the paper's 4): anchors of 16-101 px for objects of 8-64 px. One aspect ratio (the
+    # paper has 0.5, 1, 2): every shape is as wide as it is tall, unless partly hidden.
     config.model.anchor_base_scale = 2.0
     config.model.anchor_scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-    config.model.aspect_ratios = (0.5, 1.0, 2.0)
+    config.model.aspect_ratios = (1.0,)
     config.model.fg_iou_threshold = 0.5
     config.model.bg_iou_threshold = 0.4
     config.model.allow_low_quality_matches = True
@@ -77,9 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.loss.fl_star_beta = 0.0
     config.model.loss.ohem_num_samples = 128
     config.model.loss.ohem_positive_fraction = 0.25
-    config.model.loss.box = "l1"
+    config.model.loss.box = "giou"  # On the decoded boxes (see the docstring for "l1").
     config.model.loss.box_beta = 0.0
-    config.model.loss.box_weight = 1.0
+    config.model.loss.box_weight = 2.0
     config.model.postprocess = ml_collections.ConfigDict()
     config.model.postprocess.pre_nms_topk = 1000
     config.model.postprocess.score_threshold = 0.05
@@ -107,7 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.batch_size = 16
     config.eval_batch_size = 32
-    config.num_train_steps = 1600
+    config.num_train_steps = 1800
     config.num_epochs = 0.0
     config.log_every_steps = 20
     config.eval_every_steps = 0
@@ -115,4 +116,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_checkpoints_to_keep = 2
     config.num_grid_images = 8
     config.eval_backend = "pycocotools"  # or "faster_coco_eval"
+    # XLA options for the train and evaluation steps (fields of XLA's DebugOptions). XLA:CPU's
+    # own convolutions instead of YNNPACK's: the train step took 0.80x the time (257 vs 322 ms,
+    # jax 0.10.2, 2 cores); a kernel gradient alone, 0.23x. Other compilers ignore CPU options.
+    config.compiler_options = ml_collections.ConfigDict(
+        {"xla_cpu_experimental_ynn_fusion_type": ""}
+    )
     return config

@@ -112,11 +112,12 @@ def predict(
     )
     variables, step = train.restore_variables(workdir, step)
 
-    @jax.jit
     def detect(variables, images):
         batch = {"image": images}
         outputs, _ = detector.apply(variables, batch, train=False)
         return detector.postprocess(outputs, batch)
+
+    detect = train.with_compiler_options(jax.jit(detect), train.compiler_options(config))
 
     results, images = [], []
     for start in range(0, len(names), batch_size):

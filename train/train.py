@@ -137,6 +137,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ValueError(
             f"config.voc_metric is {voc_metric!r}, expected '' (off) or one of {tuple(VOC_METRICS)}"
         )
+    compiler_options(config)  # Raises for a malformed one.
     image_size = tuple(config.dataset.image_size)
     if len(image_size) != 2 or min(image_size) < 1:
         raise ValueError(
@@ -161,6 +162,21 @@ def resolve_steps(
             "the training steps"
         )
     return num_steps, decay_steps
+
+
+def compiler_options(config: ml_collections.ConfigDict) -> dict[str, str | bool | int | float]:
+    """`config.compiler_options` (absent: none) as a dict of XLA option name -> value."""
+    options = config.get("compiler_options") or {}
+    if isinstance(options, ml_collections.ConfigDict):
+        options = options.to_dict()
+    if not isinstance(options, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, (str, bool, int, float)) for k, v in options.items()
+    ):
+        raise ValueError(
+            f"config.compiler_options is {options!r}, expected a mapping from XLA option names "
+            "to strings or numbers, e.g. {'xla_cpu_experimental_ynn_fusion_type': ''}"
+        )
+    return dict(options)
 
 
 def create_learning_rate_fn(
@@ -271,6 +287,37 @@ def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
 
 # ----------------------------------------------------------------------------------------------
 # Steps (pmapped over AXIS_NAME).
+
+
+def with_compiler_options(fn: Callable, options: Mapping[str, Any]) -> Callable:
+    """`fn` (`jax.jit`- or `jax.pmap`-ed), compiled at its first call, for the shapes of its
+    arguments, with XLA `options`.
+
+    The options (`config.compiler_options`, fields of XLA's `DebugOptions`) only tune how XLA
+    compiles, never what the step computes; an option or value that the installed XLA rejects is
+    reported and the step compiled without the options, rather than failing the run. Later calls must
+    have the first call's shapes, as the train and the (padded) evaluation batches do. With no
+    options, `fn` itself is returned.
+    """
+    if not options:
+        return fn
+    compiled = None
+
+    def call(*args):
+        nonlocal compiled
+        if compiled is None:
+            lowered = fn.lower(*args)
+            try:
+                compiled = lowered.compile(compiler_options=options)
+            except jax.errors.JaxRuntimeError as error:
+                tqdm.write(
+                    f"Warning: this XLA rejects config.compiler_options {options} ({error}); "
+                    "compiling without them"
+                )
+                compiled = lowered.compile()
+        return compiled(*args)
+
+    return call
 
 
 def train_step(
@@ -636,14 +683,22 @@ def _train_loop(
     checkpoints: ocp.CheckpointManager,
     writer: SummaryWriter,
 ) -> dict[str, float]:
-    p_train_step = jax.pmap(
-        functools.partial(
-            train_step, detector=detector, tx=tx, learning_rate_fn=learning_rate_fn, rng=step_rng
+    options = compiler_options(config)
+    p_train_step = with_compiler_options(
+        jax.pmap(
+            functools.partial(
+                train_step, detector=detector, tx=tx, learning_rate_fn=learning_rate_fn,
+                rng=step_rng,
+            ),
+            axis_name=AXIS_NAME,
+            donate_argnums=(0,),
         ),
-        axis_name=AXIS_NAME,
-        donate_argnums=(0,),
+        options,
     )
-    p_eval_step = jax.pmap(functools.partial(eval_step, detector=detector), axis_name=AXIS_NAME)
+    p_eval_step = with_compiler_options(
+        jax.pmap(functools.partial(eval_step, detector=detector), axis_name=AXIS_NAME),
+        options,
+    )
     step = int(state.step)
     per_device_batch = config.batch_size // jax.local_device_count()
     # The iterator starts at the batch of `step`, so a resumed run sees the data it would have.

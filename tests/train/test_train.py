@@ -32,6 +32,8 @@ IMAGE_SIZE = (64, 64)
         ("dataset.image_size", (64,), r"config.dataset.image_size is \(64,\), expected \(height"),
         ("voc_metric", "voc12", r"config.voc_metric is 'voc12', expected '' \(off\) or one of "
                                 r"\('voc07', 'voc'\)"),
+        ("compiler_options.xla_cpu_max_isa", (1, 2), r"config.compiler_options is \{.*\}, "
+                                                     r"expected a mapping from XLA option names"),
     ],
 )
 def test_check_config_names_the_bad_field_and_what_was_expected(field, value, message):
@@ -59,6 +61,60 @@ def test_unknown_model_is_rejected_before_anything_is_compiled(tiny_data_dir, tm
     with pytest.raises(ValueError, match=r"unknown model 'yolo', expected one of \['retinanet'\]"):
         train.train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# XLA compiler options.
+
+
+def _conv_kernel_gradient(images, kernel):
+    """A pmapped step's kind of work: the gradient of a convolution's output sum in its kernel."""
+    def total(kernel):
+        return jax.lax.conv_general_dilated(
+            images, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        ).sum()
+
+    return jax.grad(total)(kernel)
+
+
+def _conv_inputs():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(jax.local_device_count(), 2, 8, 8, 4)).astype(np.float32)
+    kernel = rng.normal(size=(3, 3, 4, 5)).astype(np.float32)
+    # The same gradient in float64 NumPy: each kernel tap sums the inputs it meets, zero padded.
+    padded = np.pad(images.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+    taps = np.stack([
+        np.stack([padded[:, :, dy:dy + 8, dx:dx + 8].sum(axis=(1, 2, 3)) for dx in range(3)], 1)
+        for dy in range(3)
+    ], 1)  # [devices, 3, 3, in]
+    expected = np.broadcast_to(taps[..., None], taps.shape + (5,))
+    return images, kernel, expected
+
+
+def test_no_compiler_options_leave_the_function_as_it_is():
+    pmapped = jax.pmap(_conv_kernel_gradient, in_axes=(0, None))
+    assert train.with_compiler_options(pmapped, {}) is pmapped
+
+
+def test_compiler_options_compile_the_step_once_and_leave_its_results_unchanged():
+    images, kernel, expected = _conv_inputs()
+    pmapped = jax.pmap(_conv_kernel_gradient, in_axes=(0, None))
+    step = train.with_compiler_options(pmapped, {"xla_cpu_experimental_ynn_fusion_type": ""})
+    for _ in range(2):
+        np.testing.assert_allclose(np.asarray(step(images, kernel)), expected, rtol=1e-5, atol=1e-4)
+    # Compiled once, for the first call's shapes: a second shape is not the same program.
+    with pytest.raises((TypeError, ValueError)):
+        step(images[:, :1], kernel)
+
+
+def test_an_option_this_xla_does_not_know_is_reported_and_the_step_still_runs(capsys):
+    images, kernel, expected = _conv_inputs()
+    pmapped = jax.pmap(_conv_kernel_gradient, in_axes=(0, None))
+    step = train.with_compiler_options(pmapped, {"xla_no_such_option": "1"})
+    np.testing.assert_allclose(np.asarray(step(images, kernel)), expected, rtol=1e-5, atol=1e-4)
+    output = capsys.readouterr().out
+    assert "rejects config.compiler_options {'xla_no_such_option': '1'}" in output
+    assert "compiling without them" in output
 
 
 # ----------------------------------------------------------------------------------------------
