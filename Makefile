@@ -27,6 +27,7 @@ train: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/loss_bench.py
 	$(PY) benchmarks/nms_bench.py
+	$(PY) benchmarks/train_step_bench.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check focaljax train configs tests benchmarks

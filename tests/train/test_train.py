@@ -1,4 +1,5 @@
-"""The trainer's parts: config checks, learning rate, weight decay and gradient clipping."""
+"""The trainer's parts: config checks, XLA compiler options, learning rate, weight decay and
+gradient clipping."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import shapes_retinanet
 from focaljax import detectors
 from tests.train.conftest import tiny_config
 from train import train
@@ -105,6 +107,13 @@ def test_compiler_options_compile_the_step_once_and_leave_its_results_unchanged(
     # Compiled once, for the first call's shapes: a second shape is not the same program.
     with pytest.raises((TypeError, ValueError)):
         step(images[:, :1], kernel)
+
+
+def test_this_xla_accepts_the_compiler_options_of_the_default_config():
+    # Otherwise `make train` would warn and run without them (slower on a CPU): update the config.
+    options = train.compiler_options(shapes_retinanet.get_config())
+    assert options
+    jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=options)
 
 
 def test_an_option_this_xla_does_not_know_is_reported_and_the_step_still_runs(capsys):
