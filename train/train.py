@@ -294,10 +294,10 @@ def with_compiler_options(fn: Callable, options: Mapping[str, Any]) -> Callable:
     arguments, with XLA `options`.
 
     The options (`config.compiler_options`, fields of XLA's `DebugOptions`) only tune how XLA
-    compiles, never what the step computes; an option or value that the installed XLA rejects is
-    reported and the step compiled without the options, rather than failing the run. Later calls must
-    have the first call's shapes, as the train and the (padded) evaluation batches do. With no
-    options, `fn` itself is returned.
+    compiles, never what the step computes; an option or value that the installed XLA rejects
+    is reported and the step compiled without the options, rather than failing the run. Later
+    calls must have the first call's shapes, as the train and the (padded) evaluation batches
+    do. With no options, `fn` itself is returned.
     """
     if not options:
         return fn
