@@ -25,7 +25,12 @@ def load_config(name="shapes_retinanet"):
 
 
 def tiny_model_config():
+    """The shapes config's model, shrunk, with the paper's anchors (9 per position) and L1 box loss,
+    which the hand-computed expectations below assume."""
     model = load_config().model
+    model.aspect_ratios = (0.5, 1.0, 2.0)
+    model.loss.box = "l1"
+    model.loss.box_weight = 1.0
     model.backbone = "resnet_tiny"
     model.min_level, model.max_level = 3, 4
     model.fpn_channels = model.head_channels = 16
