@@ -61,7 +61,17 @@ def get_config() -> ml_collections.ConfigDict:
     model.backbone = "resnet50"
     model.norm = "gn"
     model.head_norm = "gn"
+    # The paper's anchors and box loss, stated here rather than inherited from the shapes config,
+    # which tunes both to its data set.
     model.anchor_base_scale = 4.0  # Anchor sizes 32 (P3) to 512 (P7), the paper's.
+    model.anchor_scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    model.aspect_ratios = (0.5, 1.0, 2.0)
+    model.loss.cls = "focal"
+    model.loss.alpha = 0.25
+    model.loss.gamma = 2.0
+    model.loss.box = "l1"
+    model.loss.box_beta = 0.0
+    model.loss.box_weight = 1.0
     model.min_level = 3
     model.max_level = 7
     model.fpn_channels = 256

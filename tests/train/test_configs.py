@@ -64,6 +64,13 @@ def test_coco_config_is_the_papers_1x_recipe():
         "focal", 0.25, 2.0
     )
     assert (config.model.fg_iou_threshold, config.model.bg_iou_threshold) == (0.5, 0.4)
+    # 9 anchors per location, sizes 32 (P3) to 512 (P7), and an L1 box loss of weight 1.
+    assert config.model.anchor_base_scale == 4.0
+    np.testing.assert_allclose(config.model.anchor_scales, [1.0, 2 ** (1 / 3), 2 ** (2 / 3)])
+    assert tuple(config.model.aspect_ratios) == (0.5, 1.0, 2.0)
+    assert (config.model.loss.box, config.model.loss.box_beta, config.model.loss.box_weight) == (
+        "l1", 0.0, 1.0
+    )
     assert min(config.dataset.image_size) == 800
     assert config.batch_size == 16 and config.optimizer.momentum == 0.9
     num_steps, decay_steps = train.resolve_steps(config, num_train_examples=117_266)
