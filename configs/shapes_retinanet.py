@@ -31,8 +31,8 @@ How it got there (same data, 16 images a step; AP / AP50):
   A lower score threshold (0.01) or NMS at 0.6 did not help (+0.001, -0.011).
 - The GIoU box loss (weight 2), 1600 steps: 0.653 / 0.846, but at 43 images/s, 627 s.
 - XLA:CPU's own convolutions instead of YNNPACK's (`compiler_options` below): the same step in
-  0.77x the time (benchmarks/train_step_bench.py); GIoU now costs next to nothing. 1800 steps
-  with GIoU: 0.661 / 0.860 in 572 s.
+  0.76x the time (benchmarks/train_step_bench.py); GIoU now costs next to nothing. 1800 steps
+  with GIoU: 0.661 / 0.860 in 572 s (YNNPACK turned off through XLA_FLAGS in that run).
 - One anchor aspect ratio instead of three (every shape is as wide as it is tall): 1800 steps,
   0.683 / 0.885, AP75 0.764, in 526 s and 586 s (two runs, identical metrics).
 - 1600 steps (this config), for time to spare on a busy machine: the result above.
@@ -126,7 +126,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_grid_images = 8
     config.eval_backend = "pycocotools"  # or "faster_coco_eval"
     # XLA options for the train and evaluation steps (fields of XLA's DebugOptions). XLA:CPU's
-    # own convolutions instead of YNNPACK's: the train step in 0.77x the time (235 vs 309 ms,
+    # own convolutions instead of YNNPACK's: the train step in 0.76x the time (235 vs 309 ms,
     # jax 0.10.2, 2 cores; benchmarks/train_step_bench.py). GPU/TPU compilers do not read it.
     config.compiler_options = ml_collections.ConfigDict(
         {"xla_cpu_experimental_ynn_fusion_type": ""}
