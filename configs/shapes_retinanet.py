@@ -87,6 +87,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.loss.fl_star_beta = 0.0
     config.model.loss.ohem_num_samples = 128
     config.model.loss.ohem_positive_fraction = 0.25
+    # N of the loss: "num_positives" (the paper's max(1, #positive anchors) of the batch) or
+    # "ema" (detectron2's moving average of it, momentum ema_momentum, starting at 100).
+    config.model.loss.normalizer = "num_positives"
+    config.model.loss.ema_momentum = 0.9
     config.model.loss.box = "giou"  # On the decoded boxes (see the docstring for "l1").
     config.model.loss.box_beta = 0.0
     config.model.loss.box_weight = 2.0

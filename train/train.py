@@ -39,10 +39,8 @@ from jax import lax
 from tqdm import tqdm
 
 from focaljax import data as data_lib
-from focaljax import detectors
-from focaljax.evaluation.coco import CocoEvaluator, detections_to_coco
+from focaljax import detectors, evaluation
 from focaljax.evaluation.visualize import save_detection_grid
-from focaljax.evaluation.voc import voc_map
 from train.summary import SummaryWriter
 
 AXIS_NAME = "batch"
@@ -52,6 +50,8 @@ EVAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # config.voc_metric -> the name of PASCAL VOC's mAP at IoU 0.5 among the evaluation metrics:
 # "voc07" the 11-point VOC2007 AP, "voc" the all-point area (VOC2010+); "" (default) neither.
 VOC_METRICS = {"voc07": "VOC07_mAP50", "voc": "VOC_mAP50"}
+# The outputs of `Detector.postprocess` that the detection pictures draw.
+DETECTION_KEYS = ("boxes", "scores", "classes", "num_valid")
 CONFIG_FILE = "config.json"
 DATASET_INFO_FILE = "dataset_info.json"
 
@@ -65,12 +65,15 @@ class TrainState(struct.PyTreeNode):
       model_state: the other variable collections: batch-norm statistics that training updates
         (`Detector.mutable_collections`) or frozen ones that it never touches.
       opt_state: the optax state.
+      loss_state: what the detector's loss carries from step to step
+        (`Detector.initial_loss_state`, e.g. a moving-average normalizer); `{}` for most.
     """
 
     step: jax.Array
     params: Any
     model_state: Any
     opt_state: Any
+    loss_state: Any
 
 
 class TrainingDivergedError(RuntimeError):
@@ -265,6 +268,7 @@ def create_train_state(
             params=params,
             model_state={k: v for k, v in variables.items() if k != "params"},
             opt_state=tx.init(params),
+            loss_state=detector.initial_loss_state,
         )
 
     return init(rng)
@@ -343,12 +347,13 @@ def train_step(
     def loss_fn(params):
         variables = {"params": params, **state.model_state}
         outputs, updates = detector.apply(variables, batch, train=True, rng=apply_rng)
-        loss, metrics = detector.loss_fn(outputs, batch, axis_name=AXIS_NAME, rng=loss_rng)
-        return loss, (metrics, updates)
+        result = detector.loss_fn(
+            outputs, batch, state=state.loss_state, axis_name=AXIS_NAME, rng=loss_rng
+        )
+        return sum(result.terms.values()), (result, updates)
 
-    (_, (metrics, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (result, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = lax.pmean(grads, AXIS_NAME)
-    metrics = lax.pmean(metrics, AXIS_NAME)
     updates = lax.pmean(updates, AXIS_NAME)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(
@@ -356,9 +361,16 @@ def train_step(
         params=optax.apply_updates(state.params, param_updates),
         model_state={**state.model_state, **updates},
         opt_state=opt_state,
+        # The detector reduces what its state is computed from; the mean keeps replicas equal.
+        loss_state=lax.pmean(result.state, AXIS_NAME),
     )
     metrics = {
-        **metrics,
+        **{f"loss_{name}": term for name, term in result.terms.items()},
+        **result.metrics,
+        "loss": loss,
+    }
+    metrics = {
+        **lax.pmean(metrics, AXIS_NAME),
         "learning_rate": learning_rate_fn(state.step),
         "grad_norm": optax.tree.norm(grads),
     }
@@ -401,62 +413,77 @@ def denormalize(images: np.ndarray, mean: Any, std: Any) -> np.ndarray:
     return np.clip(np.round(images), 0, 255).astype(np.uint8)
 
 
+def build_evaluators(
+    dataset: data_lib.DetectionDataset,
+    detector: detectors.Detector,
+    config: ml_collections.ConfigDict,
+) -> list[evaluation.Evaluator]:
+    """The evaluators of a run: COCO's detection metrics, PASCAL VOC's mAP when
+    `config.voc_metric` is set, then the detector's own (`Detector.evaluators`)."""
+    ground_truth = dataset.coco_ground_truth(config.dataset.eval_split)
+    # "faster_coco_eval" gives pycocotools' numbers (to 1e-4, tested) an order of magnitude faster.
+    evaluators: list[evaluation.Evaluator] = [
+        evaluation.CocoDetectionEvaluator(
+            ground_truth, category_ids=dataset.info.category_ids,
+            backend=config.get("eval_backend", "pycocotools"),
+        )
+    ]
+    voc_metric = config.get("voc_metric", "")
+    if voc_metric:
+        image_ids, truths = dataset.voc_ground_truth(config.dataset.eval_split)
+        evaluators.append(
+            evaluation.VocDetectionEvaluator(
+                image_ids, truths, num_classes=dataset.info.num_classes,
+                use_07_metric=voc_metric == "voc07",
+            )
+        )
+    evaluators.extend(detector.evaluators(ground_truth))
+    return evaluators
+
+
 def evaluate(
     p_eval_step: Callable,
     state: TrainState,
     dataset: data_lib.DetectionDataset,
     config: ml_collections.ConfigDict,
     *,
+    detector: detectors.Detector,
     grid_path: str | None = None,
 ) -> tuple[dict[str, float], np.ndarray | None]:
-    """COCO metrics of the (replicated) `state` on the evaluation split, and a picture grid.
+    """Metrics of the (replicated) `state` on the evaluation split, and a picture grid.
 
-    Detections are mapped back to original pixels (`to_original_pixels`) before they meet the
-    ground truth. With `config.voc_metric` set, the same detections are also scored by
-    `focaljax.evaluation.voc.voc_map` at IoU 0.5 against `dataset.voc_ground_truth`, with its
-    "difficult" boxes, and the mAP is added under its `VOC_METRICS` name. The grid, written to
-    `grid_path` as a PNG, shows the first `config.num_grid_images` images with their predicted and
-    true boxes, in resized-image pixels.
+    Every batch of detections goes to each of `build_evaluators`' evaluators, with each of the
+    detector's `box_outputs` mapped back to original pixels (`to_original_pixels`) first; the
+    metrics are the union of theirs (COCO's under `EVAL_METRICS` and the rest of
+    `focaljax.evaluation.STAT_NAMES`, VOC's mAP under its `VOC_METRICS` name, a Faster R-CNN's
+    proposal recall ...). The grid, written to `grid_path` as a PNG, shows the first
+    `config.num_grid_images` images with their predicted and true boxes, in resized-image pixels.
     """
     info = dataset.info
     ground_truth = dataset.coco_ground_truth(config.dataset.eval_split)
-    # "faster_coco_eval" gives pycocotools' numbers (to 1e-4, tested) an order of magnitude faster.
-    evaluator = CocoEvaluator(ground_truth, backend=config.get("eval_backend", "pycocotools"))
+    evaluators = build_evaluators(dataset, detector, config)
     sizes = {image["id"]: (image["height"], image["width"]) for image in ground_truth["images"]}
     per_device = config.eval_batch_size // jax.local_device_count()
-    voc_metric = config.get("voc_metric", "")
-    voc_detections: dict[int, dict[str, np.ndarray]] = {}  # image id -> its detections
     grid_images, grid_predictions, grid_truths = [], [], []
     for batch in dataset.eval_iterator(per_device):
         predictions = _merge_devices(jax.device_get(p_eval_step(state, batch)))
         batch = _merge_devices(batch)
-        # Padding examples (image_id -1) are dropped by `detections_to_coco`.
+        # Padding examples (valid False, image_id -1) are skipped by every evaluator.
         image_sizes = np.array([sizes.get(i, (np.inf, np.inf)) for i in batch["image_id"]])
-        boxes = to_original_pixels(predictions["boxes"], batch["scale"], image_sizes)
-        evaluator.add(
-            detections_to_coco(
-                batch["image_id"], boxes, predictions["scores"], predictions["classes"],
-                predictions["num_valid"], info.category_ids, batch["valid"],
-            )
-        )
-        if voc_metric:
-            for i in np.flatnonzero(batch["valid"]):
-                voc_detections[int(batch["image_id"][i])] = {
-                    "boxes": boxes[i], "scores": predictions["scores"][i],
-                    "classes": predictions["classes"][i], "num_valid": predictions["num_valid"][i],
-                }
+        original = {
+            **predictions,
+            **{key: to_original_pixels(predictions[key], batch["scale"], image_sizes)
+               for key in detector.box_outputs},
+        }
+        for evaluator in evaluators:
+            evaluator.add(original, batch)
         for i in np.flatnonzero(batch["valid"])[: config.num_grid_images - len(grid_images)]:
             grid_images.append(batch["image"][i])
-            grid_predictions.append({k: v[i] for k, v in predictions.items()})
+            grid_predictions.append({k: predictions[k][i] for k in DETECTION_KEYS})
             grid_truths.append({"boxes": batch["boxes"][i], "labels": batch["labels"][i]})
-    metrics = evaluator.evaluate()
-    if voc_metric:
-        image_ids, truths = dataset.voc_ground_truth(config.dataset.eval_split)
-        nothing = {"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "classes": np.zeros(0, int)}
-        metrics[VOC_METRICS[voc_metric]] = voc_map(
-            truths, [voc_detections.get(i, nothing) for i in image_ids],
-            use_07_metric=voc_metric == "voc07", num_classes=info.num_classes,
-        )["mAP"]
+    metrics: dict[str, float] = {}
+    for evaluator in evaluators:
+        metrics.update(evaluator.evaluate())
     grid = None
     if grid_path is not None and grid_images:
         images = denormalize(np.stack(grid_images), dataset.mean, dataset.std)
@@ -468,11 +495,13 @@ def evaluate(
 
 
 def format_metrics_table(metrics: Mapping[str, float]) -> str:
-    """The COCO metrics as a table, then a line for VOC's mAP if `metrics` has it."""
+    """The COCO metrics as a table, then one line for the other metrics of the evaluators (VOC's
+    mAP, proposal recall ...), if any."""
     header = " | ".join(f"{name:>6}" for name in EVAL_METRICS)
     values = " | ".join(f"{metrics[name]:6.3f}" for name in EVAL_METRICS)
-    voc = [f"{name}: {metrics[name]:.3f}" for name in VOC_METRICS.values() if name in metrics]
-    return "\n".join([header, values, *voc])
+    others = [f"{name}: {value:.3f}" for name, value in metrics.items()
+              if name not in evaluation.STAT_NAMES]
+    return "\n".join([header, values] + (["  ".join(others)] if others else []))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -712,7 +741,9 @@ def _train_loop(
 
     def run_eval(step: int) -> dict[str, float]:
         grid_path = os.path.join(workdir, f"detections_step_{step}.png")
-        metrics, grid = evaluate(p_eval_step, state, dataset, config, grid_path=grid_path)
+        metrics, grid = evaluate(
+            p_eval_step, state, dataset, config, detector=detector, grid_path=grid_path
+        )
         writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
         if grid is not None:
             writer.write_image(step, "eval/detections", grid)

@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from focaljax.detectors.detector import Detector, images_only
+from focaljax.detectors.detector import Detector, LossOutput, images_only, no_evaluators
+from focaljax.detectors.faster_rcnn import build_faster_rcnn
 from focaljax.detectors.retinanet import build_retinanet
 
 BUILDERS: dict[str, Callable[..., Detector]] = {
     "retinanet": build_retinanet,
+    "faster_rcnn": build_faster_rcnn,
 }
 
 
@@ -45,4 +47,13 @@ def build(
     )
 
 
-__all__ = ["BUILDERS", "Detector", "build", "build_retinanet", "images_only"]
+__all__ = [
+    "BUILDERS",
+    "Detector",
+    "LossOutput",
+    "build",
+    "build_faster_rcnn",
+    "build_retinanet",
+    "images_only",
+    "no_evaluators",
+]

@@ -8,7 +8,10 @@ size are computed once, as a NumPy constant. The loss of one image is built from
                     + box_weight * sum_{positive a} L_box(a) ],   N = max(1, #positive anchors),
 
 with `N` counted over the whole global batch (`focaljax.losses.positive_normalizer`), so the
-pmapped loss equals the loss of the global batch on one device. `L_cls` is chosen by
+pmapped loss equals the loss of the global batch on one device. With `config.loss.normalizer` set
+to `"ema"`, `N` is instead detectron2's moving average of that count
+(`focaljax.losses.ema_normalizer`, momentum `ema_momentum`, starting at 100), kept in the loss
+state between steps. The loss terms are `{"cls": ..., "box": ...}`. `L_cls` is chosen by
 `config.loss.cls`:
 
 * `"focal"`: `sigmoid_focal_loss(alpha, gamma)`, the paper's loss (alpha 0.25, gamma 2).
@@ -33,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from focaljax import losses
-from focaljax.detectors.detector import Batch, Detector
+from focaljax.detectors.detector import DTYPES, Batch, Detector, LossOutput, optional
 from focaljax.models import RetinaNet
 from focaljax.ops import anchors as anchor_ops
 from focaljax.ops import matching
@@ -41,13 +44,8 @@ from focaljax.ops.boxes import BoxCoder
 from focaljax.ops.postprocess import retinanet_postprocess
 
 CLS_LOSSES = ("focal", "ce", "alpha_ce", "fl_star", "ohem")
+NORMALIZERS = ("num_positives", "ema")
 BOX_LOSSES = ("l1", "smooth_l1", "giou")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def _head_norm(value: str | None) -> str | None:
-    # ml_collections cannot override a None field from the command line, so configs say "none".
-    return None if value in (None, "", "none") else value
 
 
 def classification_loss(loss_config: Any):
@@ -79,6 +77,14 @@ def _check_config(config: Any, image_size: tuple[int, ...]) -> None:
         raise ValueError(f"model.loss.cls is {config.loss.cls!r}, expected one of {CLS_LOSSES}")
     if config.loss.box not in BOX_LOSSES:
         raise ValueError(f"model.loss.box is {config.loss.box!r}, expected one of {BOX_LOSSES}")
+    if config.loss.normalizer not in NORMALIZERS:
+        raise ValueError(
+            f"model.loss.normalizer is {config.loss.normalizer!r}, expected one of {NORMALIZERS}"
+        )
+    if not 0 <= config.loss.ema_momentum <= 1:
+        raise ValueError(
+            f"model.loss.ema_momentum is {config.loss.ema_momentum}, expected a value in [0, 1]"
+        )
     if config.dtype not in DTYPES:
         raise ValueError(f"model.dtype is {config.dtype!r}, expected one of {sorted(DTYPES)}")
 
@@ -118,7 +124,7 @@ def build_retinanet(
         fpn_channels=config.fpn_channels,
         head_convs=config.head_convs,
         head_channels=config.head_channels,
-        head_norm=_head_norm(config.head_norm),
+        head_norm=optional(config.head_norm),
         num_anchors=anchor_ops.num_anchors_per_location(**anchor_kwargs),
         prior_prob=config.prior_prob,
         norm=config.norm,
@@ -146,12 +152,16 @@ def build_retinanet(
         del batch
         return jax.vmap(postprocess_one)(outputs["cls_logits"], outputs["box_deltas"])
 
+    use_ema = config.loss.normalizer == "ema"
     return Detector(
         name="retinanet",
         module=module,
         loss_fn=loss_fn,
         postprocess=postprocess,
         mutable_collections=("batch_stats",) if config.norm in ("bn", "sync_bn") else (),
+        initial_loss_state=(
+            {"normalizer": jnp.float32(losses.EMA_NORMALIZER_INIT)} if use_ema else {}
+        ),
     )
 
 
@@ -171,6 +181,8 @@ def make_loss_fn(
         "allow_low_quality_matches": config.allow_low_quality_matches,
         "box_coder": box_coder,
     }
+    use_ema = loss_config.normalizer == "ema"
+    ema_momentum = float(loss_config.ema_momentum)
     if use_ohem:
         ohem_fraction = float(loss_config.ohem_positive_fraction) or None
         ohem_samples = int(loss_config.ohem_num_samples)
@@ -207,9 +219,10 @@ def make_loss_fn(
         outputs: dict[str, jax.Array],
         batch: Batch,
         *,
+        state: Any = None,
         axis_name: str | None = None,
         rng: jax.Array | None = None,
-    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    ) -> LossOutput:
         del rng  # No sampling: every non-ignored anchor contributes.
         cls_sum, box_sum, num_pos = jax.vmap(image_loss)(
             outputs["cls_logits"].astype(jnp.float32),
@@ -218,16 +231,18 @@ def make_loss_fn(
             batch["labels"],
             batch["is_crowd"],
         )
-        normalizer = losses.positive_normalizer(jnp.sum(num_pos), axis_name=axis_name)
-        cls_term = jnp.sum(cls_sum) / normalizer
-        box_term = box_weight * jnp.sum(box_sum) / normalizer
-        loss = cls_term + box_term
-        metrics = {
-            "loss": loss,
-            "cls_loss": cls_term,
-            "box_loss": box_term,
-            "num_positives": jnp.mean(num_pos),
+        if use_ema:
+            normalizer, normalizer_state = losses.ema_normalizer(
+                state["normalizer"], jnp.sum(num_pos), momentum=ema_momentum, axis_name=axis_name
+            )
+            state = {"normalizer": normalizer_state}
+        else:
+            normalizer = losses.positive_normalizer(jnp.sum(num_pos), axis_name=axis_name)
+        terms = {
+            "cls": jnp.sum(cls_sum) / normalizer,
+            "box": box_weight * jnp.sum(box_sum) / normalizer,
         }
-        return loss, metrics
+        metrics = {"num_positives": jnp.mean(num_pos), "normalizer": normalizer}
+        return LossOutput(terms, metrics, state)
 
     return loss_fn

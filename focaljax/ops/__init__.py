@@ -1,4 +1,4 @@
-"""Detection ops: boxes, anchors, matching, NMS, post-processing and RoIAlign.
+"""Detection ops: boxes, anchors, matching, NMS, region proposals, post-processing and RoIAlign.
 
 Pure, jittable functions over fixed-shape arrays; `focaljax.models` and `focaljax.detectors` compose
 them. This package imports nothing else from focaljax.
@@ -26,8 +26,10 @@ from focaljax.ops.boxes import (
 )
 from focaljax.ops.matching import BACKGROUND, FOREGROUND, IGNORED, build_targets, match
 from focaljax.ops.nms import batched_non_max_suppression, non_max_suppression
-from focaljax.ops.postprocess import retinanet_postprocess
+from focaljax.ops.postprocess import fast_rcnn_postprocess, retinanet_postprocess
+from focaljax.ops.proposals import rpn_proposals
 from focaljax.ops.roi_align import assign_boxes_to_levels, multilevel_roi_align, roi_align
+from focaljax.ops.roi_sampling import sample_rois
 
 __all__ = [
     "BACKGROUND",
@@ -44,6 +46,7 @@ __all__ = [
     "cxcywh_to_xyxy",
     "elementwise_giou",
     "elementwise_iou",
+    "fast_rcnn_postprocess",
     "generate_anchors",
     "level_sizes",
     "match",
@@ -56,5 +59,7 @@ __all__ = [
     "pairwise_iou",
     "retinanet_postprocess",
     "roi_align",
+    "rpn_proposals",
+    "sample_rois",
     "xyxy_to_cxcywh",
 ]

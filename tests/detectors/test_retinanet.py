@@ -45,7 +45,9 @@ def tiny_model_config():
 def test_build_unknown_model_lists_known_names():
     model = tiny_model_config()
     model.name = "yolo"
-    with pytest.raises(ValueError, match=r"unknown model 'yolo', expected one of \['retinanet'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'yolo', expected one of \['faster_rcnn', 'retinanet'\]"
+    ):
         detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
 
 
@@ -103,10 +105,10 @@ def test_outputs_loss_and_detections_have_the_contract_shapes():
     assert outputs["box_deltas"].shape == (2, num_anchors, 4)
     assert outputs["cls_logits"].dtype == outputs["box_deltas"].dtype == jnp.float32
     assert updates == {}
-    loss, metrics = jax.jit(detector.loss_fn)(outputs, batch)
-    assert loss.shape == () and np.isfinite(loss)
-    assert set(metrics) >= {"loss", "cls_loss", "box_loss", "num_positives"}
-    np.testing.assert_allclose(metrics["cls_loss"] + metrics["box_loss"], loss, rtol=1e-6)
+    terms, metrics, state = jax.jit(functools.partial(detector.loss_fn, state={}))(outputs, batch)
+    assert set(terms) == {"cls", "box"} and state == {}
+    assert all(t.shape == () and np.isfinite(t) for t in terms.values())
+    assert set(metrics) >= {"num_positives", "normalizer"}
     detections = jax.jit(detector.postprocess)(outputs, batch)
     assert detections["boxes"].shape == (2, 7, 4)
     assert detections["scores"].shape == (2, 7)
@@ -233,8 +235,8 @@ def test_hand_made_anchor_labels_are_what_the_numpy_reference_assumes():
 def test_loss_equals_numpy_sum_over_non_ignored_anchors_divided_by_positives(cls):
     alpha, gamma, beta = 0.25, 2.0, 1.0
     outputs = _hand_set_outputs()
-    loss, metrics = _loss_fn(cls=cls, alpha=alpha, gamma=gamma, fl_star_beta=beta, box="l1")(
-        outputs, _batch()
+    terms, metrics, _ = _loss_fn(cls=cls, alpha=alpha, gamma=gamma, fl_star_beta=beta, box="l1")(
+        outputs, _batch(), state={}
     )
 
     logits = np.asarray(outputs["cls_logits"][0], np.float64)
@@ -248,9 +250,8 @@ def test_loss_equals_numpy_sum_over_non_ignored_anchors_divided_by_positives(cls
     deltas = np.asarray(outputs["box_deltas"][0], np.float64)
     box_loss = np.abs(deltas - target_deltas)[positive].sum() / num_pos
 
-    np.testing.assert_allclose(metrics["cls_loss"], cls_loss, rtol=1e-5)
-    np.testing.assert_allclose(metrics["box_loss"], box_loss, rtol=1e-5)
-    np.testing.assert_allclose(loss, cls_loss + box_loss, rtol=1e-5)
+    np.testing.assert_allclose(terms["cls"], cls_loss, rtol=1e-5)
+    np.testing.assert_allclose(terms["box"], box_loss, rtol=1e-5)
     np.testing.assert_allclose(metrics["num_positives"], num_pos)
 
 
@@ -260,12 +261,12 @@ def test_smooth_l1_and_giou_box_losses_equal_numpy():
     positive = NP_LABELS >= 0
     target_deltas = _np_box_deltas(GT_BOXES[0, 0], ANCHORS)
 
-    _, metrics = _loss_fn(box="smooth_l1", box_beta=0.1, box_weight=2.0)(outputs, _batch())
+    terms = _loss_fn(box="smooth_l1", box_beta=0.1, box_weight=2.0)(outputs, _batch(), state={})[0]
     d = np.abs(deltas - target_deltas)
     smooth = np.where(d < 0.1, 0.5 * d**2 / 0.1, d - 0.05)
-    np.testing.assert_allclose(metrics["box_loss"], 2.0 * smooth[positive].sum() / 4, rtol=1e-5)
+    np.testing.assert_allclose(terms["box"], 2.0 * smooth[positive].sum() / 4, rtol=1e-5)
 
-    _, metrics = _loss_fn(box="giou")(outputs, _batch())
+    terms = _loss_fn(box="giou")(outputs, _batch(), state={}).terms
     wa, ha = ANCHORS[:, 2] - ANCHORS[:, 0], ANCHORS[:, 3] - ANCHORS[:, 1]
     cx, cy = ANCHORS[:, 0] + wa / 2 + deltas[:, 0] * wa, ANCHORS[:, 1] + ha / 2 + deltas[:, 1] * ha
     w, h = wa * np.exp(deltas[:, 2]), ha * np.exp(deltas[:, 3])
@@ -280,14 +281,14 @@ def test_smooth_l1_and_giou_box_losses_equal_numpy():
     )
     iou = inter / union
     giou = iou - (hull - union) / hull
-    np.testing.assert_allclose(metrics["box_loss"], (1 - giou)[positive].sum() / 4, rtol=1e-4)
+    np.testing.assert_allclose(terms["box"], (1 - giou)[positive].sum() / 4, rtol=1e-4)
 
 
 def test_ohem_keeps_the_highest_loss_anchors_with_at_most_a_quarter_positives():
     outputs = _hand_set_outputs(seed=2)
-    _, metrics = _loss_fn(cls="ohem", ohem_num_samples=4, ohem_positive_fraction=0.25)(
-        outputs, _batch()
-    )
+    terms = _loss_fn(cls="ohem", ohem_num_samples=4, ohem_positive_fraction=0.25)(
+        outputs, _batch(), state={}
+    ).terms
     logits = np.asarray(outputs["cls_logits"][0], np.float64)
     targets = (NP_LABELS[:, None] == np.arange(NUM_CLASSES)).astype(np.float64)
     per_anchor = _np_cls_loss("ce", logits, targets, alpha=0, gamma=0, beta=0).sum(-1)
@@ -295,7 +296,7 @@ def test_ohem_keeps_the_highest_loss_anchors_with_at_most_a_quarter_positives():
     negatives = np.flatnonzero(NP_LABELS == -1)
     # One positive (4 * 0.25), the three negatives (all of them), divided by the 4 positives.
     expected = (per_anchor[positives].max() + per_anchor[negatives].sum()) / 4
-    np.testing.assert_allclose(metrics["cls_loss"], expected, rtol=1e-5)
+    np.testing.assert_allclose(terms["cls"], expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -309,7 +310,39 @@ def test_ohem_keeps_the_highest_loss_anchors_with_at_most_a_quarter_positives():
 )
 def test_every_loss_variant_has_a_finite_gradient_that_reaches_both_heads(overrides):
     outputs = _hand_set_outputs(seed=3)
-    grads = jax.jit(jax.grad(lambda o: _loss_fn(**overrides)(o, _batch())[0]))(outputs)
+    def total(o):
+        return sum(_loss_fn(**overrides)(o, _batch(), state={}).terms.values())
+
+    grads = jax.jit(jax.grad(total))(outputs)
     for name in ("cls_logits", "box_deltas"):
         assert np.all(np.isfinite(grads[name])), name
         assert np.any(grads[name] != 0), name
+
+
+def test_ema_normalizer_divides_by_detectron2s_moving_average_of_the_positives():
+    outputs = _hand_set_outputs(seed=4)
+    num_pos = (NP_LABELS >= 0).sum()
+    plain = _loss_fn()(outputs, _batch(), state={})
+    loss_fn = _loss_fn(normalizer="ema", ema_momentum=0.9)
+    state = {"normalizer": jnp.float32(100.0)}
+    expected_state = 100.0
+    for _ in range(3):
+        terms, metrics, state = loss_fn(outputs, _batch(), state=state)
+        expected_state = 0.9 * expected_state + 0.1 * num_pos
+        np.testing.assert_allclose(state["normalizer"], expected_state, rtol=1e-6)
+        # The same sums, divided by the running average instead of this batch's count.
+        for name in ("cls", "box"):
+            np.testing.assert_allclose(
+                terms[name], plain.terms[name] * num_pos / expected_state, rtol=1e-5
+            )
+    np.testing.assert_allclose(metrics["normalizer"], expected_state, rtol=1e-6)
+
+
+def test_ema_normalizer_starts_at_detectron2s_initial_value_in_the_detector():
+    model = tiny_model_config()
+    model.loss.normalizer = "ema"
+    detector = detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
+    assert float(detector.initial_loss_state["normalizer"]) == 100.0
+    model.loss.normalizer = "mean"
+    with pytest.raises(ValueError, match=r"model.loss.normalizer is 'mean', expected one of"):
+        detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))

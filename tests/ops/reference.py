@@ -73,3 +73,15 @@ def nms(boxes, scores, threshold, max_output, *, classes=None, valid=None):
         ):
             kept.append(i)
     return np.array(kept + [-1] * (max_output - len(kept)), np.int64)
+
+
+def clip(box, image_size):
+    """`box` with x clamped to [0, width] and y to [0, height], `image_size` = (height, width)."""
+    height, width = image_size
+    x1, y1, x2, y2 = box
+    return [
+        min(max(x1, 0.0), width),
+        min(max(y1, 0.0), height),
+        min(max(x2, 0.0), width),
+        min(max(y2, 0.0), height),
+    ]

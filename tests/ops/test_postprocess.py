@@ -1,5 +1,6 @@
-"""RetinaNet post-processing against a float64 NumPy transcription of the paper's inference."""
+"""RetinaNet and Fast R-CNN inference against float64 NumPy transcriptions of the procedures."""
 
+import doctest
 import functools
 import math
 
@@ -7,7 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from focaljax.ops import BoxCoder, generate_anchors, num_anchors_per_level, retinanet_postprocess
+import focaljax.ops.postprocess
+from focaljax.ops import (
+    BoxCoder,
+    fast_rcnn_postprocess,
+    generate_anchors,
+    num_anchors_per_level,
+    retinanet_postprocess,
+)
 from tests.ops import reference
 
 IMAGE_SIZE = (64, 96)
@@ -206,3 +214,184 @@ def test_postprocess_rejects_bad_input():
         retinanet_postprocess(
             logits, deltas, anchors=anchors, anchors_per_level=(1, 2), image_size=IMAGE_SIZE
         )
+
+
+FAST_RCNN_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+NUM_ROIS = 64
+
+
+def numpy_fast_rcnn_postprocess(
+    logits, deltas, rois, image_size, roi_valid, *, score_threshold, nms_threshold, max_detections
+):
+    """Softmax per RoI (background last); every (RoI, foreground class) pair scoring above the
+    threshold, its class's box decoded from the RoI and clipped; RoIs that are masked or have a
+    non-finite logit or box give none; per-class greedy NMS; the `max_detections` best."""
+    logits = np.asarray(logits, np.float64)
+    num_classes = logits.shape[1] - 1
+    scores, boxes, classes = [], [], []
+    for r in range(len(rois)):
+        row_boxes = [
+            reference.decode(np.asarray(deltas[r, c], np.float64), rois[r], FAST_RCNN_WEIGHTS)
+            for c in range(num_classes)
+        ]
+        finite = np.isfinite(logits[r]).all() and np.isfinite(row_boxes).all()
+        if not (roi_valid[r] and finite):
+            continue
+        exp = np.exp(logits[r] - logits[r].max())
+        probabilities = exp / exp.sum()
+        for c in range(num_classes):
+            if probabilities[c] > score_threshold:
+                scores.append(probabilities[c])
+                boxes.append(reference.clip(row_boxes[c], image_size))
+                classes.append(c)
+    kept = reference.nms(
+        np.reshape(boxes, (-1, 4)), scores, nms_threshold, max_detections, classes=classes
+    )
+    kept = kept[kept >= 0]
+    out = {
+        "boxes": np.zeros([max_detections, 4]),
+        "scores": np.zeros(max_detections),
+        "classes": np.full(max_detections, -1),
+        "num_valid": len(kept),
+    }
+    for row, i in enumerate(kept):
+        out["boxes"][row] = boxes[i]
+        out["scores"][row] = scores[i]
+        out["classes"][row] = classes[i]
+    return out
+
+
+def fast_rcnn_setup(seed, *, num_images=None):
+    """RoIs in and around the image, box-head logits (some RoIs confident) and deltas, and a
+    mask that drops about a fifth of the RoIs, which are given the most confident class 0."""
+    rng = np.random.default_rng(seed)
+    shape = () if num_images is None else (num_images,)
+    centres = rng.uniform([-8, -8], [IMAGE_SIZE[1] + 8, IMAGE_SIZE[0] + 8], (*shape, NUM_ROIS, 2))
+    sizes = rng.uniform(4, 40, (*shape, NUM_ROIS, 2))
+    rois = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=-1).astype(np.float32)
+    logits = rng.normal(0.0, 1.0, (*shape, NUM_ROIS, NUM_CLASSES + 1))
+    logits[..., :NUM_CLASSES] += 3.0 * (rng.random((*shape, NUM_ROIS, NUM_CLASSES)) < 0.2)
+    roi_valid = rng.random((*shape, NUM_ROIS)) > 0.2
+    logits[..., 0] += np.where(roi_valid, 0.0, 8.0)
+    deltas = rng.normal(0.0, 1.0, (*shape, NUM_ROIS, NUM_CLASSES, 4)).astype(np.float32)
+    return logits.astype(np.float32), deltas, rois, roi_valid
+
+
+@functools.partial(jax.jit, static_argnames="max_detections")
+def jit_fast_rcnn(logits, deltas, rois, roi_valid, score_threshold, nms_threshold, max_detections):
+    return fast_rcnn_postprocess(
+        logits,
+        deltas,
+        rois,
+        image_size=IMAGE_SIZE,
+        roi_valid=roi_valid,
+        score_threshold=score_threshold,
+        nms_iou_threshold=nms_threshold,
+        max_detections=max_detections,
+    )
+
+
+@pytest.mark.parametrize(
+    ("score_threshold", "nms_threshold"), [(0.05, 0.5), (0.2, 0.3), (0.001, 0.7), (0.05, 1.0)]
+)
+def test_fast_rcnn_postprocess_matches_numpy_reference(score_threshold, nms_threshold):
+    logits, deltas, rois, roi_valid = fast_rcnn_setup(10)
+    got = jit_fast_rcnn(logits, deltas, rois, roi_valid, score_threshold, nms_threshold, 60)
+    assert got["boxes"].shape == (60, 4) and got["classes"].dtype == np.int32
+    want = numpy_fast_rcnn_postprocess(
+        logits,
+        deltas,
+        rois,
+        IMAGE_SIZE,
+        roi_valid,
+        score_threshold=score_threshold,
+        nms_threshold=nms_threshold,
+        max_detections=60,
+    )
+    assert want["num_valid"] > 10
+    assert_detections_equal(got, want)
+
+
+def test_fast_rcnn_postprocess_never_detects_from_invalid_or_background_rois():
+    logits, deltas, rois, roi_valid = fast_rcnn_setup(11)
+    everything = jit_fast_rcnn(logits, deltas, rois, np.ones(NUM_ROIS, bool), 0.05, 0.5, 60)
+    masked = jax.device_get(jit_fast_rcnn(logits, deltas, rois, roi_valid, 0.05, 0.5, 60))
+    # The masked RoIs are the most confident: unmasked, they would give the best detection.
+    assert float(everything["scores"][0]) > 0.99
+    assert masked["num_valid"] > 0 and masked["scores"][0] < 0.99
+    nothing = jit_fast_rcnn(logits, deltas, rois, np.zeros(NUM_ROIS, bool), 0.05, 0.5, 60)
+    background = logits.copy()
+    background[:, -1] = 20.0
+    background_only = jit_fast_rcnn(background, deltas, rois, roi_valid, 0.05, 0.5, 60)
+    for got in (nothing, background_only):
+        assert int(got["num_valid"]) == 0
+        np.testing.assert_array_equal(got["classes"], -1)
+        np.testing.assert_array_equal(got["scores"], 0)
+        np.testing.assert_array_equal(got["boxes"], 0)
+
+
+def test_fast_rcnn_postprocess_drops_rois_with_non_finite_outputs():
+    logits, deltas, rois, roi_valid = fast_rcnn_setup(12)
+    roi_valid[:2] = True
+    # RoIs 0 and 1 are the most confident; one has a NaN logit, the other an infinite delta in
+    # one class only, which drops all of its classes, as in detectron2.
+    logits[:2, 0] = 20.0
+    logits[0, -1] = np.nan
+    deltas[1, 2, 0] = np.inf
+    got = jit_fast_rcnn(logits, deltas, rois, roi_valid, 0.05, 0.5, 60)
+    want = numpy_fast_rcnn_postprocess(
+        logits,
+        deltas,
+        rois,
+        IMAGE_SIZE,
+        roi_valid,
+        score_threshold=0.05,
+        nms_threshold=0.5,
+        max_detections=60,
+    )
+    assert_detections_equal(got, want)
+    assert int(got["num_valid"]) > 0 and np.all(np.isfinite(got["boxes"]))
+    assert float(got["scores"][0]) < 0.9999
+
+
+def test_fast_rcnn_postprocess_under_vmap_and_jit_equals_reference_per_image():
+    logits, deltas, rois, roi_valid = fast_rcnn_setup(13, num_images=2)
+    batched = jax.vmap(jit_fast_rcnn, in_axes=(0, 0, 0, 0, None, None, None))
+    got = jax.jit(batched, static_argnums=6)(logits, deltas, rois, roi_valid, 0.05, 0.5, 60)
+    assert got["num_valid"].shape == (2,)
+    for i in range(2):
+        want = numpy_fast_rcnn_postprocess(
+            logits[i],
+            deltas[i],
+            rois[i],
+            IMAGE_SIZE,
+            roi_valid[i],
+            score_threshold=0.05,
+            nms_threshold=0.5,
+            max_detections=60,
+        )
+        assert_detections_equal(jax.tree.map(lambda x, i=i: x[i], got), want)
+
+
+def test_fast_rcnn_postprocess_rejects_bad_input():
+    logits, deltas, rois, roi_valid = fast_rcnn_setup(14)
+    fn = functools.partial(fast_rcnn_postprocess, image_size=IMAGE_SIZE)
+    with pytest.raises(ValueError, match=r"cls_logits has shape \(64, 1\), expected \[R, num_"):
+        fn(logits[:, :1], deltas, rois)
+    with pytest.raises(ValueError, match=r"cls_logits has shape \(2, 64, 4\), expected"):
+        fn(np.stack([logits] * 2), deltas, rois)
+    with pytest.raises(ValueError, match=r"box_deltas has shape \(64, 4\), expected \(64, 3, 4\)"):
+        fn(logits, deltas[:, 0], rois)
+    with pytest.raises(ValueError, match=r"rois has shape \(10, 4\), expected \(64, 4\)"):
+        fn(logits, deltas, rois[:10])
+    with pytest.raises(ValueError, match=r"roi_valid has shape \(64,\) and dtype float32, exp"):
+        fn(logits, deltas, rois, roi_valid=roi_valid.astype(np.float32))
+    with pytest.raises(ValueError, match=r"image_size is \(64,\), expected \(height, width\)"):
+        fast_rcnn_postprocess(logits, deltas, rois, image_size=(64,))
+    with pytest.raises(ValueError, match=r"max_detections is 0, expected a positive int"):
+        fn(logits, deltas, rois, max_detections=0)
+
+
+def test_fast_rcnn_postprocess_docstring_example_runs():
+    result = doctest.testmod(focaljax.ops.postprocess)
+    assert result.attempted > 0 and result.failed == 0

@@ -27,6 +27,7 @@ def load(name: str):
 
 def test_the_configs_include_the_default_run_and_the_coco_recipe():
     assert {"shapes_retinanet", "coco_retinanet_r50"} <= set(CONFIGS)
+    assert {"shapes_faster_rcnn", "coco_faster_rcnn_r50", "voc_faster_rcnn_r50"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -41,6 +42,15 @@ def test_config_builds_its_data_set_and_a_detector_with_one_output_per_anchor(na
     variables = jax.eval_shape(detector.init, jax.random.PRNGKey(0), batch)
     outputs, _ = jax.eval_shape(functools.partial(detector.apply, train=False), variables, batch)
     model = config.model
+    if model.name == "faster_rcnn":  # One anchor size per level P2-P6.
+        num_anchors = sum(anchor_ops.num_anchors_per_level(
+            image_size, min_level=2, max_level=1 + len(model.anchor_sizes), scales=(1.0,),
+            aspect_ratios=model.aspect_ratios,
+        ))
+        objectness = 2 if model.rpn.loss == "focal_softmax" else 1
+        assert outputs["rpn_objectness"].shape == (1, num_anchors, objectness)
+        assert outputs["roi_cls_logits"].shape[-1] == 81
+        return
     num_anchors = sum(anchor_ops.num_anchors_per_level(
         image_size, min_level=model.min_level, max_level=model.max_level,
         scales=model.anchor_scales, aspect_ratios=model.aspect_ratios,
@@ -80,3 +90,23 @@ def test_coco_config_is_the_papers_1x_recipe():
         [learning_rate(s) for s in (0, 1000, 59_999, 60_000, 80_000)],
         [1e-5, 0.01, 0.01, 0.001, 0.0001], rtol=1e-5,
     )
+
+
+def test_coco_faster_rcnn_config_is_detectron2s_1x_recipe_with_the_fl_rpn_of_the_seed():
+    config = load("coco_faster_rcnn_r50").get_config()
+    model = config.model
+    assert (model.name, model.backbone, model.fpn_channels) == ("faster_rcnn", "resnet50", 256)
+    assert tuple(model.anchor_sizes) == (32, 64, 128, 256, 512)
+    assert tuple(model.aspect_ratios) == (0.5, 1.0, 2.0)
+    rpn, roi = model.rpn, model.roi
+    assert (rpn.loss, rpn.focal_lambda, rpn.alpha, rpn.gamma) == ("focal_softmax", 0.1, 0.25, 2.0)
+    assert (rpn.fg_iou_threshold, rpn.bg_iou_threshold) == (0.7, 0.3)
+    assert (rpn.batch_size_per_image, rpn.positive_fraction) == (256, 0.5)
+    assert (rpn.train_pre_nms_topk, rpn.train_post_nms_topk) == (2000, 1000)
+    assert (rpn.test_pre_nms_topk, rpn.test_post_nms_topk, rpn.nms_iou_threshold) == (
+        1000, 1000, 0.7
+    )
+    assert (roi.num_samples, roi.positive_fraction, roi.fg_iou_threshold) == (512, 0.25, 0.5)
+    assert tuple(roi.box_coder_weights) == (10, 10, 5, 5)
+    assert (roi.output_size, roi.head_num_fcs, roi.head_fc_dim) == (7, 2, 1024)
+    assert config.optimizer.learning_rate == 0.02 and config.batch_size == 16

@@ -30,12 +30,17 @@ class _Toy(nn.Module):
 def _build_toy(config, *, num_classes, image_size, axis_name):
     del config, num_classes, axis_name
 
-    def loss_fn(outputs, batch, *, axis_name=None, rng=None):
+    def loss_fn(outputs, batch, *, state, axis_name=None, rng=None):
         del axis_name
         assert rng is not None
         target = jnp.sum(batch["labels"] >= 0, axis=1).astype(jnp.float32)
         loss = jnp.mean((outputs["score"] - target) ** 2)
-        return loss, {"loss": loss, "boxes_seen": jnp.mean(outputs["boxes_seen"])}
+        # The loss state counts the steps: the trainer must carry it from step to step.
+        return detectors.LossOutput(
+            {"squared_error": loss},
+            {"boxes_seen": jnp.mean(outputs["boxes_seen"]), "steps_seen": state["steps"]},
+            {"steps": state["steps"] + 1},
+        )
 
     def postprocess(outputs, batch):
         del batch
@@ -52,6 +57,7 @@ def _build_toy(config, *, num_classes, image_size, axis_name):
     return detectors.Detector(
         name="toy", module=_Toy(), loss_fn=loss_fn, postprocess=postprocess,
         model_inputs=model_inputs, rng_collections=("dropout",),
+        initial_loss_state={"steps": jnp.float32(0)},
     )
 
 
@@ -70,6 +76,9 @@ def test_trainer_runs_a_registered_detector_it_knows_nothing_about(
         records = [json.loads(line) for line in f]
     train_records = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in train_records] == [1, 2, 3, 4]
+    # The trainer sums and logs the named terms; the state reached step k after k - 1 updates.
+    assert all(r["train/loss"] == r["train/loss_squared_error"] for r in train_records)
+    assert [r["train/steps_seen"] for r in train_records] == [0, 1, 2, 3]
     # The ground truth reached the network in training: shapes images hold 0-6 objects.
     assert all(r["train/boxes_seen"] > 0 for r in train_records)
     # A state without batch statistics (model_state {}) restores too: the rerun only evaluates.

@@ -63,7 +63,7 @@ def test_step_on_four_devices_equals_the_step_on_one_device_over_the_same_global
     (four, four_metrics), (one, one_metrics) = results
 
     assert int(four.step[0]) == int(one.step[0]) == 2
-    for name in ("loss", "cls_loss", "box_loss", "num_positives"):
+    for name in ("loss", "loss_cls", "loss_box", "num_positives"):
         np.testing.assert_allclose(four_metrics[name][0], one_metrics[name][0], rtol=1e-5)
     np.testing.assert_array_equal(four_metrics["loss"], four_metrics["loss"][0])  # Replicated.
     for key in ("params", "model_state", "opt_state"):

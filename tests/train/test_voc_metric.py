@@ -93,10 +93,9 @@ def oracle(*, missed: tuple[int, int] | None = None) -> detectors.Detector:
             "num_valid": jnp.sum(keep, axis=1).astype(jnp.int32),
         }
 
-    def loss_fn(outputs, batch, *, axis_name=None, rng=None):
+    def loss_fn(outputs, batch, *, state, axis_name=None, rng=None):
         del batch, axis_name, rng
-        loss = jnp.mean(outputs**2)
-        return loss, {"loss": loss}
+        return detectors.LossOutput({"squares": jnp.mean(outputs**2)}, {}, state)
 
     return detectors.Detector(name="oracle", module=_Mean(), loss_fn=loss_fn,
                               postprocess=postprocess)
@@ -107,7 +106,7 @@ def _evaluate(detector: detectors.Detector, config: ml_collections.ConfigDict) -
     p_eval_step = jax.pmap(functools.partial(train.eval_step, detector=detector),
                            axis_name=train.AXIS_NAME)
     metrics, _ = train.evaluate(p_eval_step, train.replicate(state), data_lib.build(config.dataset),
-                                config)
+                                config, detector=detector)
     return metrics
 
 

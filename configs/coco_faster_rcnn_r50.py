@@ -1,0 +1,111 @@
+r"""Faster R-CNN R50-FPN on COCO 2017 with detectron2's 1x recipe, the RPN trained by focal loss.
+
+What: the 80 COCO categories, trained on train2017 (118k images), evaluated on val2017 (5k
+images) with pycocotools, box AP and the RPN's proposal recall (AR@100, AR@300, AR@1000,
+class-agnostic, as mmdetection's "proposal" metric). detectron2's `faster_rcnn_R_50_FPN_1x`:
+P2-P6 with 256 channels (P6 subsampled from P5), one anchor size per level (32 to 512) at ratios
+1:2, 1:1, 2:1; RPN matching IoU >= 0.7 object, < 0.3 background, low-quality matches; proposals
+per level top 2000 (train) / 1000 (test) before NMS 0.7, then 1000 per image; RoIs pooled 7x7
+(aligned RoIAlign, adaptive sampling) from P2-P5, 2 FC of 1024; 512 RoIs per image at 0.25
+foreground (IoU >= 0.5), box coding weights (10, 10, 5, 5), L1 box losses. SGD momentum 0.9 at
+0.02 per 16 images, weight decay 1e-4, warm-up over 1000 steps, 90k steps of 16 images, x0.1 at
+60k and 80k.
+
+The RPN loss is `model.rpn.loss`: "focal_softmax" here (FL-RPN, Chen et al. 2018: no sampling,
+(0.1 / N) sum FL + (1 / 2N) sum L_reg over all non-ignored anchors, alpha 0.25, gamma 2, the 2-way
+softmax form that the paper found best), or "sampled" for detectron2's standard RPN (256 anchors
+per image at 1:1), "focal_sigmoid" or "ce_all" (see `focaljax/detectors/faster_rcnn.py`).
+
+Differences from detectron2: it fine-tunes ImageNet weights with frozen batch norm; focaljax
+cannot load ImageNet weights yet, so this trains from scratch with GroupNorm in the backbone
+(He et al., "Rethinking ImageNet Pre-training", 2019). Images are resized to fit 800x1344 and
+padded to it, as in `configs/coco_retinanet_r50.py`.
+
+Command. Prepare once from the official files (nothing is downloaded):
+
+  python -m train.prepare_data --dataset coco --source_dir /data/coco
+
+then:
+
+  python -m train --config configs/coco_faster_rcnn_r50.py --workdir runs/coco_faster_rcnn_r50
+
+  (`--config.model.rpn.loss=sampled` for the standard RPN.)
+
+Hardware, time and result: NOT MEASURED here (no COCO and no accelerator on the project's
+machine). Reference: detectron2's `faster_rcnn_R_50_FPN_1x` (ImageNet-pretrained, sampled RPN):
+37.9 box AP on val2017, its RPN alone 58.0 AR@1000. Expect less from scratch on a 1x schedule.
+"""
+
+import ml_collections
+
+from configs import coco_retinanet_r50
+
+
+def model_config() -> ml_collections.ConfigDict:
+    """Every field of `focaljax.detectors.faster_rcnn`'s model config, with detectron2's
+    `faster_rcnn_R_50_FPN_1x` values (and FL-RPN's for the focal-loss RPN). The shapes and VOC
+    configs start from it and say what they change."""
+    model = ml_collections.ConfigDict()
+    model.name = "faster_rcnn"
+    model.backbone = "resnet50"
+    model.norm = "gn"
+    model.dtype = "float32"
+    model.fpn_channels = 256
+    # One anchor size per RPN level, P2..P6.
+    model.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
+    model.aspect_ratios = (0.5, 1.0, 2.0)
+
+    rpn = model.rpn = ml_collections.ConfigDict()
+    rpn.loss = "focal_softmax"  # or "sampled", "focal_sigmoid", "ce_all"
+    rpn.fg_iou_threshold = 0.7
+    rpn.bg_iou_threshold = 0.3
+    rpn.allow_low_quality_matches = True
+    rpn.box_coder_weights = (1.0, 1.0, 1.0, 1.0)
+    rpn.box_beta = 0.0  # smooth-L1 beta of the box loss; 0 is L1 (detectron2)
+    # "sampled": anchors per image and their largest object fraction.
+    rpn.batch_size_per_image = 256
+    rpn.positive_fraction = 0.5
+    # The focal modes (FL-RPN): lambda of the classification term, alpha, gamma, and the prior
+    # object probability the objectness bias starts from.
+    rpn.focal_lambda = 0.1
+    rpn.alpha = 0.25
+    rpn.gamma = 2.0
+    rpn.prior_prob = 0.01
+    # Proposals: per level top-k before NMS, then top-k per image after NMS.
+    rpn.train_pre_nms_topk = 2000
+    rpn.train_post_nms_topk = 1000
+    rpn.test_pre_nms_topk = 1000
+    rpn.test_post_nms_topk = 1000
+    rpn.nms_iou_threshold = 0.7
+    rpn.min_size = 0.0
+
+    roi = model.roi = ml_collections.ConfigDict()
+    roi.num_samples = 512
+    roi.positive_fraction = 0.25
+    roi.fg_iou_threshold = 0.5
+    roi.bg_iou_threshold = 0.5
+    roi.append_gt = True
+    roi.box_coder_weights = (10.0, 10.0, 5.0, 5.0)
+    roi.box_beta = 0.0
+    roi.output_size = 7
+    roi.sampling_ratio = 0  # adaptive, detectron2's ROIAlignV2
+    roi.max_sampling_ratio = 0  # 0: no cap on the adaptive grid
+    # "2fc" (detectron2's default): 0 convs, 2 FC of 1024; "4conv1fc": 4 convs of 256, 1 FC.
+    roi.head_num_convs = 0
+    roi.head_conv_dim = 256
+    roi.head_num_fcs = 2
+    roi.head_fc_dim = 1024
+    roi.head_norm = "none"  # or "gn" (ml_collections cannot set None from the command line)
+
+    post = model.postprocess = ml_collections.ConfigDict()
+    post.score_threshold = 0.05
+    post.nms_iou_threshold = 0.5
+    post.max_detections = 100
+    return model
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = coco_retinanet_r50.get_config()
+    config.model = model_config()
+    config.optimizer.learning_rate = 0.02  # detectron2's Faster R-CNN: 0.02 per 16 images.
+    return config

@@ -1,0 +1,315 @@
+r"""Faster R-CNN (FPN) as a `Detector`, its RPN trained by sampled cross-entropy or by focal loss.
+
+The network is :class:`focaljax.models.FasterRCNN`. The loss has four terms, logged separately:
+
+**RPN** (`config.rpn.loss`), on the anchors matched to the ground truth at IoU >= 0.7 (object),
+< 0.3 (background), in between ignored, each box keeping its best anchors (low-quality matches);
+crowd boxes are ignore regions:
+
+* `"sampled"`, the standard RPN (Ren et al. 2015; detectron2): per image, 256 anchors drawn at
+  random with at most half objects (`focaljax.losses.balanced_sample_mask`, from the loss `rng`),
+  sigmoid cross-entropy and the box loss over them, both divided by 256 x images.
+* `"focal_sigmoid"` and `"focal_softmax"`, FL-RPN (Chen, Song, Jiang, "Focal Loss for Region
+  Proposal Network", PRCV 2018): no sampling, every non-ignored anchor,
+
+      L_rpn = (lambda / N) sum_{anchors not ignored} FL(p_t) + (1 / (2 N)) sum_{objects} L_reg,
+
+  `N = max(1, #object anchors)` counted over the global batch, lambda 0.1 (`focal_lambda`), alpha
+  0.25, gamma 2. The sigmoid form is `sigmoid_focal_loss` on one logit per anchor; the softmax form
+  is the 2-way (background, object) `softmax_focal_loss` with the Detectron alpha convention
+  (alpha for objects, 1 - alpha for background). Both start from the prior object probability
+  `prior_prob` (0.01): see :class:`focaljax.models.faster_rcnn.RPNHead` for why.
+* `"ce_all"`, the ablation: the FL-RPN formula with plain cross-entropy (gamma 0, no alpha) and
+  the standard zero bias, so every easy background anchor weighs in, as in the RetinaNet paper's
+  cross-entropy baseline.
+
+`L_reg` is the smooth-L1 loss (`box_beta`, 0 = L1 as detectron2) summed over the four deltas.
+
+**RoI head**, on the RoIs of `focaljax.ops.sample_rois` (512 per image, at most a quarter
+foreground at IoU >= 0.5): softmax cross-entropy over the `C + 1` classes and the box loss on the
+matched class's deltas of the foreground RoIs, both divided by the number of sampled RoIs of the
+global batch (detectron2's mean).
+
+Inference: `focaljax.ops.fast_rcnn_postprocess` on the proposals (softmax scores, per-class boxes,
+score > 0.05, per-class NMS 0.5, top 100), plus the proposals themselves, scored by their object
+probability, for the proposal-recall evaluator (AR@100, AR@300, AR@1000).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from focaljax import evaluation, losses, ops
+from focaljax.detectors.detector import DTYPES, Batch, Detector, LossOutput, optional
+from focaljax.models import FasterRCNN
+from focaljax.models.faster_rcnn import ProposalSettings, RoISamplingSettings
+
+RPN_LOSSES = ("sampled", "ce_all", "focal_sigmoid", "focal_softmax")
+PROPOSAL_MAX_DETS = (100, 300, 1000)
+
+
+def _check_config(config: Any, image_size: tuple[int, ...]) -> None:
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(
+            f"image size {tuple(image_size)} is not (height, width) in pixels, both positive"
+        )
+    rpn, roi = config.rpn, config.roi
+    if rpn.loss not in RPN_LOSSES:
+        raise ValueError(f"model.rpn.loss is {rpn.loss!r}, expected one of {RPN_LOSSES}")
+    if config.dtype not in DTYPES:
+        raise ValueError(f"model.dtype is {config.dtype!r}, expected one of {sorted(DTYPES)}")
+    for mode in ("train", "test"):
+        for name in (f"{mode}_pre_nms_topk", f"{mode}_post_nms_topk"):
+            if not isinstance(rpn[name], int) or rpn[name] < 1:
+                raise ValueError(f"model.rpn.{name} is {rpn[name]!r}, expected a positive int")
+    for name, value in (("rpn.positive_fraction", rpn.positive_fraction),
+                        ("roi.positive_fraction", roi.positive_fraction)):
+        if not 0 < value <= 1:
+            raise ValueError(f"model.{name} is {value}, expected a fraction in (0, 1]")
+    for name, value in (("rpn.batch_size_per_image", rpn.batch_size_per_image),
+                        ("roi.num_samples", roi.num_samples)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"model.{name} is {value!r}, expected a positive int")
+    if not 0 <= rpn.bg_iou_threshold <= rpn.fg_iou_threshold <= 1:
+        raise ValueError(
+            f"model.rpn.bg_iou_threshold is {rpn.bg_iou_threshold} and fg_iou_threshold "
+            f"{rpn.fg_iou_threshold}, expected 0 <= bg <= fg <= 1"
+        )
+    if rpn.loss.startswith("focal"):
+        if rpn.gamma < 0:
+            raise ValueError(f"model.rpn.gamma is {rpn.gamma}, expected >= 0")
+        if not 0 <= rpn.alpha <= 1:
+            raise ValueError(f"model.rpn.alpha is {rpn.alpha}, expected a value in [0, 1]")
+        if not 0 < rpn.prior_prob < 1:
+            raise ValueError(f"model.rpn.prior_prob is {rpn.prior_prob}, expected (0, 1)")
+    if rpn.focal_lambda <= 0:
+        raise ValueError(f"model.rpn.focal_lambda is {rpn.focal_lambda}, expected > 0")
+
+
+def build_faster_rcnn(
+    config: Any,
+    *,
+    num_classes: int,
+    image_size: tuple[int, int],
+    axis_name: str | None = None,
+) -> Detector:
+    """A Faster R-CNN `Detector` for `image_size` (height, width) inputs, from `config` (the
+    `config.model` of `configs/*_faster_rcnn*.py`).
+
+    Raises ValueError, before anything is traced, for an unknown RPN loss or dtype, a post-NMS
+    top-k larger than what the pyramid levels can give, a sampling fraction outside (0, 1], bad
+    thresholds or focal-loss hyper-parameters.
+    """
+    image_size = tuple(int(s) for s in image_size)
+    _check_config(config, image_size)
+    rpn, roi = config.rpn, config.roi
+    softmax = rpn.loss == "focal_softmax"
+    focal = rpn.loss.startswith("focal")
+
+    def proposal_settings(mode: str) -> ProposalSettings:
+        return ProposalSettings(
+            pre_nms_topk=rpn[f"{mode}_pre_nms_topk"], post_nms_topk=rpn[f"{mode}_post_nms_topk"],
+            nms_iou_threshold=rpn.nms_iou_threshold, min_size=rpn.min_size,
+        )
+
+    module = FasterRCNN(
+        num_classes=num_classes,
+        backbone=config.backbone,
+        norm=config.norm,
+        axis_name=axis_name,
+        fpn_channels=config.fpn_channels,
+        anchor_sizes=tuple(float(s) for s in config.anchor_sizes),
+        aspect_ratios=tuple(float(r) for r in config.aspect_ratios),
+        rpn_objectness="softmax" if softmax else "sigmoid",
+        rpn_prior_prob=rpn.prior_prob if focal else None,
+        rpn_box_coder_weights=tuple(rpn.box_coder_weights),
+        train_proposals=proposal_settings("train"),
+        test_proposals=proposal_settings("test"),
+        roi_sampling=RoISamplingSettings(
+            num_samples=roi.num_samples, positive_fraction=roi.positive_fraction,
+            fg_iou_threshold=roi.fg_iou_threshold, bg_iou_threshold=roi.bg_iou_threshold,
+            append_gt=roi.append_gt,
+        ),
+        roi_box_coder_weights=tuple(roi.box_coder_weights),
+        roi_output_size=roi.output_size,
+        roi_sampling_ratio=roi.sampling_ratio,
+        roi_max_sampling_ratio=roi.max_sampling_ratio or None,
+        head_num_convs=roi.head_num_convs,
+        head_conv_dim=roi.head_conv_dim,
+        head_num_fcs=roi.head_num_fcs,
+        head_fc_dim=roi.head_fc_dim,
+        head_norm=optional(roi.head_norm),
+        dtype=DTYPES[config.dtype],
+    )
+    anchors, anchors_per_level = module.anchors(image_size)
+    for mode in ("train", "test"):
+        pre, post = rpn[f"{mode}_pre_nms_topk"], rpn[f"{mode}_post_nms_topk"]
+        available = sum(min(pre, n) for n in anchors_per_level)
+        if post > available:
+            raise ValueError(
+                f"model.rpn.{mode}_post_nms_topk is {post}, but for {image_size} images the "
+                f"levels give at most {available} candidates ({pre} per level before NMS); "
+                f"expected at most {available}"
+            )
+    loss_fn = make_loss_fn(config, anchors=anchors, num_classes=num_classes)
+    post = config.postprocess
+    postprocess_one = functools.partial(
+        ops.fast_rcnn_postprocess,
+        image_size=image_size,
+        score_threshold=post.score_threshold,
+        nms_iou_threshold=post.nms_iou_threshold,
+        max_detections=post.max_detections,
+        box_coder=ops.BoxCoder(weights=tuple(roi.box_coder_weights)),
+    )
+
+    def postprocess(outputs: dict[str, Any], batch: Batch) -> dict[str, jax.Array]:
+        del batch
+        detections = jax.vmap(
+            lambda logits, deltas, rois, valid: postprocess_one(
+                logits, deltas, rois, roi_valid=valid
+            )
+        )(outputs["roi_cls_logits"], outputs["roi_box_deltas"], outputs["rois"],
+          outputs["roi_valid"])
+        proposals = outputs["proposals"]
+        valid = proposals["valid"]
+        return {
+            **detections,
+            # Valid proposals come first, by descending score.
+            "proposals": jnp.where(valid[..., None], proposals["boxes"], 0.0),
+            "proposal_scores": jnp.where(valid, jax.nn.sigmoid(proposals["scores"]), 0.0),
+            "num_proposals": jnp.sum(valid, axis=-1, dtype=jnp.int32),
+        }
+
+    def model_inputs(batch: Batch, train: bool) -> dict[str, jax.Array]:
+        if not train:
+            return {"images": batch["image"]}
+        return {"images": batch["image"], "gt_boxes": batch["boxes"],
+                "gt_labels": batch["labels"], "gt_is_crowd": batch["is_crowd"]}
+
+    def evaluators(ground_truth):
+        return [evaluation.ProposalRecallEvaluator(ground_truth, max_dets=PROPOSAL_MAX_DETS)]
+
+    return Detector(
+        name="faster_rcnn",
+        module=module,
+        loss_fn=loss_fn,
+        postprocess=postprocess,
+        model_inputs=model_inputs,
+        mutable_collections=("batch_stats",) if config.norm in ("bn", "sync_bn") else (),
+        rng_collections=("roi_sampling",),
+        box_outputs=("boxes", "proposals"),
+        evaluators=evaluators,
+    )
+
+
+def make_loss_fn(config: Any, *, anchors: Any, num_classes: int):
+    """The Faster R-CNN `Detector.loss_fn` over the RPN's `anchors` (see the module docstring)."""
+    rpn, roi = config.rpn, config.roi
+    mode = rpn.loss
+    anchors = jnp.asarray(anchors)
+    rpn_coder = ops.BoxCoder(weights=tuple(rpn.box_coder_weights))
+    match_kwargs = {
+        "fg_iou_threshold": rpn.fg_iou_threshold,
+        "bg_iou_threshold": rpn.bg_iou_threshold,
+        "allow_low_quality_matches": rpn.allow_low_quality_matches,
+        "box_coder": rpn_coder,
+    }
+    rpn_beta, roi_beta = float(rpn.box_beta), float(roi.box_beta)
+    num_rpn_samples = int(rpn.batch_size_per_image)
+    focal_lambda = float(rpn.focal_lambda)
+
+    def objectness_losses(objectness: jax.Array, is_object: jax.Array) -> jax.Array:
+        """`[A, k], [A] -> [A]` the mode's classification loss of each anchor."""
+        if mode == "focal_softmax":
+            return losses.softmax_focal_loss(
+                objectness, is_object.astype(jnp.int32), alpha=rpn.alpha, gamma=rpn.gamma,
+                background_class=0,
+            )
+        logit, target = objectness[:, 0], is_object.astype(jnp.float32)
+        if mode == "focal_sigmoid":
+            return losses.sigmoid_focal_loss(logit, target, alpha=rpn.alpha, gamma=rpn.gamma)
+        return losses.sigmoid_cross_entropy(logit, target)
+
+    def rpn_image_loss(key, objectness, deltas, gt_boxes, gt_labels, gt_is_crowd):
+        """Unnormalized (cls_sum, box_sum, num_objects) of one image."""
+        # One class, "object": every real box is one, padding rows stay -1.
+        targets = ops.build_targets(
+            anchors, gt_boxes, jnp.where(gt_labels >= 0, 0, -1), gt_is_crowd, **match_kwargs
+        )
+        is_object = targets["labels"] >= 0
+        weights = targets["cls_weights"]  # 0 for ignored anchors
+        if mode == "sampled":
+            labels = jnp.where(weights > 0, is_object.astype(jnp.int32), -1)
+            weights = losses.balanced_sample_mask(
+                key, labels, num_samples=num_rpn_samples, positive_fraction=rpn.positive_fraction
+            )
+        cls_sum = losses.weighted_sum(objectness_losses(objectness, is_object), weights)
+        box_weights = weights * targets["box_weights"]
+        per_delta = losses.smooth_l1_loss(deltas, targets["box_targets"], beta=rpn_beta)
+        box_sum = losses.weighted_sum(per_delta, box_weights[:, None])
+        return cls_sum, box_sum, jnp.sum(targets["box_weights"])
+
+    def roi_image_loss(cls_logits, box_deltas, targets):
+        """Unnormalized (cls_sum, box_sum, num_sampled, num_foreground) of one image."""
+        valid = targets["valid"].astype(jnp.float32)
+        labels = targets["labels"]
+        foreground = targets["is_foreground"].astype(jnp.float32)
+        # Background is the last of the C + 1 classes.
+        classes = jnp.where(labels >= 0, labels, num_classes)
+        cls_sum = losses.weighted_sum(
+            losses.softmax_cross_entropy(cls_logits, classes), valid
+        )
+        matched = jnp.take_along_axis(
+            box_deltas, jnp.maximum(labels, 0)[:, None, None], axis=1
+        )[:, 0]
+        per_delta = losses.smooth_l1_loss(matched, targets["box_targets"], beta=roi_beta)
+        box_sum = losses.weighted_sum(per_delta, (valid * foreground)[:, None])
+        return cls_sum, box_sum, jnp.sum(valid), jnp.sum(valid * foreground)
+
+    def loss_fn(
+        outputs: dict[str, Any],
+        batch: Batch,
+        *,
+        state: Any = None,
+        axis_name: str | None = None,
+        rng: jax.Array | None = None,
+    ) -> LossOutput:
+        num_images = batch["boxes"].shape[0]
+        if mode == "sampled":
+            if rng is None:
+                raise ValueError("model.rpn.loss 'sampled' draws anchors: loss_fn needs an rng")
+            keys = jax.random.split(rng, num_images)
+        else:
+            keys = jnp.zeros((num_images, 2), jnp.uint32)  # Unused: no sampling.
+        rpn_cls, rpn_box, num_objects = jax.vmap(rpn_image_loss)(
+            keys, outputs["rpn_objectness"], outputs["rpn_deltas"],
+            batch["boxes"], batch["labels"], batch["is_crowd"],
+        )
+        if mode == "sampled":
+            # detectron2: both terms over 256 x images, a fixed count on every device.
+            rpn_cls_norm = rpn_box_norm = float(num_rpn_samples * num_images)
+        else:
+            normalizer = losses.positive_normalizer(jnp.sum(num_objects), axis_name=axis_name)
+            rpn_cls_norm, rpn_box_norm = normalizer / focal_lambda, 2.0 * normalizer
+        roi_cls, roi_box, num_rois, num_fg = jax.vmap(roi_image_loss)(
+            outputs["roi_cls_logits"], outputs["roi_box_deltas"], outputs["roi_targets"]
+        )
+        roi_norm = losses.positive_normalizer(jnp.sum(num_rois), axis_name=axis_name)
+        terms = {
+            "rpn_cls": jnp.sum(rpn_cls) / rpn_cls_norm,
+            "rpn_box": jnp.sum(rpn_box) / rpn_box_norm,
+            "roi_cls": jnp.sum(roi_cls) / roi_norm,
+            "roi_box": jnp.sum(roi_box) / roi_norm,
+        }
+        metrics = {
+            "rpn_num_positives": jnp.mean(num_objects),
+            "roi_num_foreground": jnp.mean(num_fg),
+            "roi_num_sampled": jnp.mean(num_rois),
+        }
+        return LossOutput(terms, metrics, state)
+
+    return loss_fn
