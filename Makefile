@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-WORKDIR ?= runs/shapes_retinanet
+# `make train MODEL=faster_rcnn` trains configs/shapes_faster_rcnn.py instead of the RetinaNet.
+MODEL ?= retinanet
+WORKDIR ?= runs/shapes_$(MODEL)
 PYTEST_ARGS ?=
 
 .PHONY: setup test train lint bench clean
@@ -22,7 +24,7 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
 
 train: $(STAMP)
-	$(PY) -m train --config configs/shapes_retinanet.py --workdir $(WORKDIR)
+	$(PY) -m train --config configs/shapes_$(MODEL).py --workdir $(WORKDIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_bench.py

@@ -45,5 +45,5 @@ def get_config() -> ml_collections.ConfigDict:
     model.roi.num_samples = 32
     model.roi.sampling_ratio = 1
     model.roi.head_fc_dim = 256
-    config.num_train_steps = 1500
+    config.num_train_steps = 1200
     return config

@@ -4,6 +4,7 @@ that every expected mAP is worked out by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import glob
 import json
@@ -178,3 +179,27 @@ def test_voc_metric_on_a_data_set_without_difficult_flags_fails_before_training(
     ):
         train.train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_declared_box_outputs_reach_the_detectors_evaluators_in_original_pixels(voc_data_dir):
+    """A detector's extra box output ("proposals") is mapped back to original pixels, like its
+    detections, before its own evaluator sees it: proposals equal to the ground truth give
+    recall 1; left in resized pixels they would miss every box (IoU < 0.2)."""
+    from focaljax.evaluation import ProposalRecallEvaluator
+
+    base = oracle()
+
+    def postprocess(outputs, batch):
+        detections = base.postprocess(outputs, batch)
+        return {**detections, "proposals": detections["boxes"],
+                "proposal_scores": detections["scores"], "num_proposals": detections["num_valid"]}
+
+    with_proposals = dataclasses.replace(
+        base, postprocess=postprocess, box_outputs=("boxes", "proposals"),
+        evaluators=lambda ground_truth: [ProposalRecallEvaluator(ground_truth)],
+    )
+    metrics = _evaluate(with_proposals, voc_config(voc_data_dir, ""))
+    assert metrics["AR@100"] == pytest.approx(1.0)
+
+    unmapped = dataclasses.replace(with_proposals, box_outputs=("boxes",))
+    assert _evaluate(unmapped, voc_config(voc_data_dir, ""))["AR@100"] == pytest.approx(0.0)
