@@ -10,10 +10,13 @@ What differs from detectron2's recipe, and why:
 - backbone `resnet_tiny` with batch norm and 64 FPN channels (the shapes RetinaNet's);
 - anchors of 8-128 px (2x the stride of P2-P6, the paper has 8x) and one aspect ratio: the
   objects are 8-64 px and as wide as they are tall;
-- proposals: 1000 per level before NMS, TRAIN_POST / TEST_POST after it (detectron2: 2000 / 1000,
-  for images 65x larger);
-- 64 RoIs per image instead of 512 (4 objects an image, not 7 of 80 classes), pooled with 2x2
-  samples per bin, and a box head of 2 FC of 256 instead of 1024.
+- proposals: 1000 per level before NMS, 300 per image after it, in training and test (detectron2:
+  2000 or 1000, then 1000, for images 65x larger), so AR@1000 equals AR@300;
+- 32 RoIs per image instead of 512 (a few objects an image), pooled with one sample per bin
+  instead of the adaptive grid, and a box head of 2 FC of 256 instead of 1024: RoIAlign's
+  gradient is a scatter that XLA:CPU runs slowly (64 RoIs at 2x2 samples took the step from
+  245 to 359 ms, jax 0.10.2, 2 cores);
+- AdamW 0.004 with a cosine schedule (the shapes RetinaNet's), 1500 steps of 16 images.
 
 Command:
 
@@ -21,7 +24,16 @@ Command:
 
   (or `make train-faster-rcnn`).
 
-Hardware, time and result: TO BE MEASURED.
+Hardware, time and result: 2-core AMD EPYC VM, no accelerator, jax 0.10.2, set-up done. Alone
+on the machine the train step runs at 54 images/s (RetinaNet's: 60). Evaluated on the 200
+validation images with pycocotools (AR: class-agnostic proposal recall):
+
+    1500 steps, focal_softmax (this config): AP 0.763 | AP50 0.951 | AP75 0.856 | AR@100 0.727
+    1200 steps, --config.model.rpn.loss=sampled: AP 0.731 | AP50 0.923 | AP75 0.819 | AR@100 0.643
+
+Both runs shared the 2 cores with test runs: 778 s and 841 s wall-clock for the whole command,
+so the 10-minute target is not yet shown by a measurement; at the 54 images/s of the machine
+alone, 1500 steps would take about 450 s.
 """
 
 import ml_collections
@@ -45,5 +57,5 @@ def get_config() -> ml_collections.ConfigDict:
     model.roi.num_samples = 32
     model.roi.sampling_ratio = 1
     model.roi.head_fc_dim = 256
-    config.num_train_steps = 1200
+    config.num_train_steps = 1500
     return config

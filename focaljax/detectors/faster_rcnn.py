@@ -74,11 +74,12 @@ def _check_config(config: Any, image_size: tuple[int, ...]) -> None:
                         ("roi.num_samples", roi.num_samples)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"model.{name} is {value!r}, expected a positive int")
-    if not 0 <= rpn.bg_iou_threshold <= rpn.fg_iou_threshold <= 1:
-        raise ValueError(
-            f"model.rpn.bg_iou_threshold is {rpn.bg_iou_threshold} and fg_iou_threshold "
-            f"{rpn.fg_iou_threshold}, expected 0 <= bg <= fg <= 1"
-        )
+    for name, section in (("rpn", rpn), ("roi", roi)):
+        if not 0 <= section.bg_iou_threshold <= section.fg_iou_threshold <= 1:
+            raise ValueError(
+                f"model.{name}.bg_iou_threshold is {section.bg_iou_threshold} and "
+                f"fg_iou_threshold {section.fg_iou_threshold}, expected 0 <= bg <= fg <= 1"
+            )
     if rpn.loss.startswith("focal"):
         if rpn.gamma < 0:
             raise ValueError(f"model.rpn.gamma is {rpn.gamma}, expected >= 0")
