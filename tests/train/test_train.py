@@ -60,7 +60,9 @@ def test_check_config_rejects_decay_points_in_both_steps_and_epochs():
 def test_unknown_model_is_rejected_before_anything_is_compiled(tiny_data_dir, tmp_path):
     config = tiny_config(tiny_data_dir)
     config.model.name = "yolo"
-    with pytest.raises(ValueError, match=r"unknown model 'yolo', expected one of \['retinanet'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown model 'yolo', expected one of \['faster_rcnn', 'retinanet'\]"
+    ):
         train.train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
 
