@@ -641,8 +641,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains `config` in `workdir`, resuming from its latest checkpoint, then evaluates.
 
     Returns:
-      The final COCO metrics (`CocoEvaluator.evaluate`: AP, AP50, AP75, APs, APm, APl, AR...),
-      and VOC's mAP under its `VOC_METRICS` name when `config.voc_metric` is set.
+      The final metrics of `build_evaluators`: COCO's (AP, AP50, AP75, APs, APm, APl, AR...),
+      VOC's mAP under its `VOC_METRICS` name when `config.voc_metric` is set, and those of the
+      detector's own evaluators (a Faster R-CNN's AR@100, AR@300, AR@1000).
 
     Raises:
       ValueError: for a config that cannot run, before anything is compiled; also for

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,6 +84,25 @@ def num_anchors_per_level(
     """Number of anchors of each level, in the order of `generate_anchors`; they sum to `A`."""
     per_location = num_anchors_per_location(scales=scales, aspect_ratios=aspect_ratios)
     return tuple(h * w * per_location for h, w in level_sizes(image_size, min_level, max_level))
+
+
+def check_per_anchor_outputs(
+    num_anchors: int, box_deltas: Any, anchors: Any, anchors_per_level: Sequence[int]
+) -> None:
+    """Raises ValueError unless a head's `box_deltas [A, 4]` and the `anchors [A, 4]` match its
+    `A = num_anchors` scores, and `anchors_per_level` splits them into levels (the inputs of
+    the per-level inference of `retinanet_postprocess` and `rpn_proposals`)."""
+    if box_deltas.shape != (num_anchors, 4):
+        raise ValueError(
+            f"box_deltas has shape {tuple(box_deltas.shape)}, expected ({num_anchors}, 4)"
+        )
+    if anchors.shape != (num_anchors, 4):
+        raise ValueError(f"anchors has shape {tuple(anchors.shape)}, expected ({num_anchors}, 4)")
+    if sum(anchors_per_level) != num_anchors or any(n < 1 for n in anchors_per_level):
+        raise ValueError(
+            f"anchors_per_level {tuple(anchors_per_level)} must be positive and sum to the "
+            f"{num_anchors} anchors"
+        )
 
 
 def _cell_anchors(

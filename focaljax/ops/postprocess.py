@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 from jax.typing import ArrayLike
 
+from focaljax.ops.anchors import check_per_anchor_outputs
 from focaljax.ops.boxes import BoxCoder, check_image_size, clip_boxes
 from focaljax.ops.nms import batched_non_max_suppression
 
@@ -52,18 +53,7 @@ def _check_inputs(
             f"cls_logits has shape {tuple(cls_logits.shape)}, expected [A, num_classes] for one "
             "image (vmap for a batch)"
         )
-    num_anchors = cls_logits.shape[0]
-    if box_deltas.shape != (num_anchors, 4):
-        raise ValueError(
-            f"box_deltas has shape {tuple(box_deltas.shape)}, expected ({num_anchors}, 4)"
-        )
-    if anchors.shape != (num_anchors, 4):
-        raise ValueError(f"anchors has shape {tuple(anchors.shape)}, expected ({num_anchors}, 4)")
-    if sum(anchors_per_level) != num_anchors or any(n < 1 for n in anchors_per_level):
-        raise ValueError(
-            f"anchors_per_level {tuple(anchors_per_level)} must be positive and sum to the "
-            f"{num_anchors} anchors"
-        )
+    check_per_anchor_outputs(cls_logits.shape[0], box_deltas, anchors, anchors_per_level)
     for name, value in (("pre_nms_topk", pre_nms_topk), ("max_detections", max_detections)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} is {value!r}, expected a positive int")

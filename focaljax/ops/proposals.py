@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import Array, lax
 from jax.typing import ArrayLike
 
+from focaljax.ops.anchors import check_per_anchor_outputs
 from focaljax.ops.boxes import BoxCoder, check_image_size, clip_boxes
 from focaljax.ops.nms import batched_non_max_suppression
 
@@ -47,18 +48,7 @@ def _check_inputs(
             f"objectness has shape {tuple(objectness.shape)}, expected [A] for one image (vmap "
             "for a batch)"
         )
-    num_anchors = objectness.shape[0]
-    if box_deltas.shape != (num_anchors, 4):
-        raise ValueError(
-            f"box_deltas has shape {tuple(box_deltas.shape)}, expected ({num_anchors}, 4)"
-        )
-    if anchors.shape != (num_anchors, 4):
-        raise ValueError(f"anchors has shape {tuple(anchors.shape)}, expected ({num_anchors}, 4)")
-    if sum(anchors_per_level) != num_anchors or any(n < 1 for n in anchors_per_level):
-        raise ValueError(
-            f"anchors_per_level {anchors_per_level} must be positive and sum to the "
-            f"{num_anchors} anchors"
-        )
+    check_per_anchor_outputs(objectness.shape[0], box_deltas, anchors, anchors_per_level)
     check_image_size(image_size)
     for name, value in (("pre_nms_topk", pre_nms_topk), ("post_nms_topk", post_nms_topk)):
         if not isinstance(value, int) or value < 1:

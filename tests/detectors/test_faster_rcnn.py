@@ -13,7 +13,13 @@ from focaljax import detectors, evaluation
 from focaljax.detectors import faster_rcnn
 from tests.detectors.test_retinanet import _np_box_deltas, _np_iou, _np_log_sigmoid
 from tests.train.conftest import compilation_cache, tiny_config, tiny_data_dir  # noqa: F401
-from tests.train.test_train_step import IMAGE_SIZE, _square_images, pmapped_steps
+from tests.train.test_train_step import (
+    IMAGE_SIZE,
+    _square_images,
+    assert_replicas_agree_with_one_device,
+    pmapped_steps,
+    steps_on_four_and_one_device,
+)
 
 # The fixtures imported from tests/train: `tiny_data_dir`, the tiny shapes data set, and the
 # autouse `compilation_cache`, which turns identical compilations (the four- and one-device runs'
@@ -549,15 +555,8 @@ def test_step_on_four_devices_equals_the_step_on_one_device_over_the_same_global
     max_boxes = batch["boxes"].shape[2]
     config.model.roi.num_samples = config.model.rpn.train_post_nms_topk + max_boxes
     config.model.roi.positive_fraction = 1.0
-    whole = jax.tree.map(lambda x: x.reshape((1, 8) + x.shape[2:]), batch)
 
-    results = []
-    for devices, device_batch in ((jax.devices()[:4], batch), (jax.devices()[:1], whole)):
-        step, _, state = pmapped_steps(config, devices)
-        for _ in range(2):  # Two steps, so that the momentum is exercised too.
-            state, metrics = step(state, device_batch)
-        results.append((jax.device_get(state), jax.device_get(metrics)))
-    (four, four_metrics), (one, one_metrics) = results
+    (four, four_metrics), (one, one_metrics) = steps_on_four_and_one_device(config, batch)
 
     assert int(four.step[0]) == int(one.step[0]) == 2
     assert one_metrics["roi_num_foreground"][0] > 0
@@ -568,13 +567,7 @@ def test_step_on_four_devices_equals_the_step_on_one_device_over_the_same_global
         np.testing.assert_allclose(four_metrics[name][0], one_metrics[name][0], rtol=1e-5,
                                    err_msg=name)
     np.testing.assert_array_equal(four_metrics["loss"], four_metrics["loss"][0])  # Replicated.
-    for key in ("params", "model_state", "opt_state"):
-        four_leaves = jax.tree.leaves(getattr(four, key))
-        one_leaves = jax.tree.leaves(getattr(one, key))
-        assert len(four_leaves) == len(one_leaves) > 0
-        for a, b in zip(four_leaves, one_leaves, strict=True):
-            np.testing.assert_array_equal(a, a[:1].repeat(4, 0))  # Replicas agree.
-            np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-6, err_msg=key)
+    assert_replicas_agree_with_one_device(four, one)
     assert "batch_stats" in four.model_state
 
 

@@ -40,7 +40,7 @@ def test_run_leaves_metrics_checkpoints_tensorboard_events_and_a_detection_grid(
     workdir, _ = trained_run
     records = read_jsonl(workdir)
     assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4]
-    assert {"train/loss", "train/cls_loss", "train/box_loss", "train/learning_rate",
+    assert {"train/loss", "train/loss_cls", "train/loss_box", "train/learning_rate",
             "train/grad_norm", "train/images_per_second"} <= set(records[0])
     assert records[-1]["step"] == 4 and "eval/AP" in records[-1]
 

@@ -39,6 +39,31 @@ def pmapped_steps(config, devices):
     return step, evaluate, train.replicate(state, devices)
 
 
+def steps_on_four_and_one_device(config, batch, num_steps: int = 2):
+    """`((state, metrics) on 4 devices, (state, metrics) on 1 device)` after `num_steps` steps
+    (two exercise the momentum too) over `batch` `[4, 2, ...]` and over the same 8 images as one
+    device's batch, from the same initial state."""
+    whole = jax.tree.map(lambda x: x.reshape((1, 8) + x.shape[2:]), batch)
+    results = []
+    for devices, device_batch in ((jax.devices()[:4], batch), (jax.devices()[:1], whole)):
+        step, _, state = pmapped_steps(config, devices)
+        for _ in range(num_steps):
+            state, metrics = step(state, device_batch)
+        results.append((jax.device_get(state), jax.device_get(metrics)))
+    return tuple(results)
+
+
+def assert_replicas_agree_with_one_device(four, one) -> None:
+    """The 4 replicas of `four` are identical and equal `one`'s state to float rounding."""
+    for key in ("params", "model_state", "opt_state"):
+        four_leaves = jax.tree.leaves(getattr(four, key))
+        one_leaves = jax.tree.leaves(getattr(one, key))
+        assert len(four_leaves) == len(one_leaves) > 0
+        for a, b in zip(four_leaves, one_leaves, strict=True):
+            np.testing.assert_array_equal(a, a[:1].repeat(4, 0))  # Replicas agree.
+            np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
 def test_step_on_four_devices_equals_the_step_on_one_device_over_the_same_global_batch(
     tiny_data_dir,
 ):
@@ -52,27 +77,13 @@ def test_step_on_four_devices_equals_the_step_on_one_device_over_the_same_global
     dataset = data_lib.build(config.dataset)
     batch = next(dataset.train_iterator(per_device_batch_size=2, seed=0))  # [4, 2, ...]
     assert batch["image"].shape[:2] == (4, 2)
-    whole = jax.tree.map(lambda x: x.reshape((1, 8) + x.shape[2:]), batch)
-
-    results = []
-    for devices, device_batch in ((jax.devices()[:4], batch), (jax.devices()[:1], whole)):
-        step, _, state = pmapped_steps(config, devices)
-        for _ in range(2):  # Two steps, so that the momentum is exercised too.
-            state, metrics = step(state, device_batch)
-        results.append((jax.device_get(state), jax.device_get(metrics)))
-    (four, four_metrics), (one, one_metrics) = results
+    (four, four_metrics), (one, one_metrics) = steps_on_four_and_one_device(config, batch)
 
     assert int(four.step[0]) == int(one.step[0]) == 2
     for name in ("loss", "loss_cls", "loss_box", "num_positives"):
         np.testing.assert_allclose(four_metrics[name][0], one_metrics[name][0], rtol=1e-5)
     np.testing.assert_array_equal(four_metrics["loss"], four_metrics["loss"][0])  # Replicated.
-    for key in ("params", "model_state", "opt_state"):
-        four_leaves = jax.tree.leaves(getattr(four, key))
-        one_leaves = jax.tree.leaves(getattr(one, key))
-        assert len(four_leaves) == len(one_leaves) > 0
-        for a, b in zip(four_leaves, one_leaves, strict=True):
-            np.testing.assert_array_equal(a, a[:1].repeat(4, 0))  # Replicas agree.
-            np.testing.assert_allclose(a[0], b[0], rtol=1e-4, atol=1e-6, err_msg=key)
+    assert_replicas_agree_with_one_device(four, one)
     assert "batch_stats" in four.model_state
 
 
