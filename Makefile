@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/loss_bench.py
 	$(PY) benchmarks/nms_bench.py
 	$(PY) benchmarks/train_step_bench.py
+	$(PY) benchmarks/train_step_bench.py --compare detectors
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check focaljax train configs tests benchmarks
