@@ -1,8 +1,17 @@
-"""Flax Linen networks: ResNet backbones, the FPN, the RetinaNet and Faster R-CNN networks (no
-losses)."""
+"""Flax Linen networks: ResNet backbones and their ImageNet weights, the FPN, the RetinaNet and
+Faster R-CNN networks (no losses)."""
 
 from focaljax.models.faster_rcnn import FasterRCNN, RoIBoxHead, RPNHead
 from focaljax.models.fpn import FPN, ResNetFPN
+from focaljax.models.pretrained import (
+    BACKBONE_PATH,
+    FORMATS,
+    PretrainedResNet,
+    WeightFileError,
+    detect_format,
+    load_resnet_weights,
+    merge_backbone,
+)
 from focaljax.models.resnet import (
     PRESETS,
     BasicBlock,
@@ -10,21 +19,30 @@ from focaljax.models.resnet import (
     FrozenBatchNorm,
     ResNet,
     build_resnet,
+    freeze_mask,
 )
 from focaljax.models.retinanet import RetinaNet, Subnet
 
 __all__ = [
+    "BACKBONE_PATH",
+    "FORMATS",
     "FPN",
     "PRESETS",
     "FasterRCNN",
     "BasicBlock",
     "Bottleneck",
     "FrozenBatchNorm",
+    "PretrainedResNet",
     "ResNet",
     "RPNHead",
     "ResNetFPN",
     "RetinaNet",
     "RoIBoxHead",
     "Subnet",
+    "WeightFileError",
     "build_resnet",
+    "detect_format",
+    "freeze_mask",
+    "load_resnet_weights",
+    "merge_backbone",
 ]

@@ -224,7 +224,8 @@ class FasterRCNN(nn.Module):
 
     Attributes:
       num_classes: foreground classes.
-      backbone, norm, axis_name: the ResNet (see :mod:`focaljax.models.resnet`).
+      backbone, norm, axis_name, stride_in_1x1, freeze_at: the ResNet (see
+        :class:`~focaljax.models.resnet.ResNet`).
       fpn_channels: channels of every pyramid level.
       anchor_sizes: anchor size of each RPN level P2..P(1 + len), one per level (32..512).
       aspect_ratios: anchor aspect ratios (height / width) at every location.
@@ -266,6 +267,8 @@ class FasterRCNN(nn.Module):
     head_fc_dim: int = 1024
     head_norm: str | None = None
     dtype: Any = jnp.float32
+    stride_in_1x1: bool = False
+    freeze_at: int = 0
 
     RPN_MIN_LEVEL = 2
 
@@ -295,7 +298,8 @@ class FasterRCNN(nn.Module):
         return fpn_lib.ResNetFPN(
             backbone=self.backbone, channels=self.fpn_channels, min_level=self.RPN_MIN_LEVEL,
             max_level=max(self.rpn_max_level, self.roi_max_level), extra_block="max_pool",
-            norm=self.norm, axis_name=self.axis_name, dtype=self.dtype, **kwargs,
+            norm=self.norm, axis_name=self.axis_name, dtype=self.dtype,
+            stride_in_1x1=self.stride_in_1x1, freeze_at=self.freeze_at, **kwargs,
         )
 
     def _rpn_head(self, **kwargs: Any) -> RPNHead:

@@ -127,6 +127,8 @@ class ResNetFPN(nn.Module):
       channels, min_level, max_level, extra_block: as in :class:`FPN`.
       norm, axis_name: the ResNet's normalization, see :mod:`focaljax.models.resnet`.
       dtype: computation dtype; parameters are float32.
+      stride_in_1x1, freeze_at: the ResNet's stride layout and frozen part, see
+        :class:`~focaljax.models.resnet.ResNet`.
     """
 
     backbone: str = "resnet50"
@@ -137,21 +139,24 @@ class ResNetFPN(nn.Module):
     norm: str = "frozen_bn"
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    stride_in_1x1: bool = False
+    freeze_at: int = 0
 
     def __post_init__(self) -> None:
         # Builds (and so validates) both parts when the module is constructed, before any tracing.
-        resnet_lib.build_resnet(
-            self.backbone, norm=self.norm, axis_name=self.axis_name, dtype=self.dtype, parent=None
-        )
+        self._resnet(parent=None)
         FPN(self.channels, self.min_level, self.max_level, self.extra_block, parent=None)
         super().__post_init__()
 
+    def _resnet(self, **kwargs: Any) -> resnet_lib.ResNet:
+        return resnet_lib.build_resnet(
+            self.backbone, norm=self.norm, axis_name=self.axis_name, dtype=self.dtype,
+            stride_in_1x1=self.stride_in_1x1, freeze_at=self.freeze_at, **kwargs,
+        )
+
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
-        features = resnet_lib.build_resnet(
-            self.backbone, norm=self.norm, axis_name=self.axis_name, dtype=self.dtype,
-            name="resnet",
-        )(images, train=train)
+        features = self._resnet(name="resnet")(images, train=train)
         return FPN(
             channels=self.channels,
             min_level=self.min_level,

@@ -1,9 +1,11 @@
 """ResNet backbones returning the C2..C5 feature maps that an FPN consumes.
 
 He et al., "Deep Residual Learning for Image Recognition", CVPR 2016. The stride-2 convolution of a
-bottleneck block sits in its 3x3 convolution ("ResNet v1.5", as in torchvision), and every padding
-is the explicit symmetric padding torchvision uses, so converted ImageNet weights give the same
-features. A feature map at level ``l`` (stride ``2**l``) has spatial size ``ceil(H / 2**l)``.
+bottleneck block sits in its 3x3 convolution ("ResNet v1.5", as in torchvision), or with
+``stride_in_1x1=True`` in its first 1x1 convolution (the original MSRA layout of detectron2's
+``R-50.pkl`` and of Keras applications). Every padding is the explicit symmetric padding torchvision
+uses, so converted ImageNet weights (:mod:`focaljax.models.pretrained`) give the same features. A
+feature map at level ``l`` (stride ``2**l``) has spatial size ``ceil(H / 2**l)``.
 
 Normalization is chosen by name (``norm=``):
 
@@ -14,12 +16,20 @@ Normalization is chosen by name (``norm=``):
 * ``"sync_bn"``: batch norm whose statistics are averaged over the devices of the ``axis_name``
   mapped axis (``jax.pmap`` / ``shard_map``), i.e. statistics of the global batch.
 * ``"gn"``: group norm with 32 groups, or fewer when a layer has too few channels.
+
+Freezing follows detectron2's ``FREEZE_AT``: ``freeze_at=k`` freezes the stem (``k >= 1``) and the
+stages C2..C``k``. :func:`freeze_mask` marks their variables, so that an optimizer can leave them
+out (of the update and of weight decay, which would move them even with a zero gradient); the
+``ResNet(freeze_at=k)`` attribute also stops gradients at the outputs of the frozen parts, so that
+their backward pass is not computed, and runs their normalization as in evaluation mode
+(detectron2 turns the batch norms of frozen stages into frozen ones).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -29,6 +39,8 @@ import jax.numpy as jnp
 
 NORMS = ("frozen_bn", "bn", "sync_bn", "gn")
 BLOCKS = ("basic", "bottleneck")
+# detectron2's FREEZE_AT: 0 freezes nothing, 1 the stem, k the stem and stages C2..Ck.
+MAX_FREEZE_AT = 5
 
 # torchvision's ResNet initialization (He et al., 2015, fan-out mode).
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -142,12 +154,17 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand to ``4 * filters``, plus the shortcut."""
+    """1x1 reduce, 3x3, 1x1 expand to ``4 * filters``, plus the shortcut.
+
+    The stride is in the 3x3 convolution (torchvision), or in the first 1x1 convolution with
+    ``stride_in_1x1`` (MSRA, detectron2's ``STRIDE_IN_1X1``, Keras applications).
+    """
 
     filters: int
     strides: int
     norm: Callable[..., nn.Module]
     dtype: Any = jnp.float32
+    stride_in_1x1: bool = False
 
     expansion: ClassVar[int] = 4
 
@@ -158,9 +175,10 @@ class Bottleneck(nn.Module):
             param_dtype=jnp.float32,
         )
         out = self.filters * self.expansion
-        y = conv(self.filters, (1, 1), name="conv1")(x)
+        stride_1x1, stride_3x3 = (self.strides, 1) if self.stride_in_1x1 else (1, self.strides)
+        y = conv(self.filters, (1, 1), stride_1x1, padding="VALID", name="conv1")(x)
         y = nn.relu(self.norm(self.filters, name="norm1")(y))
-        y = conv(self.filters, (3, 3), self.strides, padding=((1, 1), (1, 1)), name="conv2")(y)
+        y = conv(self.filters, (3, 3), stride_3x3, padding=((1, 1), (1, 1)), name="conv2")(y)
         y = nn.relu(self.norm(self.filters, name="norm2")(y))
         y = conv(out, (1, 1), name="conv3")(y)
         y = self.norm(out, scale_init=nn.initializers.zeros, name="norm3")(y)
@@ -187,6 +205,12 @@ class ResNet(nn.Module):
       norm: ``"frozen_bn"``, ``"bn"``, ``"sync_bn"`` or ``"gn"``; see the module docstring.
       axis_name: the mapped device axis over which ``"sync_bn"`` averages statistics.
       dtype: computation dtype, e.g. ``jnp.bfloat16``.
+      stride_in_1x1: put a bottleneck's stride in its first 1x1 convolution (MSRA / Keras
+        weights) instead of its 3x3 convolution (torchvision weights); ``"bottleneck"`` only.
+      freeze_at: detectron2's ``FREEZE_AT``, 0..5: the stem (``>= 1``) and stages C2..C``k``
+        get no gradient (it stops at their outputs) and normalize as in evaluation mode. Their
+        variables are still parameters: leave them out of the optimizer with
+        :func:`freeze_mask`.
     """
 
     stage_sizes: Sequence[int]
@@ -195,6 +219,8 @@ class ResNet(nn.Module):
     norm: str = "frozen_bn"
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    stride_in_1x1: bool = False
+    freeze_at: int = 0
 
     def __post_init__(self) -> None:
         if len(self.stage_sizes) != 4 or min(self.stage_sizes) < 1:
@@ -206,32 +232,102 @@ class ResNet(nn.Module):
         if self.width < 1:
             raise ValueError(f"width is {self.width}, expected a positive channel count")
         check_norm(self.norm, self.axis_name)
+        if self.stride_in_1x1 and self.block != "bottleneck":
+            raise ValueError(
+                f"stride_in_1x1 is True with block {self.block!r}: only a bottleneck block has "
+                "a 1x1 convolution to put the stride in"
+            )
+        check_freeze_at(self.freeze_at)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
-        norm = functools.partial(
-            make_norm, self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype
-        )
+        def norm_of(part: int) -> Callable[..., nn.Module]:
+            frozen = part <= self.freeze_at
+            return functools.partial(
+                make_norm, self.norm, train=False if frozen else train, axis_name=self.axis_name,
+                dtype=self.dtype,
+            )
+
+        # Every frozen part's output, not only the last one's: C2 may feed an FPN level.
+        def end_of(part: int, x: jax.Array) -> jax.Array:
+            return jax.lax.stop_gradient(x) if part <= self.freeze_at else x
+
         x = nn.Conv(
             self.width, (7, 7), (2, 2), padding=((3, 3), (3, 3)), use_bias=False,
             kernel_init=_conv_init, dtype=self.dtype, param_dtype=jnp.float32, name="stem_conv",
         )(images)
-        x = nn.relu(norm(self.width, name="stem_norm")(x))
+        x = nn.relu(norm_of(1)(self.width, name="stem_norm")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        block = _BLOCK_MODULES[self.block]
+        x = end_of(1, x)
+        block = functools.partial(_BLOCK_MODULES[self.block], dtype=self.dtype)
+        if self.block == "bottleneck":
+            block = functools.partial(block, stride_in_1x1=self.stride_in_1x1)
         features = {}
         for stage, num_blocks in enumerate(self.stage_sizes):
+            level = stage + 2
             for i in range(num_blocks):
                 x = block(
                     filters=self.width * 2**stage,
                     strides=2 if stage > 0 and i == 0 else 1,
-                    norm=norm,
-                    dtype=self.dtype,
-                    name=f"stage{stage + 2}_block{i}",
+                    norm=norm_of(level),
+                    name=f"stage{level}_block{i}",
                 )(x)
-            features[f"C{stage + 2}"] = x
+            x = end_of(level, x)
+            features[f"C{level}"] = x
         return features
+
+
+def check_freeze_at(freeze_at: int) -> None:
+    """Raises ValueError unless ``freeze_at`` is one of detectron2's ``FREEZE_AT`` values."""
+    if not 0 <= freeze_at <= MAX_FREEZE_AT:
+        raise ValueError(
+            f"freeze_at is {freeze_at}, expected 0 (nothing frozen), 1 (the stem) ... "
+            f"{MAX_FREEZE_AT} (the stem and stages C2..C{MAX_FREEZE_AT})"
+        )
+
+
+# The top-level module names of a ResNet and the part each belongs to: 1 the stem, l stage C_l.
+_STEM_NAMES = ("stem_conv", "stem_norm")
+_STAGE_NAME = re.compile(r"stage(\d+)_block\d+")
+
+
+def _resnet_part(path: tuple[Any, ...]) -> int | None:
+    for entry in path:
+        key = getattr(entry, "key", getattr(entry, "name", None))
+        if key in _STEM_NAMES:
+            return 1
+        match = _STAGE_NAME.fullmatch(str(key))
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def freeze_mask(tree: Any, *, freeze_at: int) -> Any:
+    """A pytree of bools like ``tree``: True for the leaves of the parts ``freeze_at`` freezes.
+
+    ``freeze_at`` is detectron2's ``FREEZE_AT``: 0 nothing, 1 the stem (``stem_conv``,
+    ``stem_norm``), ``k`` the stem and the blocks of stages C2..C``k`` (``stage2_block0`` ...),
+    5 the whole ResNet. ``tree`` is anything keyed by module names: a ResNet's variables or
+    ``params``, or those of a detector whose backbone holds the ResNet (a leaf is judged by the
+    ResNet module names on its path, e.g. ``("backbone", "resnet", "stem_conv", "kernel")``);
+    leaves outside the ResNet are never frozen. For ``optax.masked(tx, mask)``, which updates
+    where the mask is True, pass the negation, ``jax.tree.map(operator.not_, freeze_mask(...))``.
+
+    Examples:
+      >>> params = {"stem_conv": {"kernel": 0.0}, "stage2_block0": {"kernel": 0.0},
+      ...           "stage3_block0": {"kernel": 0.0}}
+      >>> freeze_mask({"resnet": params, "head": {"bias": 0.0}}, freeze_at=2)
+      {'head': {'bias': False}, 'resnet': {'stage2_block0': {'kernel': True},
+       'stage3_block0': {'kernel': False}, 'stem_conv': {'kernel': True}}}
+    """
+    check_freeze_at(freeze_at)
+
+    def frozen(path: tuple[Any, ...], _: Any) -> bool:
+        part = _resnet_part(path)
+        return part is not None and part <= freeze_at
+
+    return jax.tree_util.tree_map_with_path(frozen, tree)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

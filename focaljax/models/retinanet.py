@@ -99,6 +99,8 @@ class RetinaNet(nn.Module):
       norm: backbone normalization, ``"frozen_bn"``, ``"bn"``, ``"sync_bn"`` or ``"gn"``.
       axis_name: the mapped device axis over which ``"sync_bn"`` averages statistics.
       dtype: computation dtype, e.g. ``jnp.bfloat16``; parameters and outputs are float32.
+      stride_in_1x1, freeze_at: the backbone's stride layout (True for MSRA / Keras weights) and
+        frozen part (detectron2's ``FREEZE_AT``), see :class:`~focaljax.models.resnet.ResNet`.
     """
 
     num_classes: int
@@ -114,6 +116,8 @@ class RetinaNet(nn.Module):
     norm: str = "frozen_bn"
     axis_name: str | None = None
     dtype: Any = jnp.float32
+    stride_in_1x1: bool = False
+    freeze_at: int = 0
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
@@ -153,6 +157,8 @@ class RetinaNet(nn.Module):
             norm=self.norm,
             axis_name=self.axis_name,
             dtype=self.dtype,
+            stride_in_1x1=self.stride_in_1x1,
+            freeze_at=self.freeze_at,
             **kwargs,
         )
 
