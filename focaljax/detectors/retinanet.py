@@ -89,6 +89,44 @@ def _check_config(config: Any, image_size: tuple[int, ...]) -> None:
         raise ValueError(f"model.dtype is {config.dtype!r}, expected one of {sorted(DTYPES)}")
 
 
+def retinanet_anchors(
+    config: Any, image_size: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The anchors `[A, 4]` (xyxy, input pixels) of a RetinaNet `config` (`config.model`) for
+    `image_size` inputs, in the order of its outputs, and how many of them each level has.
+
+    A level `l` anchor has the base size `anchor_base_scale * 2**l`, times each of
+    `anchor_scales`, at each of `aspect_ratios`.
+    """
+    levels = {"min_level": config.min_level, "max_level": config.max_level}
+    anchor_kwargs = {
+        "scales": tuple(config.anchor_scales),
+        "aspect_ratios": tuple(config.aspect_ratios),
+    }
+    anchor_sizes = [
+        config.anchor_base_scale * 2**level
+        for level in range(config.min_level, config.max_level + 1)
+    ]
+    anchors = anchor_ops.generate_anchors(
+        image_size, **levels, anchor_sizes=anchor_sizes, **anchor_kwargs
+    )
+    return anchors, anchor_ops.num_anchors_per_level(image_size, **levels, **anchor_kwargs)
+
+
+def anchor_targets(config: Any, anchors: Any, *, box_coder: BoxCoder):
+    """`(gt_boxes [M, 4], gt_labels [M], gt_is_crowd [M]) -> targets` of one image over `anchors`:
+    `focaljax.ops.matching.build_targets` with the IoU thresholds and low-quality matching of a
+    RetinaNet `config` (`config.model`), as its loss matches them."""
+    return functools.partial(
+        matching.build_targets,
+        jnp.asarray(anchors),
+        fg_iou_threshold=config.fg_iou_threshold,
+        bg_iou_threshold=config.bg_iou_threshold,
+        allow_low_quality_matches=config.allow_low_quality_matches,
+        box_coder=box_coder,
+    )
+
+
 def build_retinanet(
     config: Any,
     *,
@@ -105,18 +143,7 @@ def build_retinanet(
     image_size = tuple(int(s) for s in image_size)
     _check_config(config, image_size)
     levels = {"min_level": config.min_level, "max_level": config.max_level}
-    anchor_kwargs = {
-        "scales": tuple(config.anchor_scales),
-        "aspect_ratios": tuple(config.aspect_ratios),
-    }
-    anchor_sizes = [
-        config.anchor_base_scale * 2**level
-        for level in range(config.min_level, config.max_level + 1)
-    ]
-    anchors = anchor_ops.generate_anchors(
-        image_size, **levels, anchor_sizes=anchor_sizes, **anchor_kwargs
-    )
-    anchors_per_level = anchor_ops.num_anchors_per_level(image_size, **levels, **anchor_kwargs)
+    anchors, anchors_per_level = retinanet_anchors(config, image_size)
     module = RetinaNet(
         num_classes=num_classes,
         backbone=config.backbone,
@@ -125,7 +152,9 @@ def build_retinanet(
         head_convs=config.head_convs,
         head_channels=config.head_channels,
         head_norm=optional(config.head_norm),
-        num_anchors=anchor_ops.num_anchors_per_location(**anchor_kwargs),
+        num_anchors=anchor_ops.num_anchors_per_location(
+            scales=tuple(config.anchor_scales), aspect_ratios=tuple(config.aspect_ratios)
+        ),
         prior_prob=config.prior_prob,
         norm=config.norm,
         axis_name=axis_name,
@@ -175,12 +204,7 @@ def make_loss_fn(
     box_loss_name = loss_config.box
     box_beta = 0.0 if box_loss_name == "l1" else float(loss_config.box_beta)
     box_weight = float(loss_config.box_weight)
-    match_kwargs = {
-        "fg_iou_threshold": config.fg_iou_threshold,
-        "bg_iou_threshold": config.bg_iou_threshold,
-        "allow_low_quality_matches": config.allow_low_quality_matches,
-        "box_coder": box_coder,
-    }
+    targets_of = anchor_targets(config, anchors, box_coder=box_coder)
     use_ema = loss_config.normalizer == "ema"
     ema_momentum = float(loss_config.ema_momentum)
     if use_ohem:
@@ -190,7 +214,7 @@ def make_loss_fn(
 
     def image_loss(logits, deltas, gt_boxes, gt_labels, gt_is_crowd):
         """Unnormalized (cls_sum, box_sum, num_positives) of one image."""
-        targets = matching.build_targets(anchors, gt_boxes, gt_labels, gt_is_crowd, **match_kwargs)
+        targets = targets_of(gt_boxes, gt_labels, gt_is_crowd)
         labels = targets["labels"]
         onehot = (labels[:, None] == jnp.arange(num_classes)).astype(jnp.float32)
         cls_losses = cls_loss(logits, onehot)
