@@ -10,7 +10,7 @@ MODEL ?= retinanet
 WORKDIR ?= runs/shapes_$(MODEL)
 PYTEST_ARGS ?=
 
-.PHONY: setup test train lint bench clean
+.PHONY: setup test train study lint bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,13 @@ test: $(STAMP)
 
 train: $(STAMP)
 	$(PY) -m train --config configs/shapes_$(MODEL).py --workdir $(WORKDIR)
+
+# `make study` reruns the paper's Table 1 and Figure 4 (quick preset, about 70 min on 2 CPU cores);
+# STUDY=rpn for the FL-RPN comparison. Rerunning resumes; results in $(STUDY_DIR)/study.md.
+STUDY ?= table1,figure4
+STUDY_DIR ?= runs/study
+study: $(STAMP)
+	$(PY) -m train.study --study $(STUDY) --workdir $(STUDY_DIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_bench.py
