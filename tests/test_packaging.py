@@ -1,0 +1,94 @@
+"""The installed distribution as users get it: a wheel whose only top-level package is `focaljax`,
+and the README's loss example running from that wheel in a fresh virtual environment."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import venv
+import zipfile
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(out), ROOT],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    (name,) = [n for n in os.listdir(out) if n.endswith(".whl")]
+    return str(out / name)
+
+
+def test_the_wheel_installs_focaljax_only(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (top_level,) = [n for n in names if n.endswith(".dist-info/top_level.txt")]
+        assert archive.read(top_level).decode().split() == ["focaljax"]
+    packages = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(
+        ".dist-info")}
+    assert packages == {"focaljax"}
+    assert "focaljax/losses/classification.py" in names
+
+
+def _readme_loss_example() -> str:
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    section = readme.split("## The loss API", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+
+
+DRIVER = """
+import numpy as np
+import focaljax
+features = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 4, 8)), jnp.float32)
+labels = jnp.asarray(np.random.default_rng(1).integers(-1, 80, (2, 16)))
+weights = jnp.ones((2, 16))
+params = ClassHead(num_classes=80).init(jax.random.key(0), features)
+loss = float(jax.jit(loss_fn)(params, features, labels, weights))
+print(focaljax.__file__)
+print(loss)
+"""
+
+
+def test_the_readme_loss_example_runs_from_the_wheel_in_a_fresh_environment(wheel, tmp_path):
+    env_dir = tmp_path / "env"
+    venv.create(env_dir, with_pip=False)
+    python = str(env_dir / "bin" / "python")
+    # The dependencies (jax, flax, ...) come from this environment's site-packages, appended to
+    # the fresh one's path; they are not reinstalled. Their .pth files (this checkout's editable
+    # install among them) are not processed from an appended path, so only the wheel provides
+    # focaljax.
+    fresh_site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    with open(os.path.join(fresh_site, "dependencies.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index",
+         "-q", wheel],
+        check=True, capture_output=True, text=True, timeout=300,
+    )
+    script = tmp_path / "example.py"
+    script.write_text(_readme_loss_example() + DRIVER)
+    result = subprocess.run(
+        [python, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ""},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    location, loss = result.stdout.split()[-2:]
+    assert location.startswith(fresh_site), location
+    assert float(loss) > 0.0
+    for name in ("train", "configs"):
+        missing = subprocess.run([python, "-c", f"import {name}"], cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=60)
+        assert f"No module named '{name}'" in missing.stderr
