@@ -36,7 +36,7 @@ from focaljax import detectors
 from focaljax.data import IMAGENET_MEAN, IMAGENET_STD
 from focaljax.evaluation.coco import detections_to_coco
 from focaljax.evaluation.visualize import draw_detections
-from train import train
+from train import cli, train
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -195,4 +195,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

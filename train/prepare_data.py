@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from absl import app, flags
 
 from focaljax.data import Coco2017, CocoFolder, SplitReport, VocDetection, source_reports
+from train import cli
 
 FLAGS = flags.FLAGS
 
@@ -122,4 +123,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

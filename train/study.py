@@ -91,6 +91,7 @@ from focaljax import data as data_lib
 from focaljax import detectors, losses
 from focaljax.detectors.retinanet import anchor_targets, retinanet_anchors
 from focaljax.ops.boxes import BoxCoder
+from train import cli
 from train import train as trainer
 
 # ----------------------------------------------------------------------------------------------
@@ -1353,15 +1354,6 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["study", "workdir"])
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, with a bad flag reported as one line and exit status 2."""
-    try:
-        return FLAGS(argv)
-    except flags.Error as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
@@ -1390,4 +1382,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,95 @@
+"""What every `train` entry point does with its command line before the work starts: a bad flag or
+a misspelled config field ends in one line naming it and what was expected, and exit status 2,
+never a traceback.
+
+  app.run(main, flags_parser=cli.parse_flags)
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+
+import ml_collections
+from absl import flags
+
+USAGE_ERROR = 2  # The exit status of a command-line mistake, as absl and argparse use.
+
+
+def fail(message: str) -> None:
+    """Prints `error: message` to stderr and exits with `USAGE_ERROR`."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USAGE_ERROR)
+
+
+def _config_path(argv: Sequence[str]) -> str | None:
+    """The value of `--config` in `argv` (either spelling), without a `:argument` suffix."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        return value.split(":", 1)[0]
+    return None
+
+
+def _load(path: str) -> ml_collections.ConfigDict | None:
+    if not os.path.isfile(path):
+        fail(f"--config {path}: no such file; expected a configs/*.py file")
+    spec = importlib.util.spec_from_file_location("_cli_config", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        return module.get_config()
+    except Exception as error:  # The user's file: whatever it raises is reported in one line.
+        fail(f"--config {path}: {type(error).__name__}: {error}")
+    return None
+
+
+def unknown_field(config: ml_collections.ConfigDict, dotted: str) -> str | None:
+    """None if `dotted` (e.g. `model.loss.gamma`) is a field of `config`, else a message naming
+    the first missing part and the closest valid names at that level."""
+    node = config
+    parts = dotted.split(".")
+    for depth, name in enumerate(parts):
+        where = ".".join(parts[:depth]) or "the config"
+        if not isinstance(node, ml_collections.ConfigDict):
+            return f"{where} is a {type(node).__name__}, it has no field {name!r}"
+        if name not in node:
+            valid = sorted(node.keys())
+            close = difflib.get_close_matches(name, valid, n=3, cutoff=0.6)
+            hint = (f"did you mean {' or '.join(close)}?" if close
+                    else f"valid fields of {where}: {', '.join(valid)}")
+            return f"{where} has no field {name!r}; {hint}"
+        node = node[name]
+    return None
+
+
+def check_config_overrides(argv: Sequence[str]) -> None:
+    """Exits with one line if an `--config.a.b=value` of `argv` names no field of the config."""
+    overrides = [arg[len("--config."):].split("=", 1)[0] for arg in argv
+                 if arg.startswith("--config.")]
+    path = _config_path(argv)
+    if not overrides or path is None:
+        return
+    config = _load(path)
+    for dotted in overrides:
+        message = unknown_field(config, dotted)
+        if message:
+            fail(f"--config.{dotted}: {message}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`, with every mistake
+    reported in one line."""
+    check_config_overrides(argv)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:  # absl puts one line per bad flag.
+        fail("; ".join(line.strip() for line in str(error).splitlines() if line.strip()))
+    return []
