@@ -14,9 +14,23 @@ import sys
 from collections.abc import Sequence
 
 import ml_collections
-from absl import flags
+from absl import flags, logging
 
 USAGE_ERROR = 2  # The exit status of a command-line mistake, as absl and argparse use.
+
+flags.DEFINE_bool(
+    "verbose", False,
+    "Show the libraries' info logs (TFDS, orbax) and TFDS's own output while preparing data.",
+)
+
+
+def quiet_libraries() -> None:
+    """Libraries log from warnings up, unless `--verbose` or an explicit `--verbosity`: the
+    entry point's own report and progress bar are its output."""
+    if flags.FLAGS.verbose:
+        logging.set_verbosity(logging.INFO)
+    elif not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def fail(message: str) -> None:

@@ -5,7 +5,8 @@
 Any config field can be overridden, e.g. `--config.num_train_steps=500 --config.batch_size=8`.
 Rerunning the same command with the same `--workdir` resumes from its latest checkpoint. SIGTERM
 or Ctrl-C saves a checkpoint of the current step, then exits with status 128 + the signal number.
-Library logs (orbax, TFDS) are shown from warnings up; `--verbosity=0` shows their info lines.
+Library logs (orbax, TFDS) are shown from warnings up, and preparing a data set shows one progress
+bar; `--verbose` (or `--verbosity=0`) shows the libraries' info lines and TFDS's own output.
 
 Several hosts: start the same command on every host with `--distributed`, which calls
 `jax.distributed.initialize()` (coordinator, process count and id come from the cluster environment
@@ -40,9 +41,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        # The progress bar is the trainer's output; orbax's per-save info lines would bury it.
-        logging.set_verbosity(logging.WARNING)
+    cli.quiet_libraries()  # The progress bar is the trainer's output: orbax's logs would bury it.
     if FLAGS.distributed:
         jax.distributed.initialize(
             coordinator_address=FLAGS.coordinator_address,

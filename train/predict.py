@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import app, flags
 from PIL import Image
 
 from focaljax import detectors
@@ -182,8 +182,7 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Keep orbax's restore logs out of sight.
+    cli.quiet_libraries()  # Keep orbax's restore logs out of sight.
     try:
         predict(
             FLAGS.workdir, FLAGS.images, FLAGS.output, step=FLAGS.step,

@@ -17,12 +17,12 @@ metadata. A data set already prepared is left as it is, and its report printed a
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Mapping
 
 import tensorflow_datasets as tfds
 from absl import app, flags
 
+from focaljax import data
 from focaljax.data import Coco2017, CocoFolder, SplitReport, VocDetection, source_reports
 from train import cli
 
@@ -74,12 +74,7 @@ def prepare(builder: tfds.core.DatasetBuilder) -> dict[str, SplitReport]:
     if builder.is_prepared():
         print(f"{builder.info.full_name} is already prepared in {builder.data_dir}", flush=True)
     else:
-        print(f"Preparing {builder.info.full_name} in {builder.data_dir_root} ...", flush=True)
-        start = time.perf_counter()
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-        )
-        print(f"Prepared {builder.data_dir} in {time.perf_counter() - start:.0f} s", flush=True)
+        data.prepare(builder)
     reports = source_reports(builder)
     for split, report in reports.items():
         print(f"  {split}: {report.summary()}")
@@ -106,6 +101,7 @@ def parse_splits(images: list[str], annotations: list[str]) -> dict[str, tuple[s
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.quiet_libraries()
     try:
         builder = make_builder(
             FLAGS.dataset,

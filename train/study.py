@@ -85,7 +85,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from focaljax import data as data_lib
 from focaljax import detectors, losses
@@ -1358,8 +1358,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
         sys.exit(2)
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    cli.quiet_libraries()
     try:
         studies, preset, bases = resolve_request(FLAGS.study, FLAGS.preset, FLAGS.base_config)
         if FLAGS.list_runs:

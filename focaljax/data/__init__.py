@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -46,6 +45,7 @@ from focaljax.data.pipeline import (
     create_train_iterator,
     load_builder,
 )
+from focaljax.data.prepare import prepare
 from focaljax.data.shapes import Shapes, ShapesConfig, generate_example, shapes_config
 from focaljax.data.sources import SplitReport, source_reports
 from focaljax.data.voc import VocDetection, voc_ground_truth
@@ -69,6 +69,7 @@ __all__ = [
     "create_train_iterator",
     "generate_example",
     "load_builder",
+    "prepare",
     "register",
     "registered_names",
     "shapes_config",
@@ -180,16 +181,8 @@ class DetectionDataset:
     @functools.cached_property
     def builder(self) -> tfds.core.DatasetBuilder:
         """The TFDS builder, prepared on first access."""
-        builder = self._builder
-        if not builder.is_prepared():
-            print(f"Preparing {builder.info.full_name} in {builder.data_dir_root} ...", flush=True)
-            start = time.perf_counter()
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-            )
-            print(f"Prepared {builder.info.full_name} in {time.perf_counter() - start:.1f} s",
-                  flush=True)
-        return builder
+        prepare(self._builder)
+        return self._builder
 
     @functools.cached_property
     def info(self) -> DatasetInfo:
