@@ -804,13 +804,25 @@ def _ordering_claim(stats, spread, *, rows: Sequence[Row] = ()) -> str:
         return f"**Paper's ordering**: {_verdict(None)} (fewer than two finished rows)."
     paper_order = sorted(compared, key=lambda r: -r.paper)
     our_order = sorted(compared, key=lambda r: -ours[r.label])
-    same_best = paper_order[0] is our_order[0]
-    same = paper_order == our_order
-    verdict = "holds" if same else ("holds for the best row only" if same_best
-                                    else "does not hold")
+    # Tied rows (e.g. several at AP 0) order nothing: the paper's order must hold strictly.
+    strict = all(ours[a.label] > ours[b.label]
+                 for a, b in zip(paper_order, paper_order[1:], strict=False))
+    best = ours[our_order[0].label]
+    same_best = ours[paper_order[0].label] == best and sum(
+        ours[r.label] == best for r in compared) == 1
+    verdict = "holds" if strict else ("holds for the best row only" if same_best
+                                      else "does not hold")
     return (f"**Paper's ordering** {verdict}: paper "
-            f"{' > '.join(r.label for r in paper_order)}; here "
-            f"{' > '.join(r.label for r in our_order)}; {_spread_note(spread)}.")
+            f"{_chain(paper_order, lambda r: r.paper)}; here "
+            f"{_chain(our_order, lambda r: ours[r.label])}; {_spread_note(spread)}.")
+
+
+def _chain(rows: Sequence[Row], value: Callable[[Row], float]) -> str:
+    """`a > b = c`: the rows' labels from the largest value, `=` between equal values."""
+    text = rows[0].label
+    for previous, row in zip(rows, rows[1:], strict=False):
+        text += f" {'=' if value(row) == value(previous) else '>'} {row.label}"
+    return text
 
 
 def _best_alpha_claim(stats, spread, *, rows: Sequence[Row] = ()) -> str:

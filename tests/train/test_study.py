@@ -309,3 +309,19 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     assert lines[0] == "[study] run 1/2 base/alpha_ce_a0.75_s0: finished before, skipped"
 
     _assert_same_content(resumed, reference)
+
+
+def test_tied_rows_do_not_count_as_the_papers_ordering():
+    rows = (study.Row("a", "va", 3.0), study.Row("b", "vb", 2.0), study.Row("c", "vc", 1.0))
+
+    def claim(aps):
+        stats = {f"v{k}": {"AP": study.Stats((v,))} for k, v in aps.items()}
+        return study._ordering_claim(stats, None, rows=rows)
+
+    assert claim({"a": 0.3, "b": 0.2, "c": 0.1}).startswith(
+        "**Paper's ordering** holds: paper a > b > c; here a > b > c")
+    # Two runs that found nothing (AP 0) are tied, not ordered as the paper orders them.
+    assert claim({"a": 0.3, "b": 0.0, "c": 0.0}).startswith(
+        "**Paper's ordering** holds for the best row only: paper a > b > c; here a > b = c")
+    assert claim({"a": 0.0, "b": 0.0, "c": 0.0}).startswith(
+        "**Paper's ordering** does not hold: paper a > b > c; here a = b = c")
