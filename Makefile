@@ -10,7 +10,7 @@ MODEL ?= retinanet
 WORKDIR ?= runs/shapes_$(MODEL)
 PYTEST_ARGS ?=
 
-.PHONY: setup test train study lint bench clean
+.PHONY: setup test train study lint bench docs clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ bench: $(STAMP)
 	$(PY) benchmarks/nms_bench.py
 	$(PY) benchmarks/train_step_bench.py
 	$(PY) benchmarks/train_step_bench.py --compare detectors
+
+# `make docs` builds the documentation site (API pages from the docstrings) into docs/_build/html,
+# offline, with warnings as errors, as tests/test_docs.py does.
+docs: $(STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check focaljax train configs tests benchmarks

@@ -1,9 +1,11 @@
 """focaljax.losses: pure, jittable losses for dense detection.
 
-Classification: `sigmoid_focal_loss`, `softmax_focal_loss`, `sigmoid_cross_entropy`,
-`softmax_cross_entropy`, `focal_loss_star`. Box regression: `smooth_l1_loss`, `giou_loss`.
-Reductions: `weighted_sum`, `positive_normalizer`, `ema_normalizer`. Sampling alternatives:
-`ohem_mask`, `balanced_sample_mask`. Initialization: `sigmoid_prior_bias`, `softmax_prior_bias`.
+Classification: `sigmoid_focal_loss` (soft targets in the `(1 - p_t)^gamma` form of optax,
+torchvision and Keras, or in the "quality" form: `soft_target_mode`), `softmax_focal_loss`,
+`sigmoid_cross_entropy`, `softmax_cross_entropy`, `focal_loss_star`. Box regression:
+`smooth_l1_loss`, `giou_loss`. Reductions: `weighted_sum`, `positive_normalizer`,
+`ema_normalizer`. Sampling alternatives: `ohem_mask`, `balanced_sample_mask`. Initialization:
+`sigmoid_prior_bias`, `softmax_prior_bias`.
 """
 
 from focaljax.losses.classification import (

@@ -10,6 +10,10 @@ this keeps the gradient finite where autodiff of the textbook formula is not, e.
 `(1 - p_t)^(gamma - 1)` for `0 < gamma < 1` as `p_t -> 1`. Integer `gamma` takes a multiply-only
 path (no `exp(gamma * log)`).
 
+For soft targets the sigmoid focal loss has two modulating factors to choose from
+(`soft_target_mode`): optax's, torchvision's and Keras's `(1 - p_t)^gamma` (the default) and the
+"quality focal" `|t - p|^gamma` of Li et al. 2020; both are the paper's factor for hard targets.
+
 16-bit inputs are computed in float32 and returned in their own dtype.
 
 Reference: T.-Y. Lin, P. Goyal, R. Girshick, K. He, P. Dollar, "Focal Loss for Dense Object
@@ -54,19 +58,23 @@ def _safe_div(num: Array, den: Array) -> Array:
 # Sigmoid focal loss.
 
 
-def _sigmoid_focal_parts(x: Array, t: Array, e: Array, gamma: float):
+def _sigmoid_focal_parts(x: Array, t: Array, e: Array, gamma: float, soft_target_mode: str):
     """Loss, d loss / d x and d loss / d t of the unweighted sigmoid focal loss, elementwise.
 
     Takes e = exp(-|x|) and uses one more log1p per element:
         p = sigmoid(x), q = 1 - p = sigmoid(-x), both from e = exp(-|x|) without cancellation;
         ce = softplus(x) - t x = max(x, 0) - t x + log1p(e);
         d = t - p = t q - (1 - t) p  (exact for hard targets, even when p rounds to 1);
-        m = |d|^gamma  (the modulating factor, (1 - p_t)^gamma for hard targets).
-    Derivatives (a = |d|, s = sign(d)):
-        dm/dx = -gamma s a^(gamma - 1) p q,   dm/dt = gamma s a^(gamma - 1),
-        dce/dx = p - t = -d,                  dce/dt = -x.
+        dce/dx = p - t = -d,  dce/dt = -x.
+    The modulating factor m = a^gamma, with a = 1 - p_t = t q + (1 - t) p in mode "pt" and a = |d|
+    in mode "quality" (the same number for hard targets). With w = 2t - 1 and s = sign(d):
+        "pt":       da/dx = -w p q,  da/dt = q - p;
+        "quality":  da/dx = -s p q,  da/dt = s.
     The factor a^(gamma - 1) is only formed for integer gamma >= 1; otherwise it is folded into
-    m * (p q / a) and m * (ce / a), which stay finite (for hard targets p q / a is p or q).
+    m * (p q / a) and m * (ce / a), which stay finite (for hard targets p q / a is p or q; for soft
+    targets in mode "pt" a >= min(t, 1 - t) > 0). For hard targets both modes give the same loss
+    and d loss / d x bit for bit (w = s and t q + (1 - t) p = |d| exactly); d loss / d t differs, as
+    the two factors only agree at t in {0, 1}.
     """
     log1p_e = jnp.log1p(e)
     inv = 1 / (1 + e)
@@ -77,8 +85,26 @@ def _sigmoid_focal_parts(x: Array, t: Array, e: Array, gamma: float):
     d = t * q - (1 - t) * p
     if gamma == 0:
         return ce, -d, -x
+    integer = float(gamma).is_integer()
+    if soft_target_mode == "pt":
+        a = t * q + (1 - t) * p
+        w = t - (1 - t)  # 2t - 1, sharing 1 - t with d
+        if integer:
+            # a^(gamma - 1), as a a^(gamma - 2) from gamma = 2 on: the quality mode's
+            # d a^(gamma - 2) up to the sign w, so that hard targets round alike in both modes.
+            am1 = 1.0 if gamma == 1 else a * _integer_power(a, int(gamma) - 2)
+            m = _integer_power(a, int(gamma))
+            loss = m * ce
+            dx = -am1 * (w * gamma * p * q * ce + a * d)
+            dt = gamma * am1 * (q - p) * ce - m * x
+            return loss, dx, dt
+        m = jnp.exp(gamma * jnp.log(a))  # log(0) = -inf gives m = 0, the right limit for gamma > 0
+        loss = m * ce
+        dx = -m * (w * gamma * _safe_div(p * q, a) * ce + d)
+        dt = gamma * m * (q - p) * _safe_div(ce, a) - m * x
+        return loss, dx, dt
     a = jnp.abs(d)
-    if float(gamma).is_integer():
+    if integer:
         # s a^(gamma - 1), as d a^(gamma - 2) from gamma = 2 on (no sign needed).
         sm1 = jnp.sign(d) if gamma == 1 else d * _integer_power(a, int(gamma) - 2)
         m = _integer_power(a, int(gamma))
@@ -87,7 +113,7 @@ def _sigmoid_focal_parts(x: Array, t: Array, e: Array, gamma: float):
         dt = gamma * sm1 * ce - m * x
         return loss, dx, dt
     s = jnp.sign(d)
-    m = jnp.exp(gamma * jnp.log(a))  # log(0) = -inf gives m = 0, the right limit for gamma > 0
+    m = jnp.exp(gamma * jnp.log(a))
     loss = m * ce
     dx = -s * m * (gamma * _safe_div(p * q, a) * ce + a)
     dt = gamma * s * m * _safe_div(ce, a) - m * x
@@ -109,19 +135,19 @@ def _two_copies(e: Array) -> tuple[Array, Array]:
     )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _sigmoid_focal(x: Array, t: Array, gamma: float) -> Array:
-    return _sigmoid_focal_parts(x, t, jnp.exp(-jnp.abs(x)), gamma)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _sigmoid_focal(x: Array, t: Array, gamma: float, soft_target_mode: str) -> Array:
+    return _sigmoid_focal_parts(x, t, jnp.exp(-jnp.abs(x)), gamma, soft_target_mode)[0]
 
 
-def _sigmoid_focal_fwd(x, t, gamma):
+def _sigmoid_focal_fwd(x, t, gamma, soft_target_mode):
     e_loss, e_grad = _two_copies(jnp.exp(-jnp.abs(x)))
-    loss = _sigmoid_focal_parts(x, t, e_loss, gamma)[0]
-    _, dx, dt = _sigmoid_focal_parts(x, t, e_grad, gamma)
+    loss = _sigmoid_focal_parts(x, t, e_loss, gamma, soft_target_mode)[0]
+    _, dx, dt = _sigmoid_focal_parts(x, t, e_grad, gamma, soft_target_mode)
     return loss, (dx, dt)
 
 
-def _sigmoid_focal_bwd(gamma, residuals, g):
+def _sigmoid_focal_bwd(gamma, soft_target_mode, residuals, g):
     dx, dt = residuals
     return g * dx, g * dt
 
@@ -133,6 +159,9 @@ def _alpha_t(alpha: ArrayLike, t: Array) -> Array:
     return alpha * t + (1 - alpha) * (1 - t)
 
 
+SOFT_TARGET_MODES = ("pt", "quality")
+
+
 def sigmoid_focal_loss(
         logits: ArrayLike,
         targets: ArrayLike,
@@ -140,20 +169,43 @@ def sigmoid_focal_loss(
         alpha: float | ArrayLike | None = 0.25,
         gamma: float = 2.0,
         label_smoothing: float = 0.0,
+        soft_target_mode: str = "pt",
 ) -> Array:
     r"""Sigmoid focal loss, elementwise (Lin et al. 2017, eq. 5).
 
     .. math::
-        FL(x, t) = -\alpha_t \, |t - p|^\gamma \, [t \log p + (1 - t) \log(1 - p)],
-        \quad p = \sigma(x), \quad \alpha_t = \alpha t + (1 - \alpha)(1 - t).
+        FL(x, t) = -\alpha_t \, m(p, t) \, [t \log p + (1 - t) \log(1 - p)],
+        \quad p = \sigma(x), \quad \alpha_t = \alpha t + (1 - \alpha)(1 - t),
 
-    For hard targets `t` in {0, 1}, `|t - p| = 1 - p_t` and this is the paper's
-    `-alpha_t (1 - p_t)^gamma log(p_t)`. For soft targets the modulating factor is `|t - p|^gamma`
-    (the "quality focal" form of Li et al. 2020), so the loss is minimal, and zero, where `p = t`:
-    predicting a soft target exactly is never pushed further by the modulating factor.
+    with the modulating factor `m` chosen by `soft_target_mode`:
 
-    Label smoothing replaces `t` by `t (1 - label_smoothing) + label_smoothing / 2` in both the
-    cross-entropy and the modulating factor, so a prediction equal to the smoothed target costs 0.
+    .. math::
+        m_{pt} = (1 - p_t)^\gamma, \quad p_t = p t + (1 - p)(1 - t); \qquad
+        m_{quality} = |t - p|^\gamma.
+
+    For hard targets `t` in {0, 1} both are the paper's `(1 - p_t)^gamma` and the loss is
+    `-alpha_t (1 - p_t)^gamma log(p_t)`; the two modes then give the same loss and gradient with
+    respect to `logits`, bit for bit (not with respect to `targets`: the two factors only agree at
+    0 and 1). They differ for soft targets (label smoothing, soft labels):
+
+    * `"pt"` (default): `1 - p_t = t (1 - p) + (1 - t) p`, the form of `optax.sigmoid_focal_loss`,
+      `torchvision.ops.sigmoid_focal_loss` and `keras.losses.BinaryFocalCrossentropy`: the same
+      loss as those for the same `alpha`, `gamma` and targets (docs/coming_from.md). The factor
+      is not 0 at `p = t` (at `t = p = 0.9` it is 0.0324 for gamma 2), and for `t != 1/2` the
+      loss is minimal beyond the target, towards the nearer hard label (for `t = 0.95`, gamma 2:
+      at `p ~ 0.995`).
+    * `"quality"`: the "quality focal" factor of Li et al., "Generalized Focal Loss", NeurIPS 2020
+      (arXiv:2006.04388): the loss is 0, and minimal, where `p = t`, so a smoothed or soft target
+      is kept, not pushed towards 0 or 1.
+
+    `"pt"` is the default because it is the paper's `(1 - p_t)` read literally for soft `t`, and
+    what every peer computes, so that a model ported from one of them trains on the same loss.
+    For hard targets, which is what the detectors here and the shipped configs use
+    (`model.loss.label_smoothing = 0.0`), the choice changes nothing. Before the mode existed,
+    soft targets took the `"quality"` form.
+
+    Label smoothing replaces `t` by `t (1 - label_smoothing) + label_smoothing / 2` (Keras's
+    `label_smoothing`) in the cross-entropy, in `alpha_t` and in the modulating factor.
 
     Args:
         logits: float array of any shape, e.g. `[anchors, classes]`.
@@ -163,9 +215,27 @@ def sigmoid_focal_loss(
             `logits` such as one value per class); `None` disables alpha-weighting.
         gamma: focusing parameter, >= 0. `gamma=0` is exactly (alpha-balanced) binary cross-entropy.
         label_smoothing: in [0, 1).
+        soft_target_mode: `"pt"` or `"quality"`, the modulating factor for soft targets (above).
 
     Returns:
         The loss, of the shape and dtype of `logits`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from focaljax.losses import sigmoid_focal_loss
+        >>> x = jnp.log(jnp.array([9.0]))  # sigmoid(x) = 0.9
+        >>> t = jnp.array([0.9])
+        >>> ce = sigmoid_focal_loss(x, t, alpha=None, gamma=0.0)
+        >>> pt = sigmoid_focal_loss(x, t, alpha=None)  # (1 - p_t)^2 = (1 - 0.82)^2
+        >>> print(f"{float(pt[0] / ce[0]):.4f}")
+        0.0324
+        >>> quality = sigmoid_focal_loss(x, t, alpha=None, soft_target_mode="quality")
+        >>> print(f"{float(quality[0]):.6f}")
+        0.000000
+        >>> hard = jnp.array([1.0])
+        >>> bool(sigmoid_focal_loss(x, hard) == sigmoid_focal_loss(x, hard,
+        ...                                                       soft_target_mode="quality"))
+        True
     """
     v.check_floating("logits", logits)
     v.check_same_shape("targets", targets, "logits", logits)
@@ -174,17 +244,20 @@ def sigmoid_focal_loss(
     if label_smoothing >= 1:
         raise ValueError(f"label_smoothing must be < 1, got {label_smoothing}")
     v.check_alpha(alpha)
-    return _sigmoid_focal_loss(logits, targets, alpha, gamma, label_smoothing)
+    if not isinstance(soft_target_mode, str) or soft_target_mode not in SOFT_TARGET_MODES:
+        raise ValueError(f"soft_target_mode is {soft_target_mode!r}, expected one of "
+                         f"{SOFT_TARGET_MODES}")
+    return _sigmoid_focal_loss(logits, targets, alpha, gamma, label_smoothing, soft_target_mode)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _sigmoid_focal_loss(logits, targets, alpha, gamma, label_smoothing):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _sigmoid_focal_loss(logits, targets, alpha, gamma, label_smoothing, soft_target_mode):
     dtype = v.compute_dtype(logits.dtype)
     x = logits.astype(dtype)
     t = jnp.asarray(targets).astype(dtype)
     if label_smoothing:
         t = t * (1 - label_smoothing) + label_smoothing / 2
-    loss = _sigmoid_focal(x, t, gamma)
+    loss = _sigmoid_focal(x, t, gamma, soft_target_mode)
     if alpha is not None:
         loss = _alpha_t(jnp.asarray(alpha, dtype), t) * loss
     return _end_fusion(loss).astype(logits.dtype)
@@ -201,7 +274,15 @@ def sigmoid_cross_entropy(
     .. math:: CE(x, t) = -\alpha_t [t \log \sigma(x) + (1 - t) \log(1 - \sigma(x))]
 
     computed as `max(x, 0) - t x + log1p(exp(-|x|))`, exact for any finite logit. This is
-    `sigmoid_focal_loss` with `gamma=0` (the paper's "CE" and "alpha-balanced CE", Table 1a).
+    `sigmoid_focal_loss` with `gamma=0` (the paper's "CE" and "alpha-balanced CE", Table 1a), where
+    both soft-target modes are the same loss (the modulating factor is 1).
+
+    Examples:
+        >>> logits, targets = jnp.array([2.0, -1.0, 0.0]), jnp.array([1.0, 0.0, 1.0])
+        >>> sigmoid_cross_entropy(logits, targets)  # log 2 at logit 0
+        Array([0.126928 , 0.3132617, 0.6931472], dtype=float32)
+        >>> sigmoid_cross_entropy(logits, targets, alpha=0.25)  # x 0.25 positives, x 0.75 negatives
+        Array([0.031732  , 0.23494627, 0.1732868 ], dtype=float32)
     """
     return sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=0.0)
 
@@ -287,6 +368,13 @@ def softmax_focal_loss(
 
     Returns:
         The loss, shape `[...]`, dtype of `logits`.
+
+    Examples:
+        >>> logits, labels = jnp.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]]), jnp.array([0, 1])
+        >>> softmax_focal_loss(logits, labels, alpha=None)
+        Array([0.00414426, 0.00077842], dtype=float32)
+        >>> softmax_focal_loss(logits, labels)  # alpha 0.25: x 0.75 background, x 0.25 the rest
+        Array([0.00310819, 0.00019461], dtype=float32)
     """
     v.check_floating("logits", logits)
     v.check_integer("labels", labels)
@@ -334,6 +422,10 @@ def softmax_cross_entropy(
 
     Stable for any finite logits (log-sum-exp). `alpha` as in `softmax_focal_loss`; `None` (the
     default here) is plain cross-entropy.
+
+    Examples:
+        >>> softmax_cross_entropy(jnp.array([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]]), jnp.array([0, 1]))
+        Array([0.16984606, 0.09492302], dtype=float32)
     """
     return softmax_focal_loss(logits, labels, alpha=alpha, gamma=0.0,
                                                         background_class=background_class)
@@ -367,6 +459,13 @@ def focal_loss_star(
 
     Returns:
         The loss, of the shape and dtype of `logits`.
+
+    Examples:
+        >>> logits, targets = jnp.array([2.0, -1.0, 0.0]), jnp.array([1.0, 0.0, 1.0])
+        >>> focal_loss_star(logits, targets, gamma=2.0, beta=1.0)
+        Array([0.00335767, 0.02429368, 0.15663084], dtype=float32)
+        >>> focal_loss_star(logits, targets, gamma=1.0, beta=0.0)  # = sigmoid_cross_entropy
+        Array([0.126928 , 0.3132617, 0.6931472], dtype=float32)
     """
     v.check_floating("logits", logits)
     v.check_same_shape("targets", targets, "logits", logits)

@@ -19,7 +19,12 @@ def _check_pi(pi: float) -> float:
 
 
 def sigmoid_prior_bias(pi: float = 0.01) -> float:
-    r"""Bias `b = -log((1 - pi) / pi)` so that `sigmoid(b) = pi` (the paper's "prior" init)."""
+    r"""Bias `b = -log((1 - pi) / pi)` so that `sigmoid(b) = pi` (the paper's "prior" init).
+
+    Examples:
+      >>> round(sigmoid_prior_bias(0.01), 4)
+      -4.5951
+    """
     pi = _check_pi(pi)
     return -math.log((1 - pi) / pi)
 
@@ -31,6 +36,10 @@ def softmax_prior_bias(num_classes: int, *, pi: float = 0.01,
     Foreground biases are 0 and the background bias is `log((C - 1)(1 - pi) / pi)`, so the
     foreground classes together get probability `pi` and background `1 - pi` at initialization.
     For the 2-way RPN objectness softmax (`num_classes=2`) this gives `p(object) = pi`.
+
+    Examples:
+      >>> softmax_prior_bias(3, pi=0.01)  # log(2 * 0.99 / 0.01) for the background
+      array([5.288267, 0.      , 0.      ], dtype=float32)
     """
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2 (background plus at least one class), "

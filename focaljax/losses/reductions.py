@@ -24,6 +24,10 @@ def weighted_sum(losses: ArrayLike, weights: ArrayLike) -> jax.Array:
 
     Returns:
       A scalar in the dtype of `losses`.
+
+    Examples:
+      >>> weighted_sum(jnp.array([1.0, jnp.inf, 2.0]), jnp.array([1.0, 0.0, 0.5]))
+      Array(2., dtype=float32)
     """
     v.check_floating("losses", losses)
     losses = jnp.asarray(losses)
@@ -40,6 +44,10 @@ def positive_normalizer(num_positives: ArrayLike, *, axis_name: str | None = Non
     sum by it, so that the `lax.pmean` of the per-device losses (and of their gradients) equals the
     loss of the whole global batch normalized by its positives, `sum / max(1, n_total)`. A
     pmapped step therefore matches the same step on one device over the same global batch.
+
+    Examples:
+      >>> positive_normalizer(0), positive_normalizer(7)
+      (Array(1., dtype=float32), Array(7., dtype=float32))
     """
     n = jnp.asarray(num_positives, jnp.float32)
     if axis_name is None:
@@ -67,6 +75,11 @@ def ema_normalizer(
     Returns:
       `(normalizer, new_state)`, both equal to `s'`; divide the loss sum by the first and carry
       the second to the next step.
+
+    Examples:
+      >>> normalizer, state = ema_normalizer(EMA_NORMALIZER_INIT, 10, momentum=0.9)
+      >>> normalizer  # 0.9 * 100 + 0.1 * 10
+      Array(91., dtype=float32)
     """
     momentum = v.check_static_number("momentum", momentum, minimum=0.0)
     if momentum > 1:

@@ -28,6 +28,12 @@ def smooth_l1_loss(pred: ArrayLike, target: ArrayLike, *, beta: float = 1.0) -> 
 
     Returns:
       The loss, of the shape and dtype of `pred`.
+
+    Examples:
+      >>> smooth_l1_loss(jnp.array([0.0, 0.5, 2.0]), jnp.zeros(3), beta=1.0)
+      Array([0.   , 0.125, 1.5  ], dtype=float32)
+      >>> smooth_l1_loss(jnp.array([0.0, 0.5, 2.0]), jnp.zeros(3), beta=0.0)  # L1
+      Array([0. , 0.5, 2. ], dtype=float32)
     """
     v.check_floating("pred", pred)
     v.check_same_shape("target", target, "pred", pred)
@@ -58,6 +64,13 @@ def giou_loss(boxes1: ArrayLike, boxes2: ArrayLike) -> jax.Array:
 
     Returns:
       The loss, shape `[...]`, dtype of `boxes1`.
+
+    Examples:
+      >>> box = jnp.array([0.0, 0.0, 2.0, 2.0])
+      >>> giou_loss(jnp.stack([box, box]), jnp.array([[0.0, 0.0, 2.0, 2.0], [1.0, 0.0, 3.0, 2.0]]))
+      Array([0.       , 0.6666666], dtype=float32)
+      >>> giou_loss(jnp.array([0.0, 0.0, 1.0, 1.0]), jnp.array([2.0, 0.0, 3.0, 1.0]))  # Apart.
+      Array(1.3333334, dtype=float32)
     """
     v.check_floating("boxes1", boxes1)
     v.check_same_shape("boxes2", boxes2, "boxes1", boxes1)

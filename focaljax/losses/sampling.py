@@ -63,6 +63,15 @@ def ohem_mask(
 
     Returns:
       float32 `[A]` mask with at most `num_samples` ones.
+
+    Examples:
+      >>> scores = jnp.array([0.1, 2.0, 0.5, 3.0, 0.2])
+      >>> ohem_mask(scores, num_samples=2)
+      Array([0., 1., 0., 1., 0.], dtype=float32)
+      >>> # 1:3: at most one positive (the harder of anchors 0 and 4), then the hardest negatives.
+      >>> ohem_mask(scores, num_samples=4, positive_fraction=0.25,
+      ...           positive_mask=jnp.array([True, False, False, False, True]))
+      Array([0., 1., 1., 1., 1.], dtype=float32)
     """
     v.check_floating("losses", losses)
     _check_1d("losses", losses)
@@ -111,6 +120,13 @@ def balanced_sample_mask(
 
     Returns:
       float32 `[A]` mask with at most `num_samples` ones.
+
+    Examples:
+      >>> labels = jnp.array([1, 1, 1, 0, 0, 0, 0, -1])
+      >>> mask = balanced_sample_mask(jax.random.key(0), labels, num_samples=4,
+      ...                             positive_fraction=0.5)
+      >>> int(mask[:3].sum()), int(mask[3:7].sum()), int(mask[7])  # 2 of each, never ignored
+      (2, 2, 0)
     """
     v.check_integer("labels", labels)
     _check_1d("labels", labels)

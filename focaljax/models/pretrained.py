@@ -186,7 +186,7 @@ class PretrainedResNet:
 
     @property
     def report(self) -> str:
-        """A few lines for a log: the file, its format, what was folded, what was unused."""
+        """A few lines for a log, naming the file, its format, what was folded, what was unused."""
         count = sum(leaf.size for leaf in jax.tree.leaves(self.variables))
         lines = [f"{self.path} ({self.format}): {count:,} backbone values loaded"]
         lines += [f"  {note}" for note in self.notes]

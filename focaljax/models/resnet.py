@@ -18,7 +18,7 @@ Normalization is chosen by name (``norm=``):
 * ``"gn"``: group norm with 32 groups, or fewer when a layer has too few channels.
 
 Freezing follows detectron2's ``FREEZE_AT``: ``freeze_at=k`` freezes the stem (``k >= 1``) and the
-stages C2..C``k``. :func:`freeze_mask` marks their variables, so that an optimizer can leave them
+stages C2..C{k}. :func:`freeze_mask` marks their variables, so that an optimizer can leave them
 out (of the update and of weight decay, which would move them even with a zero gradient); the
 ``ResNet(freeze_at=k)`` attribute also stops gradients at the outputs of the frozen parts, so that
 their backward pass is not computed, and runs their normalization as in evaluation mode
@@ -47,8 +47,8 @@ _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class FrozenBatchNorm(nn.Module):
-    """Batch norm with fixed statistics and affine parameters: ``y = (x - mean) / sqrt(var + eps)
-    * scale + bias`` over the last axis.
+    """Batch norm with fixed statistics and affine parameters over the last axis:
+    ``y = (x - mean) / sqrt(var + eps) * scale + bias``.
 
     ``scale``, ``bias``, ``mean`` and ``var`` are variables of the ``"batch_stats"`` collection,
     initialized to the identity map (1, 0, 0, 1) and meant to be overwritten with pretrained values.
@@ -207,7 +207,7 @@ class ResNet(nn.Module):
       dtype: computation dtype, e.g. ``jnp.bfloat16``.
       stride_in_1x1: put a bottleneck's stride in its first 1x1 convolution (MSRA / Keras
         weights) instead of its 3x3 convolution (torchvision weights); ``"bottleneck"`` only.
-      freeze_at: detectron2's ``FREEZE_AT``, 0..5: the stem (``>= 1``) and stages C2..C``k``
+      freeze_at: detectron2's ``FREEZE_AT``, 0..5: the stem (``>= 1``) and stages C2..C{k}
         get no gradient (it stops at their outputs) and normalize as in evaluation mode. Their
         variables are still parameters: leave them out of the optimizer with
         :func:`freeze_mask`.
@@ -307,7 +307,7 @@ def freeze_mask(tree: Any, *, freeze_at: int) -> Any:
     """A pytree of bools like ``tree``: True for the leaves of the parts ``freeze_at`` freezes.
 
     ``freeze_at`` is detectron2's ``FREEZE_AT``: 0 nothing, 1 the stem (``stem_conv``,
-    ``stem_norm``), ``k`` the stem and the blocks of stages C2..C``k`` (``stage2_block0`` ...),
+    ``stem_norm``), ``k`` the stem and the blocks of stages C2..C{k} (``stage2_block0`` ...),
     5 the whole ResNet. ``tree`` is anything keyed by module names: a ResNet's variables or
     ``params``, or those of a detector whose backbone holds the ResNet (a leaf is judged by the
     ResNet module names on its path, e.g. ``("backbone", "resnet", "stem_conv", "kernel")``);

@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 DEFAULT_SCALES = (2**0, 2 ** (1 / 3), 2 ** (2 / 3))
+"""RetinaNet's anchor scales: multipliers of the base size, three per octave."""
 DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
+"""RetinaNet's anchor aspect ratios, `height / width`."""
 
 
 def _check_levels(min_level: int, max_level: int) -> None:
@@ -51,7 +53,12 @@ def _check_positive(name: str, values: Sequence[float]) -> None:
 def level_sizes(
     image_size: tuple[int, int], min_level: int = 3, max_level: int = 7
 ) -> list[tuple[int, int]]:
-    """Feature map size `(ceil(H / 2**l), ceil(W / 2**l))` of each level `min_level..max_level`."""
+    """Feature map size `(ceil(H / 2**l), ceil(W / 2**l))` of each level `min_level..max_level`.
+
+    Examples:
+      >>> level_sizes((100, 64), min_level=3, max_level=5)
+      [(13, 8), (7, 4), (4, 2)]
+    """
     if len(image_size) != 2 or any(int(s) != s or s <= 0 for s in image_size):
         raise ValueError(
             f"image_size is {image_size!r}, expected two positive ints (height, width)"
@@ -69,7 +76,12 @@ def num_anchors_per_location(
     scales: Sequence[float] = DEFAULT_SCALES,
     aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
 ) -> int:
-    """Anchors per feature-map cell, `len(scales) * len(aspect_ratios)` (9 for RetinaNet)."""
+    """Anchors per feature-map cell, `len(scales) * len(aspect_ratios)` (9 for RetinaNet).
+
+    Examples:
+      >>> num_anchors_per_location(), num_anchors_per_location(scales=(1.0,))
+      (9, 3)
+    """
     return len(scales) * len(aspect_ratios)
 
 
@@ -81,7 +93,12 @@ def num_anchors_per_level(
     scales: Sequence[float] = DEFAULT_SCALES,
     aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
 ) -> tuple[int, ...]:
-    """Number of anchors of each level, in the order of `generate_anchors`; they sum to `A`."""
+    """Number of anchors of each level, in the order of `generate_anchors`; they sum to `A`.
+
+    Examples:
+      >>> num_anchors_per_level((64, 64), min_level=3, max_level=4)  # 8x8 and 4x4 cells, 9 each
+      (576, 144)
+    """
     per_location = num_anchors_per_location(scales=scales, aspect_ratios=aspect_ratios)
     return tuple(h * w * per_location for h, w in level_sizes(image_size, min_level, max_level))
 
@@ -138,6 +155,16 @@ def generate_anchors(
     Returns:
       float32 `[A, 4]` xyxy anchors in image pixels, ordered (level, y, x, anchor) with
       `A = sum(num_anchors_per_level(...))`.
+
+    Examples:
+      >>> anchors = generate_anchors((16, 16), min_level=3, max_level=3, scales=(1.0,),
+      ...                            aspect_ratios=(1.0,))
+      >>> anchors.shape  # 2x2 cells of stride 8, one anchor each
+      (4, 4)
+      >>> anchors[0].tolist(), anchors[3].tolist()  # size 4 * 8, centred at 4 and at 12
+      ([-12.0, -12.0, 20.0, 20.0], [-4.0, -4.0, 28.0, 28.0])
+      >>> generate_anchors((64, 64)).shape  # RetinaNet's P3-P7, 9 anchors per cell
+      (774, 4)
     """
     sizes = level_sizes(image_size, min_level, max_level)
     levels = range(min_level, max_level + 1)

@@ -45,14 +45,26 @@ def check_image_size(image_size: Sequence[int] | ArrayLike) -> None:
 
 
 def xyxy_to_cxcywh(boxes: ArrayLike) -> Array:
-    """Converts `[..., 4]` boxes `(x1, y1, x2, y2)` to `(cx, cy, w, h)`."""
+    """Converts `[..., 4]` boxes `(x1, y1, x2, y2)` to `(cx, cy, w, h)`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> xyxy_to_cxcywh(jnp.array([[0.0, 0.0, 4.0, 2.0]])).tolist()
+      [[2.0, 1.0, 4.0, 2.0]]
+    """
     boxes = check_boxes("boxes", boxes)
     x1, y1, x2, y2 = jnp.moveaxis(boxes, -1, 0)
     return jnp.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], axis=-1)
 
 
 def cxcywh_to_xyxy(boxes: ArrayLike) -> Array:
-    """Converts `[..., 4]` boxes `(cx, cy, w, h)` to `(x1, y1, x2, y2)`."""
+    """Converts `[..., 4]` boxes `(cx, cy, w, h)` to `(x1, y1, x2, y2)`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> cxcywh_to_xyxy(jnp.array([[2.0, 1.0, 4.0, 2.0]])).tolist()
+      [[0.0, 0.0, 4.0, 2.0]]
+    """
     boxes = check_boxes("boxes", boxes)
     cx, cy, w, h = jnp.moveaxis(boxes, -1, 0)
     return jnp.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=-1)
@@ -63,6 +75,11 @@ def box_area(boxes: ArrayLike) -> Array:
 
     A side with `x2 < x1` (or `y2 < y1`) counts as length 0, so malformed boxes have area 0 instead
     of a negative area that would push IoU outside [0, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> box_area(jnp.array([[0.0, 0.0, 4.0, 2.0], [3.0, 3.0, 1.0, 5.0]])).tolist()  # 2nd: x2 < x1
+      [8.0, 0.0]
     """
     boxes = check_boxes("boxes", boxes)
     width = jnp.maximum(boxes[..., 2] - boxes[..., 0], 0)
@@ -77,6 +94,14 @@ def clip_boxes(boxes: ArrayLike, image_size: Sequence[int] | ArrayLike) -> Array
       boxes: `[..., 4]` xyxy boxes.
       image_size: `(height, width)`; Python numbers or a traced `[2]` array (per-image sizes under
         vmap).
+
+    Returns:
+      The clipped boxes, of the shape and dtype of `boxes`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> clip_boxes(jnp.array([[-5.0, 2.0, 40.0, 30.0]]), (24, 32)).tolist()
+      [[0.0, 2.0, 32.0, 24.0]]
     """
     boxes = check_boxes("boxes", boxes)
     check_image_size(image_size)
@@ -133,6 +158,13 @@ def pairwise_intersection(boxes1: ArrayLike, boxes2: ArrayLike) -> Array:
 
     Returns:
       `[..., N, M]` intersection areas.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> boxes1 = jnp.array([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 2.0]])
+      >>> boxes2 = jnp.array([[0.0, 0.0, 2.0, 2.0], [6.0, 0.0, 8.0, 2.0]])
+      >>> pairwise_intersection(boxes1, boxes2).tolist()
+      [[4.0, 0.0], [4.0, 0.0]]
     """
     intersection, _, _ = _pairwise(boxes1, boxes2)
     return intersection
@@ -150,6 +182,13 @@ def pairwise_iou(boxes1: ArrayLike, boxes2: ArrayLike) -> Array:
 
     Returns:
       `[..., N, M]` IoU in [0, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> boxes1 = jnp.array([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 2.0]])
+      >>> boxes2 = jnp.array([[0.0, 0.0, 2.0, 2.0], [6.0, 0.0, 8.0, 2.0]])
+      >>> pairwise_iou(boxes1, boxes2).tolist()
+      [[1.0, 0.0], [0.5, 0.0]]
     """
     intersection, union, _ = _pairwise(boxes1, boxes2)
     return _safe_ratio(intersection, union)
@@ -168,6 +207,13 @@ def pairwise_giou(boxes1: ArrayLike, boxes2: ArrayLike) -> Array:
 
     Returns:
       `[..., N, M]` GIoU in [-1, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> boxes1 = jnp.array([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 2.0]])
+      >>> boxes2 = jnp.array([[0.0, 0.0, 2.0, 2.0], [6.0, 0.0, 8.0, 2.0]])
+      >>> pairwise_giou(boxes1, boxes2).tolist()  # disjoint boxes: below 0, the farther the lower
+      [[1.0, -0.5], [0.5, -0.25]]
     """
     intersection, union, enclosing = _pairwise(boxes1, boxes2)
     return _safe_ratio(intersection, union) - _safe_ratio(enclosing - union, enclosing)
@@ -199,6 +245,13 @@ def elementwise_iou(boxes1: ArrayLike, boxes2: ArrayLike, *, eps: float = 1e-7) 
 
     Returns:
       `[...]` IoU in [0, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> boxes1 = jnp.array([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 2.0]])
+      >>> boxes2 = jnp.array([[0.0, 0.0, 2.0, 2.0], [6.0, 0.0, 8.0, 2.0]])
+      >>> elementwise_iou(boxes1, boxes2).tolist()  # row i of boxes1 with row i of boxes2
+      [1.0, 0.0]
     """
     intersection, union, _ = _elementwise(boxes1, boxes2)
     return intersection / (union + eps)
@@ -218,6 +271,13 @@ def elementwise_giou(boxes1: ArrayLike, boxes2: ArrayLike, *, eps: float = 1e-7)
 
     Returns:
       `[...]` GIoU in [-1, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> boxes1 = jnp.array([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 2.0]])
+      >>> boxes2 = jnp.array([[0.0, 0.0, 2.0, 2.0], [6.0, 0.0, 8.0, 2.0]])
+      >>> elementwise_giou(boxes1, boxes2).tolist()  # the loss is 1 - GIoU
+      [1.0, -0.25]
     """
     intersection, union, enclosing = _elementwise(boxes1, boxes2)
     return intersection / (union + eps) - (enclosing - union) / (enclosing + eps)
@@ -225,12 +285,13 @@ def elementwise_giou(boxes1: ArrayLike, boxes2: ArrayLike, *, eps: float = 1e-7)
 
 @dataclasses.dataclass(frozen=True)
 class BoxCoder:
-    """R-CNN box coding of boxes relative to anchors (Girshick et al., 2014; Ren et al., 2015).
+    r"""R-CNN box coding of boxes relative to anchors (Girshick et al., 2014; Ren et al., 2015).
 
     With anchor centre `(xa, ya)` and size `(wa, ha)` and box centre `(x, y)` and size `(w, h)`:
 
-        dx = wx (x - xa) / wa    dy = wy (y - ya) / ha
-        dw = ww log(w / wa)      dh = wh log(h / ha)
+    .. math::
+        d_x = w_x \frac{x - x_a}{w_a}, \quad d_y = w_y \frac{y - y_a}{h_a}, \quad
+        d_w = w_w \log \frac{w}{w_a}, \quad d_h = w_h \log \frac{h}{h_a}.
 
     Decoding inverts this after clamping `dw / ww` and `dh / wh` at `bbox_xform_clip`, so that a
     wild prediction cannot overflow `exp`.
@@ -239,6 +300,16 @@ class BoxCoder:
       weights: `(wx, wy, ww, wh)`; `(1, 1, 1, 1)` for RetinaNet and the RPN, `(10, 10, 5, 5)` for
         the Fast R-CNN box head.
       bbox_xform_clip: upper bound of the log-scale of decoded width and height, `log(1000 / 16)`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> coder = BoxCoder()
+      >>> anchors = jnp.array([[0.0, 0.0, 10.0, 10.0]])
+      >>> deltas = coder.encode(jnp.array([[5.0, 0.0, 15.0, 20.0]]), anchors)
+      >>> [round(d, 4) for d in deltas[0].tolist()]  # moved by half a side, twice as tall
+      [0.5, 0.5, 0.0, 0.6931]
+      >>> coder.decode(deltas, anchors).tolist()
+      [[5.0, 0.0, 15.0, 20.0]]
     """
 
     weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)

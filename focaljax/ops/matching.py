@@ -26,8 +26,11 @@ from focaljax.ops.boxes import (
 __all__ = ["BACKGROUND", "FOREGROUND", "IGNORED", "build_targets", "match"]
 
 FOREGROUND = 1
+"""`match`'s label of an anchor trained as an object."""
 BACKGROUND = 0
+"""`match`'s label of an anchor trained as background."""
 IGNORED = -1
+"""`match`'s label of an anchor that gets no classification loss."""
 
 
 def _check_thresholds(fg_iou_threshold: float, bg_iou_threshold: float) -> None:
@@ -67,8 +70,20 @@ def match(
       valid: `[M]` bool, False for padding rows, which are never matched; default all True.
 
     Returns:
-      `(matched, labels)`: int32 `[A]` index of the matched box (-1 unless foreground) and int32
-      `[A]` `FOREGROUND` (1), `BACKGROUND` (0) or `IGNORED` (-1).
+      `(matched, labels)`, both int32 `[A]`; `matched` is the index of each anchor's box (-1
+      unless foreground), `labels` is `FOREGROUND` (1), `BACKGROUND` (0) or `IGNORED` (-1).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> iou = jnp.array([[0.9, 0.45, 0.1, 0.0],
+      ...                  [0.0, 0.2, 0.3, 0.0]])  # 2 boxes x 4 anchors
+      >>> matched, labels = match(iou)  # RetinaNet's 0.5 / 0.4
+      >>> labels.tolist()  # anchor 1 is in the ignore band; anchor 2 is box 1's best anchor
+      [1, -1, 1, 0]
+      >>> matched.tolist()
+      [0, -1, 1, -1]
+      >>> match(iou, allow_low_quality_matches=False)[1].tolist()
+      [1, -1, 0, 0]
     """
     iou = jnp.asarray(iou)
     if iou.ndim != 2:
@@ -138,12 +153,23 @@ def build_targets(
       box_coder: encodes matched boxes relative to their anchors.
 
     Returns:
-      A dict of
-        `labels`: int32 `[A]`, the class id of foreground anchors, -1 for background and ignored.
-        `cls_weights`: float32 `[A]`, 1 for foreground and background, 0 for ignored.
-        `box_targets`: float32 `[A, 4]`, encoded deltas of the matched box, 0 unless foreground.
-        `box_weights`: float32 `[A]`, 1 for foreground, else 0.
-        `matched_gt`: int32 `[A]`, index of the matched row of `gt_boxes`, -1 unless foreground.
+      A dict of these arrays.
+
+      - `labels`: int32 `[A]`, the class id of foreground anchors, -1 for background and ignored.
+      - `cls_weights`: float32 `[A]`, 1 for foreground and background, 0 for ignored.
+      - `box_targets`: float32 `[A, 4]`, encoded deltas of the matched box, 0 unless foreground.
+      - `box_weights`: float32 `[A]`, 1 for foreground, else 0.
+      - `matched_gt`: int32 `[A]`, index of the matched row of `gt_boxes`, -1 unless foreground.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> anchors = jnp.array([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+      >>> gt_boxes = jnp.array([[0.0, 0.0, 10.0, 12.0], [0.0, 0.0, 0.0, 0.0]])  # 2nd: padding
+      >>> targets = build_targets(anchors, gt_boxes, jnp.array([2, -1]), jnp.array([False, False]))
+      >>> targets["labels"].tolist(), targets["cls_weights"].tolist()
+      ([2, -1], [1.0, 1.0])
+      >>> [round(d, 4) for d in targets["box_targets"][0].tolist()]  # 1.2 times as tall
+      [0.0, 0.1, 0.0, 0.1823]
     """
     anchors = check_boxes("anchors", anchors)
     gt_boxes = check_boxes("gt_boxes", gt_boxes)

@@ -196,6 +196,13 @@ def non_max_suppression(
 
     Returns:
       int32 `[max_output_size]` indices into `boxes` of the kept boxes by descending score, then -1.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> boxes = jnp.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], jnp.float32)
+      >>> scores = jnp.array([0.9, 0.8, 0.7])
+      >>> non_max_suppression(boxes, scores, iou_threshold=0.5, max_output_size=3).tolist()
+      [0, 2, -1]
     """
     boxes, scores, live = _check_inputs(
         boxes,
@@ -245,6 +252,15 @@ def batched_non_max_suppression(
 
     Returns:
       int32 `[max_output_size]` indices into `boxes` of the kept boxes by descending score, then -1.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> boxes = jnp.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], jnp.float32)
+      >>> scores = jnp.array([0.9, 0.8, 0.7])
+      >>> classes = jnp.array([0, 1, 0])  # box 1 is of another class than box 0: both kept
+      >>> batched_non_max_suppression(
+      ...     boxes, scores, classes, iou_threshold=0.5, max_output_size=3).tolist()
+      [0, 1, 2]
     """
     boxes, scores, live = _check_inputs(
         boxes,

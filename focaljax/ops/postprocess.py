@@ -105,6 +105,20 @@ def retinanet_postprocess(
       `[max_detections]` (sigmoid probabilities), `"classes"` int32 `[max_detections]` (0-based)
       and `"num_valid"` int32 `[]`. Rows are sorted by descending score; rows from `num_valid` on
       are padding with box 0, score 0 and class -1.
+
+    Examples:
+      >>> import numpy as np
+      >>> anchors = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 40, 40]], np.float32)
+      >>> logits = np.array([[3.0, -9.0], [2.0, -9.0], [-9.0, 0.0]], np.float32)  # 2 classes
+      >>> out = retinanet_postprocess(
+      ...     logits, np.zeros((3, 4), np.float32), anchors=anchors, anchors_per_level=(2, 1),
+      ...     image_size=(32, 32), max_detections=3)
+      >>> out["classes"].tolist(), int(out["num_valid"])  # anchor 1 is suppressed by anchor 0
+      ([0, 1, -1], 2)
+      >>> out["boxes"][1].tolist()  # clipped to the image
+      [20.0, 20.0, 32.0, 32.0]
+      >>> [round(score, 3) for score in out["scores"].tolist()]
+      [0.953, 0.5, 0.0]
     """
     cls_logits = jnp.asarray(cls_logits)
     box_deltas = jnp.asarray(box_deltas)

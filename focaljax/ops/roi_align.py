@@ -219,13 +219,16 @@ def roi_align(
     aligned: bool = True,
     max_sampling_ratio: int | None = None,
 ) -> Array:
-    """RoIAlign of `boxes` on one feature map (see the module docstring).
+    r"""RoIAlign of `boxes` on one feature map (see the module docstring).
 
     For bin `(i, j)` of box `k`, with `(y1, x1)` the box's top-left corner in feature pixels,
     `(bh, bw)` its bin size and `(gh, gw)` its sampling grid:
 
-        out[k, i, j] = 1 / (gh gw) sum_{a < gh, b < gw} bilinear(features, y_ia, x_jb),
-        y_ia = y1 + (i + (a + 1/2) / gh) bh,   x_jb = x1 + (j + (b + 1/2) / gw) bw
+    .. math::
+        \mathrm{out}[k, i, j] = \frac{1}{g_h g_w} \sum_{a < g_h, \, b < g_w}
+        \mathrm{bilinear}(\mathrm{features}, y_{ia}, x_{jb}), \quad
+        y_{ia} = y_1 + \left(i + \frac{a + 1/2}{g_h}\right) b_h, \quad
+        x_{jb} = x_1 + \left(j + \frac{b + 1/2}{g_w}\right) b_w.
 
     Args:
       features: `[H, W, C]` feature map of one image.
@@ -238,6 +241,14 @@ def roi_align(
 
     Returns:
       `[K, out_h, out_w, C]` pooled features, in the dtype of `features`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> features = jnp.arange(16.0).reshape(4, 4, 1)  # value 4 y + x at cell (y, x)
+      >>> pooled = roi_align(features, jnp.array([[0.0, 0.0, 4.0, 4.0]]), output_size=(2, 2),
+      ...                    spatial_scale=1.0)
+      >>> pooled[0, :, :, 0].tolist()  # the mean of each 2x2 quarter
+      [[2.5, 4.5], [10.5, 12.5]]
     """
     features = jnp.asarray(features)
     _check_features("features", features)
@@ -288,6 +299,13 @@ def assign_boxes_to_levels(
 
     Returns:
       int32 `[...]` level of each box.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> boxes = jnp.array([[0.0, 0.0, 224.0, 224.0], [0.0, 0.0, 32.0, 32.0],
+      ...                    [0.0, 0.0, 1000.0, 1000.0]])
+      >>> assign_boxes_to_levels(boxes, min_level=2, max_level=5).tolist()
+      [4, 2, 5]
     """
     boxes = check_boxes("boxes", boxes)
     if not min_level <= max_level:
@@ -331,6 +349,15 @@ def multilevel_roi_align(
 
     Returns:
       `[K, out_h, out_w, C]` pooled features, in the dtype of the features.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> features = {2: jnp.ones((8, 8, 1)), 3: jnp.full((4, 4, 1), 2.0)}  # strides 4 and 8
+      >>> boxes = jnp.array([[0.0, 0.0, 16.0, 16.0], [0.0, 0.0, 32.0, 32.0]])
+      >>> pooled = multilevel_roi_align(features, boxes, min_level=2, max_level=3,
+      ...                               canonical_size=16.0, canonical_level=2, output_size=(1, 1))
+      >>> pooled.reshape(-1).tolist()  # the 16 px box is pooled from level 2, the 32 px one from 3
+      [1.0, 2.0]
     """
     levels = list(range(min_level, max_level + 1))
     if isinstance(features, Mapping):

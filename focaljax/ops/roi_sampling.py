@@ -132,15 +132,16 @@ def sample_rois(
         `(10, 10, 5, 5)` by default.
 
     Returns:
-      A dict of
-        `boxes`: float32 `[num_samples, 4]`, the sampled RoIs.
-        `labels`: int32 `[num_samples]`, the class id of foreground RoIs, -1 for background and
-          padding rows.
-        `box_targets`: float32 `[num_samples, 4]`, encoded deltas of the matched box, 0 unless
-          foreground.
-        `valid`: bool `[num_samples]`, True for sampled rows, a prefix.
-        `is_foreground`: bool `[num_samples]`, True for foreground rows, a prefix.
-        `matched_gt`: int32 `[num_samples]`, the matched row of `gt_boxes`, -1 unless foreground.
+      A dict of these arrays.
+
+      - `boxes`: float32 `[num_samples, 4]`, the sampled RoIs.
+      - `labels`: int32 `[num_samples]`, the class id of foreground RoIs, -1 for background and
+        padding rows.
+      - `box_targets`: float32 `[num_samples, 4]`, encoded deltas of the matched box, 0 unless
+        foreground.
+      - `valid`: bool `[num_samples]`, True for sampled rows, a prefix.
+      - `is_foreground`: bool `[num_samples]`, True for foreground rows, a prefix.
+      - `matched_gt`: int32 `[num_samples]`, the matched row of `gt_boxes`, -1 unless foreground.
 
     Examples:
       >>> import jax, jax.numpy as jnp

@@ -1,8 +1,9 @@
 """Independent float64 NumPy transcriptions of the paper's formulas, for the loss tests.
 
-Written from the paper (Lin et al. 2017, eqs. 1-5 and appendix A), not from focaljax's code: the
-probabilities come from `np.logaddexp`, the modulating factor from `p_t` directly, and gradients
-from a separate derivation in terms of `x_t`.
+Written from the paper (Lin et al. 2017, eqs. 1-5 and appendix A) and, for soft targets, from
+the peers' `p_t = p t + (1 - p)(1 - t)` (optax, torchvision, Keras) and Li et al.'s `|t - p|`, not
+from focaljax's code: the probabilities come from `np.logaddexp`, the modulating factor from `p_t`
+directly, and gradients from separate derivations (in `x_t` for hard targets, in `p` for soft).
 """
 
 import numpy as np
@@ -12,19 +13,61 @@ def log_sigmoid(x):
     return -np.logaddexp(0.0, -np.asarray(x, np.float64))
 
 
-def sigmoid_focal(x, t, *, alpha, gamma):
-    """-alpha_t |t - p|^gamma [t log p + (1 - t) log(1 - p)]; |t - p| = 1 - p_t for hard t."""
+def _one_minus_pt(p, one_minus_p, t, soft_target_mode):
+    """1 - p_t with p_t = p t + (1 - p)(1 - t) (optax, torchvision, Keras), or |t - p| (GFL).
+
+    For hard t both are the probability of the wrong class, taken from its own log-sigmoid.
+    """
+    if soft_target_mode == "pt":
+        soft = t * one_minus_p + (1 - t) * p
+    elif soft_target_mode == "quality":
+        soft = np.abs(t - p)
+    else:
+        raise ValueError(soft_target_mode)
+    return np.where(t == 1, one_minus_p, np.where(t == 0, p, soft))
+
+
+def sigmoid_focal(x, t, *, alpha, gamma, soft_target_mode="pt"):
+    """-alpha_t m [t log p + (1 - t) log(1 - p)], m = (1 - p_t)^gamma or |t - p|^gamma."""
     x = np.asarray(x, np.float64)
     t = np.asarray(t, np.float64)
     log_p, log_1mp = log_sigmoid(x), log_sigmoid(-x)
     p, one_minus_p = np.exp(log_p), np.exp(log_1mp)
-    one_minus_pt = np.where(t == 1, one_minus_p, np.where(t == 0, p, np.abs(t - p)))
+    one_minus_pt = _one_minus_pt(p, one_minus_p, t, soft_target_mode)
     # t * log_p is 0 * -inf for t = 0 at huge x; the paper's CE only has the term of the true class.
     ce = -(np.where(t == 0, 0.0, t * log_p) + np.where(t == 1, 0.0, (1 - t) * log_1mp))
     alpha_t = 1.0 if alpha is None else alpha * t + (1 - alpha) * (1 - t)
     with np.errstate(divide="ignore"):
         mod = np.where(one_minus_pt == 0, 0.0 if gamma > 0 else 1.0, one_minus_pt**gamma)
     return alpha_t * mod * ce
+
+
+def sigmoid_focal_grad_soft(x, t, *, alpha, gamma, soft_target_mode):
+    """(d FL / d x, d FL / d t) for 0 < t < 1 and t != p, by the product rule in p.
+
+    FL = A u^gamma C with A = alpha_t, C = -(t log p + (1 - t) log(1 - p)), dp/dx = p (1 - p):
+        dC/dx = p - t,  dC/dt = -(log p - log(1 - p)),  dA/dt = 2 alpha - 1;
+        "pt":      u = t (1 - p) + (1 - t) p,  du/dp = 1 - 2t,  du/dt = 1 - 2p;
+        "quality": u = |t - p|,               du/dp = -sign(t - p),  du/dt = sign(t - p).
+    """
+    x = np.asarray(x, np.float64)
+    t = np.asarray(t, np.float64)
+    log_p, log_1mp = log_sigmoid(x), log_sigmoid(-x)
+    p = np.exp(log_p)
+    c = -(t * log_p + (1 - t) * log_1mp)
+    dc_dx, dc_dt = p - t, -(log_p - log_1mp)
+    if soft_target_mode == "pt":
+        u = t * (1 - p) + (1 - t) * p
+        du_dp, du_dt = 1 - 2 * t, 1 - 2 * p
+    else:
+        u = np.abs(t - p)
+        du_dp, du_dt = -np.sign(t - p), np.sign(t - p)
+    a, da_dt = (1.0, 0.0) if alpha is None else (alpha * t + (1 - alpha) * (1 - t), 2 * alpha - 1)
+    m = u**gamma
+    dm_du = gamma * u ** (gamma - 1)
+    dx = a * (dm_du * du_dp * p * (1 - p) * c + m * dc_dx)
+    dt = da_dt * m * c + a * (dm_du * du_dt * c + m * dc_dt)
+    return dx, dt
 
 
 def sigmoid_focal_grad_hard(x, t, *, alpha, gamma):

@@ -1,5 +1,6 @@
 """Tests of focaljax.losses.classification against independent references."""
 
+import doctest
 import itertools
 
 import chex
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from focaljax import losses
+from focaljax.losses import classification
 from tests.losses import reference as ref
 
 EXTREME = np.array([-3e38, -1e4, -100.0, -30.0, -17.0, -5.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 5.0, 17.0,
@@ -22,6 +24,7 @@ EXTREME = np.array([-3e38, -1e4, -100.0, -30.0, -17.0, -5.0, -1.0, -1e-3, 0.0, 1
 MODERATE = np.linspace(-12.0, 12.0, 97)
 GAMMAS = [0.0, 0.3, 0.5, 1.0, 2.0, 2.5, 5.0]
 ALPHAS = [None, 0.0, 0.25, 1.0]
+MODES = ["pt", "quality"]
 SETTINGS = settings(max_examples=60, deadline=None)
 
 
@@ -37,12 +40,13 @@ def sum_grad(fn, argnum=0):
 # ------------------------------------------------------------------------------------ values
 
 
-@pytest.mark.parametrize("gamma, alpha", list(itertools.product(GAMMAS, ALPHAS)))
-def test_sigmoid_focal_matches_float64_reference_over_extreme_logits(gamma, alpha):
-    x, t = grid(EXTREME, [0.0, 1.0, 0.3])
+@pytest.mark.parametrize("gamma, alpha, mode", list(itertools.product(GAMMAS, ALPHAS, MODES)))
+def test_sigmoid_focal_matches_float64_reference_over_extreme_logits(gamma, alpha, mode):
+    x, t = grid(EXTREME, [0.0, 1.0, 0.3, 0.9])
     got = losses.sigmoid_focal_loss(jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.float32),
-                                    alpha=alpha, gamma=gamma)
-    want = ref.sigmoid_focal(x.astype(np.float32), t, alpha=alpha, gamma=gamma)
+                                    alpha=alpha, gamma=gamma, soft_target_mode=mode)
+    want = ref.sigmoid_focal(x.astype(np.float32), t, alpha=alpha, gamma=gamma,
+                             soft_target_mode=mode)
     chex.assert_shape(got, x.shape)
     chex.assert_type(got, jnp.float32)
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2e-6, atol=1e-30)
@@ -93,25 +97,110 @@ def test_confident_correct_predictions_cost_exactly_zero_with_zero_gradient():
     np.testing.assert_array_equal(sum_grad(fn)(logits), 0.0)
 
 
-def test_label_smoothing_perfect_prediction_of_smoothed_target_costs_nothing():
+# ------------------------------------------------------------------------ soft-target modes
+
+
+@pytest.mark.parametrize("alpha", [None, 0.25])
+def test_soft_target_equal_to_prediction_costs_nothing_in_quality_and_0_0324_ce_in_pt(alpha):
+    with jax.enable_x64(True):
+        x = jnp.log(jnp.array([9.0]))  # p = 0.9
+        t = jnp.array([0.9])
+        ce = losses.sigmoid_cross_entropy(x, t, alpha=alpha)
+        pt = losses.sigmoid_focal_loss(x, t, alpha=alpha, gamma=2.0, soft_target_mode="pt")
+        quality = losses.sigmoid_focal_loss(x, t, alpha=alpha, gamma=2.0,
+                                             soft_target_mode="quality")
+        # 1 - p_t = 1 - (0.9 * 0.9 + 0.1 * 0.1) = 0.18, squared 0.0324.
+        np.testing.assert_allclose(pt / ce, 0.0324, rtol=1e-12)
+        np.testing.assert_allclose(quality, 0.0, atol=1e-15)
+        want = ref.sigmoid_focal(np.log(9.0), 0.9, alpha=alpha, gamma=2.0)
+        np.testing.assert_allclose(pt, [want], rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "gamma, alpha, mode",
+    list(itertools.product([0.0, 0.5, 1.0, 2.0, 2.5, 3.0], [None, 0.25], MODES)),
+)
+def test_soft_target_gradients_match_float64_analytic_derivative(gamma, alpha, mode):
+    rng = np.random.default_rng(7)
+    x = rng.uniform(-9, 9, 400)
+    t = np.concatenate([rng.uniform(0.01, 0.99, 397), [0.05, 0.5, 0.9]])
+    want_dx, want_dt = ref.sigmoid_focal_grad_soft(x, t, alpha=alpha, gamma=gamma,
+                                                   soft_target_mode=mode)
+    # The reference derivative against central differences of the reference loss.
+    h = 1e-6
+    fd = lambda dx, dt: ref.sigmoid_focal(x + dx, t + dt, alpha=alpha, gamma=gamma,
+                                          soft_target_mode=mode)
+    np.testing.assert_allclose(want_dx, (fd(h, 0) - fd(-h, 0)) / (2 * h), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(want_dt, (fd(0, h) - fd(0, -h)) / (2 * h), rtol=1e-5, atol=1e-8)
+    with jax.enable_x64(True):
+        fn = lambda x, t: losses.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma,
+                                                    soft_target_mode=mode)
+        np.testing.assert_allclose(fn(jnp.asarray(x), jnp.asarray(t)),
+                                   ref.sigmoid_focal(x, t, alpha=alpha, gamma=gamma,
+                                                     soft_target_mode=mode), rtol=1e-12)
+        got_dx, got_dt = sum_grad(fn, (0, 1))(jnp.asarray(x), jnp.asarray(t))
+    np.testing.assert_allclose(got_dx, want_dx, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(got_dt, want_dt, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_hard_targets_give_bit_identical_loss_and_logit_gradient_in_both_modes(dtype):
+    big = float(jnp.finfo(dtype).max) * 0.9
+    values = np.concatenate([EXTREME, np.random.default_rng(8).normal(0, 8, 300)])
+    x, t = grid(np.clip(values, -big, big), [0.0, 1.0])
+    x, t = jnp.asarray(x, dtype), jnp.asarray(t, dtype)
+    bits = lambda a: np.asarray(a).view(np.uint16 if a.dtype.itemsize == 2 else np.uint32)
+    for gamma, alpha in itertools.product([0.0, 0.5, 1.0, 2.0, 2.5, 3.0, 5.0], [None, 0.25]):
+        pt, quality = (
+            lambda x, mode=mode: losses.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma,
+                                                           soft_target_mode=mode)
+            for mode in MODES)
+        np.testing.assert_array_equal(bits(pt(x)), bits(quality(x)))
+        np.testing.assert_array_equal(bits(sum_grad(pt)(x)), bits(sum_grad(quality)(x)))
+
+
+def test_quality_mode_perfect_prediction_of_smoothed_target_costs_nothing():
     eps = 0.1
     t = jnp.array([0.0, 1.0, 1.0, 0.0])
     smoothed = t * (1 - eps) + eps / 2
     logits = jnp.log(smoothed) - jnp.log1p(-smoothed)  # sigmoid(logits) == smoothed target
     for gamma in (1.0, 2.0):
-        fn = lambda x: losses.sigmoid_focal_loss(x, t, gamma=gamma, label_smoothing=eps)
+        fn = lambda x: losses.sigmoid_focal_loss(x, t, gamma=gamma, label_smoothing=eps,
+                                                 soft_target_mode="quality")
         np.testing.assert_allclose(fn(logits), 0.0, atol=1e-7)
         # The smoothed target is the minimum: moving the prediction either way costs more.
         assert np.all(fn(logits + 0.05) > fn(logits)) and np.all(fn(logits - 0.05) > fn(logits))
     # For gamma > 1 the modulating factor is smooth at p = t and the minimum is stationary.
-    fn = lambda x: losses.sigmoid_focal_loss(x, t, gamma=2.0, label_smoothing=eps)
+    fn = lambda x: losses.sigmoid_focal_loss(x, t, gamma=2.0, label_smoothing=eps,
+                                             soft_target_mode="quality")
     np.testing.assert_allclose(sum_grad(fn)(logits), 0.0, atol=1e-6)
+
+
+def test_pt_mode_pushes_a_smoothed_target_towards_its_hard_label():
+    # (1 - p_t)^gamma CE is not minimal at p = t: for t = 0.95, gamma 2, it is at p ~ 0.995.
+    eps = 0.1
+    t = jnp.array([0.0, 1.0])
+    smoothed = t * (1 - eps) + eps / 2
+    logits = jnp.log(smoothed) - jnp.log1p(-smoothed)
+    fn = lambda x: losses.sigmoid_focal_loss(x, t, gamma=2.0, label_smoothing=eps)
+    assert np.all(fn(logits) > 0)
+    toward_label = logits + jnp.where(t == 1, 1.0, -1.0)
+    assert np.all(fn(toward_label) < fn(logits))
+    np.testing.assert_array_less(0.0, -jnp.where(t == 1, 1.0, -1.0) * sum_grad(fn)(logits))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_label_smoothing_is_the_loss_at_the_smoothed_target(mode):
+    eps = 0.1
     x = jnp.float32(MODERATE)
-    hard = jnp.ones_like(x)
-    got = losses.sigmoid_focal_loss(x, hard, alpha=None, gamma=2.0, label_smoothing=eps)
-    want = ref.sigmoid_focal(np.float32(MODERATE), np.full(x.shape, 1 - eps / 2), alpha=None,
-                             gamma=2.0)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    for label in (0.0, 1.0):
+        hard = jnp.full_like(x, label)
+        got = losses.sigmoid_focal_loss(x, hard, alpha=0.25, gamma=2.0, label_smoothing=eps,
+                                        soft_target_mode=mode)
+        smoothed = np.full(x.shape, label * (1 - eps) + eps / 2)
+        want = ref.sigmoid_focal(np.float32(MODERATE), smoothed, alpha=0.25, gamma=2.0,
+                                 soft_target_mode=mode)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -181,8 +270,9 @@ def test_focal_loss_star_matches_reference_and_is_ce_at_gamma_one():
 # --------------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("gamma", [0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 2.5])
-def test_sigmoid_gradient_matches_autodiff_of_textbook_formula_in_float64(gamma):
+@pytest.mark.parametrize("gamma, mode",
+                         list(itertools.product([0.0, 0.25, 0.5, 1.0, 2.0, 3.0, 2.5], MODES)))
+def test_sigmoid_gradient_matches_autodiff_of_textbook_formula_in_float64(gamma, mode):
     with jax.enable_x64(True):
         # Where the textbook's log(1 - p) still has ~13 digits; extreme logits are covered by
         # the closed-form reference above.
@@ -192,9 +282,12 @@ def test_sigmoid_gradient_matches_autodiff_of_textbook_formula_in_float64(gamma)
         def textbook(x, t):
             p = jax.nn.sigmoid(x)
             ce = -(t * jnp.log(p) + (1 - t) * jnp.log(1 - p))
-            return (0.25 * t + 0.75 * (1 - t)) * jnp.abs(t - p) ** gamma * ce
+            p_t = p * t + (1 - p) * (1 - t)
+            factor = 1 - p_t if mode == "pt" else jnp.abs(t - p)
+            return (0.25 * t + 0.75 * (1 - t)) * factor**gamma * ce
 
-        ours = lambda x, t: losses.sigmoid_focal_loss(x, t, alpha=0.25, gamma=gamma)
+        ours = lambda x, t: losses.sigmoid_focal_loss(x, t, alpha=0.25, gamma=gamma,
+                                                      soft_target_mode=mode)
         for argnum in (0, 1):
             got = sum_grad(ours, argnum)(x, t)
             want = sum_grad(textbook, argnum)(x, t)
@@ -223,8 +316,9 @@ def test_custom_gradients_pass_numerical_check_in_float64():
     with jax.enable_x64(True):
         x = jnp.array([-4.0, -0.7, 0.3, 2.0, 6.0])
         t = jnp.array([0.0, 1.0, 0.4, 0.8, 1.0])
-        for gamma in (0.5, 2.0):
-            check_grads(lambda x, t: losses.sigmoid_focal_loss(x, t, gamma=gamma), (x, t),
+        for gamma, mode in itertools.product((0.5, 2.0), MODES):
+            check_grads(lambda x, t: losses.sigmoid_focal_loss(x, t, gamma=gamma,
+                                                               soft_target_mode=mode), (x, t),
                         order=1, modes=["rev"], eps=1e-6)
             check_grads(lambda x: losses.softmax_focal_loss(
                 x.reshape(1, 5), jnp.array([2]), gamma=gamma), (x,), order=1, modes=["rev"],
@@ -236,8 +330,9 @@ def test_loss_and_gradient_finite_everywhere(dtype):
     big = float(jnp.finfo(dtype).max) * 0.9
     x, t = grid(np.clip(EXTREME, -big, big), [0.0, 1.0, 0.5])
     x, t = jnp.asarray(x, dtype), jnp.asarray(t, dtype)
-    for gamma, alpha in itertools.product([0.0, 0.1, 0.5, 1.0, 2.0, 5.0], ALPHAS):
-        fn = lambda x: losses.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma)
+    for gamma, alpha, mode in itertools.product([0.0, 0.1, 0.5, 1.0, 2.0, 5.0], ALPHAS, MODES):
+        fn = lambda x: losses.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma,
+                                                 soft_target_mode=mode)
         value, grad = fn(x), sum_grad(fn)(x)
         chex.assert_type([value, grad], dtype)
         chex.assert_tree_all_finite([value.astype(jnp.float32), grad.astype(jnp.float32)])
@@ -375,3 +470,16 @@ def test_bad_input_gets_a_clear_error_before_tracing():
         losses.softmax_focal_loss(x, jnp.zeros((8,), jnp.int32), alpha=jnp.ones(3) / 2)
     with pytest.raises(ValueError, match="gamma must be > 0"):
         losses.focal_loss_star(x, x, gamma=0.0)
+
+
+@pytest.mark.parametrize("mode", ["p_t", "PT", "", None, 1])
+def test_unknown_soft_target_mode_is_refused_naming_the_valid_ones(mode):
+    x = jnp.zeros((8, 80))
+    with pytest.raises(ValueError, match=rf"soft_target_mode is {mode!r}, expected one of "
+                                         r"\('pt', 'quality'\)"):
+        losses.sigmoid_focal_loss(x, x, soft_target_mode=mode)
+
+
+def test_docstring_examples_run():
+    results = doctest.testmod(classification)
+    assert results.attempted > 0 and results.failed == 0
