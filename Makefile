@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/nms_bench.py
 	$(PY) benchmarks/train_step_bench.py
 	$(PY) benchmarks/train_step_bench.py --compare detectors
+	$(PY) benchmarks/pretrained_bench.py
 
 # `make docs` builds the documentation site (API pages from the docstrings) into docs/_build/html,
 # offline, with warnings as errors, as tests/test_docs.py does.

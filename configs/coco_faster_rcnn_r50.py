@@ -16,24 +16,31 @@ The RPN loss is `model.rpn.loss`: "focal_softmax" here (FL-RPN, Chen et al. 2018
 softmax form that the paper found best), or "sampled" for detectron2's standard RPN (256 anchors
 per image at 1:1), "focal_sigmoid" or "ce_all" (see `focaljax/detectors/faster_rcnn.py`).
 
-Differences from detectron2: it fine-tunes ImageNet weights with frozen batch norm; focaljax
-cannot load ImageNet weights yet, so this trains from scratch with GroupNorm in the backbone
-(He et al., "Rethinking ImageNet Pre-training", 2019). Images are resized to fit 800x1344 and
-padded to it, as in `configs/coco_retinanet_r50.py`.
+The backbone is `configs/coco_retinanet_r50.py`'s, by the config argument: a weight file
+(`--config configs/coco_faster_rcnn_r50.py:/data/R-50.pkl`) gives detectron2's recipe, ImageNet
+weights with frozen batch norm, the stem and C2 frozen (`freeze_at=2`), the MSRA stride layout
+(add `--config.model.stride_in_1x1=False` for torchvision or timm weights; the trainer checks it
+against the file); none trains from scratch with GroupNorm in the backbone (He et al.,
+"Rethinking ImageNet Pre-training", 2019). Images are resized to fit 800x1344 and padded to it,
+as in `configs/coco_retinanet_r50.py`.
 
 Command. Prepare once from the official files (nothing is downloaded):
 
   python -m train.prepare_data --dataset coco --source_dir /data/coco
 
-then:
+then, from detectron2's ImageNet R-50.pkl, or from scratch:
 
-  python -m train --config configs/coco_faster_rcnn_r50.py --workdir runs/coco_faster_rcnn_r50
+  python -m train --config configs/coco_faster_rcnn_r50.py:/data/R-50.pkl \
+      --workdir runs/coco_faster_rcnn_r50
+  python -m train --config configs/coco_faster_rcnn_r50.py --workdir runs/coco_faster_rcnn_scratch
 
   (`--config.model.rpn.loss=sampled` for the standard RPN.)
 
 Hardware, time and result: NOT MEASURED here (no COCO and no accelerator on the project's
-machine). Reference: detectron2's `faster_rcnn_R_50_FPN_1x` (ImageNet-pretrained, sampled RPN):
-37.9 box AP on val2017, its RPN alone 58.0 AR@1000. Expect less from scratch on a 1x schedule.
+machine). Reference for the weight-file recipe: detectron2's `faster_rcnn_R_50_FPN_1x`
+(ImageNet-pretrained, sampled RPN) 37.9 box AP on val2017, its RPN alone 58.0 AR@1000;
+mmdetection's 37.4 (../shared/reference/paper_tables.md). Expect less from scratch on a 1x
+schedule.
 """
 
 import ml_collections
@@ -41,14 +48,16 @@ import ml_collections
 from configs import coco_retinanet_r50
 
 
-def model_config() -> ml_collections.ConfigDict:
+def model_config(weights: str = "") -> ml_collections.ConfigDict:
     """Every field of `focaljax.detectors.faster_rcnn`'s model config, with detectron2's
-    `faster_rcnn_R_50_FPN_1x` values (and FL-RPN's for the focal-loss RPN). The shapes and VOC
-    configs start from it and say what they change."""
+    `faster_rcnn_R_50_FPN_1x` values (and FL-RPN's for the focal-loss RPN), the ResNet-50 from
+    the ImageNet `weights` file or, when it is "", from scratch (`backbone_recipe`). The shapes
+    and VOC configs start from it and say what they change."""
     model = ml_collections.ConfigDict()
     model.name = "faster_rcnn"
-    model.backbone = "resnet50"
-    model.norm = "gn"
+    # backbone, norm, backbone_weights, backbone_weights_format, stride_in_1x1, freeze_at: see
+    # configs/shapes_retinanet.py for what each means.
+    coco_retinanet_r50.backbone_recipe(model, weights)
     model.dtype = "float32"
     model.fpn_channels = 256
     # One anchor size per RPN level, P2..P6.
@@ -104,8 +113,10 @@ def model_config() -> ml_collections.ConfigDict:
     return model
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = coco_retinanet_r50.get_config()
-    config.model = model_config()
+def get_config(weights: str = "") -> ml_collections.ConfigDict:
+    """From the ImageNet `weights` file (`--config configs/coco_faster_rcnn_r50.py:PATH`) or,
+    when it is "", from scratch."""
+    config = coco_retinanet_r50.get_config(weights)
+    config.model = model_config(weights)
     config.optimizer.learning_rate = 0.02  # detectron2's Faster R-CNN: 0.02 per 16 images.
     return config

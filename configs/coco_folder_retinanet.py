@@ -4,9 +4,13 @@ What: any number of classes, read from the JSON's "categories" (labels in the or
 ids; evaluation reports the JSON's own category ids). Crowd annotations ("iscrowd": 1) are ignore
 regions; images without annotations are kept as background. Images are resized to fit 640x640
 with scale jitter 0.8-1.2 and flips, padded square. RetinaNet as in the paper (P3-P7, 9 anchors,
-focal loss alpha 0.25, gamma 2, L1 box loss), a ResNet-50 with GroupNorm trained from scratch,
-SGD at 0.01 per 16 images, 12 epochs with x0.1 at epochs 8 and 11 (the "1x" schedule); set
-`num_epochs` and `schedule.decay_epochs` for your data's size.
+focal loss alpha 0.25, gamma 2, L1 box loss), SGD at 0.01 per 16 images, 12 epochs with x0.1 at
+epochs 8 and 11 (the "1x" schedule); set `num_epochs` and `schedule.decay_epochs` for your data's
+size. The ResNet-50 is `configs/coco_retinanet_r50.py`'s, by the config argument: from an
+ImageNet weight file (`--config configs/coco_folder_retinanet.py:/data/R-50.pkl`) with frozen
+batch norm and the stem and C2 frozen, the paper's recipe and the better start for a small data
+set (`--config.model.stride_in_1x1=False` for torchvision or timm weights), or without one from
+scratch with GroupNorm.
 
 Layout (see `focaljax.data.coco_folder` for the JSON fields read):
 
@@ -22,9 +26,11 @@ to its image or dropped for having no area):
       --images validation=/data/my_data/images/val \
       --annotations validation=/data/my_data/annotations/val.json
 
-then train on it, by its name:
+then train on it, by its name, from ImageNet weights or from scratch:
 
-  python -m train --config configs/coco_folder_retinanet.py --workdir runs/my_data \
+  python -m train --config configs/coco_folder_retinanet.py:/data/R-50.pkl \
+      --workdir runs/my_data --config.dataset.builder_kwargs.name=my_data
+  python -m train --config configs/coco_folder_retinanet.py --workdir runs/my_data_scratch \
       --config.dataset.builder_kwargs.name=my_data
 
   (or skip the first step and give the trainer the paths below, e.g.
@@ -40,9 +46,10 @@ import ml_collections
 from configs import coco_retinanet_r50
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(weights: str = "") -> ml_collections.ConfigDict:
+    """From the ImageNet `weights` file or, when it is "", from scratch."""
     # The model, optimizer and inference settings of the COCO recipe; data and schedule below.
-    config = coco_retinanet_r50.get_config()
+    config = coco_retinanet_r50.get_config(weights)
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "coco_folder"

@@ -13,20 +13,35 @@ Images are resized to fit 800x1344, keeping their aspect ratio, and padded to it
 images get detectron2's short side of 800 (long side at most 1344), portrait ones a long side of
 800. Horizontal flips, no scale jitter (the paper's 1x models).
 
-Differences from the paper: it fine-tunes ImageNet weights with frozen batch norm; focaljax cannot
-load ImageNet weights yet, so this trains from scratch with GroupNorm in the backbone and the heads
-(He et al., "Rethinking ImageNet Pre-training", 2019). Expect less than the paper's 35.7 AP
-(R50-800, test-dev) and detectron2's 37.4 (val2017) from a 1x schedule from scratch; longer
-schedules (`--config.num_train_steps=270000 --config.schedule.decay_steps="(210000,250000)"`)
-close most of the gap in that paper.
+The backbone, by the config argument (the text after ":" in `--config`, `get_config(weights)`):
+
+* A weight file, the paper's recipe: the ResNet-50 starts from ImageNet weights with every batch
+  norm frozen to the file's statistics (`model.norm="frozen_bn"`), the stem and C2 frozen
+  (`model.freeze_at=2`: no update, no weight decay) and no norm in the heads. The stride sits in
+  the 1x1 convolutions (`model.stride_in_1x1=True`), as in the MSRA weights the paper and
+  detectron2 start from (detectron2's `R-50.pkl`). torchvision and timm weights (`.pth`,
+  `.safetensors`) have it in the 3x3 convolution: add `--config.model.stride_in_1x1=False` (the
+  trainer checks the flag against the file and says which value it needs). A Keras `.h5` is
+  MSRA's layout. The file is read at the first start only: its converted weights are in the
+  checkpoints, so resuming and `python -m train.predict` do not need it; the workdir's
+  `backbone_weights.json` records its path, format, size and sha256.
+  Reference: 36.5 (mmdetection) and 37.4 (detectron2) AP on val2017 for RetinaNet R50-FPN 1x,
+  35.7 on test-dev in the paper (R50-800, Table 1e; ../shared/reference/paper_tables.md).
+* None (the default): from scratch, GroupNorm in the backbone and the heads (He et al.,
+  "Rethinking ImageNet Pre-training", 2019), nothing frozen. Expect less than the reference
+  above from a 1x schedule; longer schedules (`--config.num_train_steps=270000
+  --config.schedule.decay_steps="(210000,250000)"`) close most of the gap in that paper.
 
 Command. Prepare once from the official files (nothing is downloaded; about 25 GB written):
 
   python -m train.prepare_data --dataset coco --source_dir /data/coco
 
-then:
+then, from detectron2's ImageNet R-50.pkl (or `:/data/resnet50.pth
+--config.model.stride_in_1x1=False` for torchvision's), or from scratch:
 
-  python -m train --config configs/coco_retinanet_r50.py --workdir runs/coco_retinanet_r50
+  python -m train --config configs/coco_retinanet_r50.py:/data/R-50.pkl \
+      --workdir runs/coco_retinanet_r50
+  python -m train --config configs/coco_retinanet_r50.py --workdir runs/coco_retinanet_r50_scratch
 
   (`--config.dataset.data_dir=DIR` if it was prepared outside ~/tensorflow_datasets;
   `--config.model.dtype=bfloat16` for mixed precision on TPU or recent GPUs.)
@@ -41,7 +56,26 @@ import ml_collections
 from configs import shapes_retinanet
 
 
-def get_config() -> ml_collections.ConfigDict:
+def backbone_recipe(model: ml_collections.ConfigDict, weights: str) -> None:
+    """Sets the ResNet-50 of `model` (a RetinaNet or Faster R-CNN model config) for the COCO, VOC
+    and folder recipes: from the ImageNet `weights` file as the paper and detectron2 do, or, when
+    `weights` is "", from scratch with GroupNorm."""
+    model.backbone = "resnet50"
+    model.backbone_weights = weights
+    model.backbone_weights_format = ""  # Detected from the file.
+    if weights:
+        model.norm = "frozen_bn"
+        model.freeze_at = 2  # The stem and C2, detectron2's FREEZE_AT.
+        model.stride_in_1x1 = True  # MSRA's layout, detectron2's STRIDE_IN_1X1.
+    else:
+        model.norm = "gn"
+        model.freeze_at = 0
+        model.stride_in_1x1 = False
+
+
+def get_config(weights: str = "") -> ml_collections.ConfigDict:
+    """The recipe from the ImageNet `weights` file (`--config configs/coco_retinanet_r50.py:PATH`)
+    or, when `weights` is "", from scratch; see the module docstring."""
     config = shapes_retinanet.get_config()
 
     config.dataset = ml_collections.ConfigDict()
@@ -58,9 +92,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset.scale_jitter = (1.0, 1.0)
 
     model = config.model
-    model.backbone = "resnet50"
-    model.norm = "gn"
-    model.head_norm = "gn"
+    backbone_recipe(model, weights)
+    model.head_norm = "none" if weights else "gn"  # The paper's heads have no norm.
     # The paper's anchors and box loss, stated here rather than inherited from the shapes config,
     # which tunes both to its data set.
     model.anchor_base_scale = 4.0  # Anchor sizes 32 (P3) to 512 (P7), the paper's.

@@ -61,6 +61,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.name = "retinanet"
     config.model.backbone = "resnet_tiny"
     config.model.norm = "bn"
+    # ImageNet weights of the ResNet, read by the trainer at a fresh start (never on resume: they
+    # are in the checkpoints): a .safetensors, torch .pth, detectron2 .pkl or Keras .h5 file,
+    # "" for none (configs/coco_retinanet_r50.py has the paper's recipe for them). The format is
+    # detected from the file unless backbone_weights_format names one of
+    # focaljax.models.pretrained.FORMATS.
+    config.model.backbone_weights = ""
+    config.model.backbone_weights_format = ""
+    # A bottleneck's stride in its 1x1 conv (True: MSRA and Keras weights) or its 3x3 conv
+    # (False: torchvision and timm weights); the trainer checks it against the weights' layout.
+    config.model.stride_in_1x1 = False
+    # detectron2's FREEZE_AT: 0 nothing, 1 the stem, k the stem and stages C2..Ck, which then get
+    # no gradient, no update and no weight decay, and keep their batch-norm statistics.
+    config.model.freeze_at = 0
     config.model.min_level = 3
     config.model.max_level = 5
     config.model.fpn_channels = 64

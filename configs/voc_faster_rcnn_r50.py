@@ -10,8 +10,10 @@ and evaluation are `configs/voc_retinanet_r50.py`'s: images fit into 512x512 wit
 0.8-1.2, SGD, 24 epochs, x0.1 at epochs 16 and 22; "difficult" objects are ignore regions.
 The learning rate is detectron2's Faster R-CNN rate, 0.02 per 16 images.
 
-Differences from the paper: it fine-tunes an ImageNet-pretrained backbone; focaljax cannot load
-ImageNet weights yet, so this trains a ResNet-50 with GroupNorm from scratch.
+The ResNet-50 is `configs/coco_retinanet_r50.py`'s, by the config argument: from an ImageNet
+weight file with frozen batch norm and the stem and C2 frozen, as the paper fine-tunes it
+(`--config.model.stride_in_1x1=False` for torchvision or timm weights), or without one from
+scratch with GroupNorm.
 
 Command. Prepare once from the official files (nothing is downloaded):
 
@@ -19,13 +21,15 @@ Command. Prepare once from the official files (nothing is downloaded):
 
 then:
 
-  python -m train --config configs/voc_faster_rcnn_r50.py --workdir runs/voc_faster_rcnn_r50
+  python -m train --config configs/voc_faster_rcnn_r50.py:/data/R-50.pkl \
+      --workdir runs/voc_faster_rcnn_r50
+  python -m train --config configs/voc_faster_rcnn_r50.py --workdir runs/voc_faster_rcnn_scratch
 
 Hardware, time and result: NOT MEASURED here (no VOC and no accelerator on the project's
 machine). Reference: the FL-RPN paper reports that focal loss slightly improves on the sampled
 RPN on VOC2007 and that the softmax form beats the sigmoid one; its exact table values are not
-available to this project (../shared/reference/paper_tables.md), and they come from an
-ImageNet-pretrained detector, so they are not a target for this from-scratch config.
+available to this project (../shared/reference/paper_tables.md), so there is no number to
+compare with.
 """
 
 import ml_collections
@@ -33,8 +37,9 @@ import ml_collections
 from configs import coco_faster_rcnn_r50, voc_retinanet_r50
 
 
-def get_config() -> ml_collections.ConfigDict:
-    config = voc_retinanet_r50.get_config()
-    config.model = coco_faster_rcnn_r50.model_config()
+def get_config(weights: str = "") -> ml_collections.ConfigDict:
+    """From the ImageNet `weights` file or, when it is "", from scratch."""
+    config = voc_retinanet_r50.get_config(weights)
+    config.model = coco_faster_rcnn_r50.model_config(weights)
     config.optimizer.learning_rate = 0.02
     return config

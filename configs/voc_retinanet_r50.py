@@ -3,8 +3,11 @@ r"""RetinaNet ResNet-50-FPN on PASCAL VOC 2007: trained on trainval, evaluated o
 What: the 20 VOC classes, 5011 trainval images (VOC2007 "train+validation"), evaluated on the
 4952 test images. Images are resized to fit 512x512 (VOC images are at most 500 px) with scale
 jitter 0.8-1.2, padded square. RetinaNet as in the paper (P3-P7, 9 anchors, focal loss alpha 0.25,
-gamma 2, L1 box loss), a ResNet-50 with GroupNorm trained from scratch (the trainer has no
-ImageNet weights yet), SGD at 0.01 per 16 images, 24 epochs, x0.1 at epochs 16 and 22.
+gamma 2, L1 box loss), SGD at 0.01 per 16 images, 24 epochs, x0.1 at epochs 16 and 22. The
+ResNet-50 is `configs/coco_retinanet_r50.py`'s, by the config argument: from an ImageNet weight
+file (`--config configs/voc_retinanet_r50.py:/data/R-50.pkl`) with frozen batch norm and the stem
+and C2 frozen, as the paper fine-tunes it (`--config.model.stride_in_1x1=False` for torchvision or
+timm weights), or without one from scratch with GroupNorm.
 
 "Difficult" objects are ignore regions in training and left out of evaluation, as VOC does (see
 `focaljax.data.voc`). The trainer reports COCO-style metrics (AP, AP50, ...; with difficult
@@ -21,14 +24,16 @@ Command. Prepare once from the official files (nothing is downloaded; about a mi
   where /data/voc holds VOCtrainval_06-Nov-2007.tar and VOCtest_06-Nov-2007.tar, or what they
   extract to, VOCdevkit/VOC2007/{Annotations,JPEGImages,ImageSets/Main}. Then:
 
-  python -m train --config configs/voc_retinanet_r50.py --workdir runs/voc_retinanet_r50
+  python -m train --config configs/voc_retinanet_r50.py:/data/R-50.pkl \
+      --workdir runs/voc_retinanet_r50
+  python -m train --config configs/voc_retinanet_r50.py --workdir runs/voc_retinanet_r50_scratch
 
   (`--config.dataset.builder_kwargs.source_dir=/data/voc` lets the trainer prepare it instead;
   `--config.dataset.data_dir=DIR` if it was prepared outside ~/tensorflow_datasets.)
 
 Hardware, time and result: TO BE MEASURED. No reference result for RetinaNet on VOC is in
 ../shared/reference; its only VOC2007 figures are Fast R-CNN VGG16 (67.2 -> 69.9 mAP with OHEM,
-OHEM paper), a different, ImageNet-pretrained detector, so not a target for this config.
+OHEM paper), a different detector, so not a target for this config.
 """
 
 import ml_collections
@@ -36,9 +41,10 @@ import ml_collections
 from configs import coco_retinanet_r50
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(weights: str = "") -> ml_collections.ConfigDict:
+    """From the ImageNet `weights` file or, when it is "", from scratch."""
     # The model, optimizer and inference settings of the COCO recipe; data and schedule below.
-    config = coco_retinanet_r50.get_config()
+    config = coco_retinanet_r50.get_config(weights)
 
     config.dataset = ml_collections.ConfigDict()
     config.dataset.name = "voc"

@@ -6,11 +6,16 @@ the pmapped `train_step` with periodic checkpoints, logs, COCO evaluations (plus
 when `config.voc_metric` is set) and detection images, and returns the final evaluation metrics.
 
 The model, loss and data set are all picked by name from `config`; nothing here knows RetinaNet
-or the shapes data set. A workdir holds:
+or the shapes data set. Of `config.model` the trainer itself reads only `name` and the three
+`MODEL_FIELDS`: ImageNet weights for the detector's ResNet (`backbone_weights`, read at a fresh
+start and merged into the initial variables, see `load_backbone_weights`) and the part of it that
+`freeze_at` freezes, which the optimizer leaves alone. A workdir holds:
 
   checkpoints/        orbax checkpoints of the `TrainState`, the last `max_checkpoints_to_keep`
   config.json         the config of the latest run, read by `python -m train.predict`
   dataset_info.json   class names and COCO category ids of the training data set, likewise
+  backbone_weights.json  the ImageNet weight file the run started from (path, format, size,
+                      sha256, what was unused), written at the fresh start of a run that has one
   metrics.jsonl       one JSON object per logging step or evaluation
   events.out.tfevents.*  the same scalars, and the detection grids, for TensorBoard
   detections_step_N.png  predicted (solid) and ground-truth (dashed) boxes on validation images
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -41,6 +47,8 @@ from tqdm import tqdm
 from focaljax import data as data_lib
 from focaljax import detectors, evaluation
 from focaljax.evaluation.visualize import save_detection_grid
+from focaljax.models import pretrained as pretrained_lib
+from focaljax.models import resnet as resnet_lib
 from train.summary import SummaryWriter
 
 AXIS_NAME = "batch"
@@ -54,6 +62,10 @@ VOC_METRICS = {"voc07": "VOC07_mAP50", "voc": "VOC_mAP50"}
 DETECTION_KEYS = ("boxes", "scores", "classes", "num_valid")
 CONFIG_FILE = "config.json"
 DATASET_INFO_FILE = "dataset_info.json"
+BACKBONE_WEIGHTS_FILE = "backbone_weights.json"
+# The fields of config.model that the trainer reads for any detector ("" and 0 for one without a
+# ResNet); the detector's builder reads the rest.
+MODEL_FIELDS = ("backbone_weights", "backbone_weights_format", "freeze_at")
 
 
 class TrainState(struct.PyTreeNode):
@@ -146,6 +158,24 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise ValueError(
             f"config.dataset.image_size is {image_size}, expected (height, width) in pixels"
         )
+    model = config.model
+    missing = [name for name in MODEL_FIELDS if name not in model]
+    if missing:
+        raise ValueError(
+            f"config.model lacks {missing}, which the trainer reads for every detector; declare "
+            "them as configs/shapes_retinanet.py does ('' and 0 for a detector without a ResNet)"
+        )
+    if model.backbone_weights_format not in ("", *pretrained_lib.FORMATS):
+        raise ValueError(
+            f"config.model.backbone_weights_format is {model.backbone_weights_format!r}, "
+            f"expected '' (detected from the file) or one of {pretrained_lib.FORMATS}"
+        )
+    if not 0 <= model.freeze_at <= resnet_lib.MAX_FREEZE_AT:
+        raise ValueError(
+            f"config.model.freeze_at is {model.freeze_at}, expected 0 (nothing frozen), 1 (the "
+            f"stem) ... {resnet_lib.MAX_FREEZE_AT} (the stem and stages C2..C"
+            f"{resnet_lib.MAX_FREEZE_AT})"
+        )
 
 
 def resolve_steps(
@@ -225,7 +255,13 @@ def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
     """SGD with momentum and coupled weight decay (detectron2), or AdamW; optional clipping of the
-    global gradient norm first. Weight decay skips biases and norm parameters (`decay_mask`)."""
+    global gradient norm first. Weight decay skips biases and norm parameters (`decay_mask`).
+
+    The parameters of the backbone parts that `config.model.freeze_at` freezes
+    (`focaljax.models.freeze_mask`) are left out altogether: their update is zero and they have
+    no optimizer state. Their gradient is zero already (the ResNet stops it), but both weight
+    decays would still move them.
+    """
     opt = config.optimizer
     parts = []
     if opt.grad_clip_norm > 0:
@@ -241,7 +277,53 @@ def create_optimizer(
                 mask=decay_mask,
             )
         )
-    return optax.chain(*parts)
+    freeze_at = config.model.freeze_at
+
+    def labels(params: Any) -> Any:
+        frozen = resnet_lib.freeze_mask(params, freeze_at=freeze_at)
+        return jax.tree.map(lambda is_frozen: "frozen" if is_frozen else "trained", frozen)
+
+    return optax.multi_transform(
+        {"trained": optax.chain(*parts), "frozen": optax.set_to_zero()}, labels
+    )
+
+
+def load_backbone_weights(
+    config: ml_collections.ConfigDict,
+) -> pretrained_lib.PretrainedResNet | None:
+    """The ImageNet weights of the file `config.model.backbone_weights`, converted for the
+    configured ResNet (`model.backbone`, `model.norm`, `model.stride_in_1x1`) and the input
+    normalization of `focaljax.data`; None when it is "".
+
+    The format is `model.backbone_weights_format`, or the one `detect_format` finds when that is
+    "" (see `focaljax.models.pretrained` for the formats and the conversion).
+
+    Raises:
+      ValueError: naming `config.model.backbone_weights`, the file and what is wrong with it:
+        unreadable, truncated or unsafe, another architecture (with every missing and
+        mis-shaped array), or weights the configured ResNet cannot take (a norm without
+        statistics, such as "gn"; the stride in the other convolution).
+    """
+    model = config.model
+    path = model.backbone_weights
+    if not path:
+        return None
+    resnet = resnet_lib.build_resnet(
+        model.backbone, norm=model.norm, axis_name=AXIS_NAME, stride_in_1x1=model.stride_in_1x1
+    )
+    try:
+        return pretrained_lib.load_resnet_weights(
+            path, resnet, format=model.backbone_weights_format or None,
+            input_mean=data_lib.IMAGENET_MEAN, input_std=data_lib.IMAGENET_STD,
+        )
+    except pretrained_lib.WeightFileError as error:  # Its message starts with the file.
+        raise ValueError(f"config.model.backbone_weights: {error}") from None
+    except ValueError as error:
+        raise ValueError(
+            f"config.model.backbone_weights: {path} does not fit config.model (backbone "
+            f"{model.backbone!r}, norm {model.norm!r}, stride_in_1x1 {model.stride_in_1x1}): "
+            f"{error}"
+        ) from None
 
 
 def create_train_state(
@@ -249,8 +331,15 @@ def create_train_state(
     detector: detectors.Detector,
     tx: optax.GradientTransformation,
     image_size: tuple[int, int],
+    *,
+    backbone: pretrained_lib.PretrainedResNet | None = None,
 ) -> TrainState:
-    """Initial, unreplicated state; variables are initialized from a dummy one-image batch."""
+    """Initial, unreplicated state; variables are initialized from a dummy one-image batch.
+
+    `backbone`, ImageNet weights from `load_backbone_weights`, then replaces the ResNet of the
+    initial variables (`focaljax.models.merge_backbone` at `focaljax.models.BACKBONE_PATH`, where
+    RetinaNet and Faster R-CNN keep it; a detector built for another ResNet is refused there).
+    """
     height, width = image_size
     dummy = {
         "image": jnp.zeros((1, height, width, 3), jnp.float32),
@@ -259,19 +348,19 @@ def create_train_state(
         "is_crowd": jnp.zeros((1, 1), bool),
     }
 
-    @jax.jit  # One compilation, rather than one per eagerly run op of every initializer.
-    def init(rng):
-        variables = detector.init(rng, dummy)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            model_state={k: v for k, v in variables.items() if k != "params"},
-            opt_state=tx.init(params),
-            loss_state=detector.initial_loss_state,
-        )
-
-    return init(rng)
+    # Compiled, rather than one eager op per initializer. The weights are merged outside: as
+    # constants of the compiled function they would be copied into it.
+    variables = jax.jit(detector.init)(rng, dummy)
+    if backbone is not None:
+        variables = pretrained_lib.merge_backbone(variables, backbone)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state={k: v for k, v in variables.items() if k != "params"},
+        opt_state=jax.jit(tx.init)(params),
+        loss_state=detector.initial_loss_state,
+    )
 
 
 def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
@@ -332,6 +421,7 @@ def train_step(
     tx: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
     rng: jax.Array,
+    freeze_at: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on one device's share of the global batch.
 
@@ -340,6 +430,8 @@ def train_step(
     device holding the whole batch. Statistics that the forward pass updates (batch norm) are
     averaged over devices so that all replicas stay identical. The step's randomness is a function
     of `rng`, the step number and the device, so a resumed run draws what it would have drawn.
+    The statistics of the backbone parts that `freeze_at` (`config.model.freeze_at`) freezes are
+    kept as they were.
     """
     step_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS_NAME))
     apply_rng, loss_rng = jax.random.split(step_rng)
@@ -356,10 +448,17 @@ def train_step(
     grads = lax.pmean(grads, AXIS_NAME)
     updates = lax.pmean(updates, AXIS_NAME)
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # Frozen parts normalize in evaluation mode and return their statistics unchanged, but the
+    # mean of n equal values over devices can round ((x + x + x) / 3 is not always x).
+    frozen = resnet_lib.freeze_mask(state.model_state, freeze_at=freeze_at)
+    model_state = jax.tree.map(
+        lambda is_frozen, old, new: old if is_frozen else new,
+        frozen, state.model_state, {**state.model_state, **updates},
+    )
     new_state = state.replace(
         step=state.step + 1,
         params=optax.apply_updates(state.params, param_updates),
-        model_state={**state.model_state, **updates},
+        model_state=model_state,
         opt_state=opt_state,
         # The detector reduces what its state is computed from; the mean keeps replicas equal.
         loss_state=lax.pmean(result.state, AXIS_NAME),
@@ -518,6 +617,18 @@ def checkpoint_manager(
     )
 
 
+def latest_checkpoint_step(workdir: str) -> int | None:
+    """The step of the latest checkpoint in `workdir`; None when it has none (a fresh start).
+    Creates nothing."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return None
+    manager = checkpoint_manager(workdir, create=False)
+    try:
+        return manager.latest_step()
+    finally:
+        manager.close()
+
+
 def restore_variables(workdir: str, step: int | None = None) -> tuple[dict[str, Any], int]:
     """`({"params": ..., **model_state}, step)` of the checkpoint at `step` (default: the latest)
     in `workdir`, for inference; the optimizer state is not needed and not returned.
@@ -545,13 +656,37 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[dict[str, 
 
 
 def write_run_info(
-    workdir: str, config: ml_collections.ConfigDict, info: data_lib.DatasetInfo
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    info: data_lib.DatasetInfo,
+    *,
+    backbone: pretrained_lib.PretrainedResNet | None = None,
 ) -> None:
-    """Writes what inference needs besides the checkpoint: the config and the class names."""
+    """Writes what inference needs besides the checkpoint: the config and the class names; and,
+    at a fresh start from ImageNet weights, where they came from (`backbone_weights_record`),
+    which a resumed run, not reading the file, leaves as it is."""
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
     with open(os.path.join(workdir, DATASET_INFO_FILE), "w") as f:
         json.dump(dataclasses.asdict(info), f, indent=2)
+    if backbone is not None:
+        with open(os.path.join(workdir, BACKBONE_WEIGHTS_FILE), "w") as f:
+            json.dump(backbone_weights_record(backbone), f, indent=2)
+
+
+def backbone_weights_record(backbone: pretrained_lib.PretrainedResNet) -> dict[str, Any]:
+    """The source of converted weights: the file's absolute path, format, size in bytes and
+    sha256, the arrays left unused (the classifier) and the notes of the conversion."""
+    with open(backbone.path, "rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    return {
+        "path": os.path.abspath(backbone.path),
+        "format": backbone.format,
+        "bytes": os.path.getsize(backbone.path),
+        "sha256": sha256,
+        "unused": list(backbone.unused),
+        "notes": list(backbone.notes),
+    }
 
 
 def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, data_lib.DatasetInfo]:
@@ -646,8 +781,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       detector's own evaluators (a Faster R-CNN's AR@100, AR@300, AR@1000).
 
     Raises:
-      ValueError: for a config that cannot run, before anything is compiled; also for
-        `config.voc_metric` on a data set without VOC's "difficult" flags.
+      ValueError: for a config that cannot run, before anything is compiled; for an ImageNet
+        weight file (`config.model.backbone_weights`) that cannot be read or does not fit the
+        configured ResNet, before the data set is prepared; for `config.voc_metric` on a data
+        set without VOC's "difficult" flags.
       TrainingDivergedError: when the loss or the gradient norm becomes NaN or Inf; the message
         names the step and the last good checkpoint, and nothing is saved after it.
       TrainingInterruptedError: after SIGTERM or Ctrl-C, once the checkpoint of the current step
@@ -655,6 +792,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     num_devices = jax.local_device_count()
     check_config(config, num_devices)
+    resume_step = latest_checkpoint_step(workdir)
+    # Read at a fresh start only, before the data set is prepared: every checkpoint holds the
+    # converted weights, so a resumed run (and train.predict) never needs the file.
+    backbone = load_backbone_weights(config) if resume_step is None else None
+    if backbone is not None:
+        tqdm.write(f"ImageNet weights for the backbone: {backbone.report}")
     dataset = data_lib.build(config.dataset)
     info = dataset.info
     voc_metric = config.get("voc_metric", "")
@@ -677,16 +820,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tx = create_optimizer(config, learning_rate_fn)
 
     os.makedirs(workdir, exist_ok=True)
-    write_run_info(workdir, config, info)
+    write_run_info(workdir, config, info, backbone=backbone)
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = create_train_state(init_rng, detector, tx, image_size)
+    state = create_train_state(init_rng, detector, tx, image_size, backbone=backbone)
     checkpoints = checkpoint_manager(workdir, max_to_keep=config.max_checkpoints_to_keep)
     writer = SummaryWriter(workdir)
     try:
-        if checkpoints.latest_step() is not None:
-            state = checkpoints.restore(
-                checkpoints.latest_step(), args=ocp.args.StandardRestore(state)
-            )
+        if resume_step is not None:
+            state = checkpoints.restore(resume_step, args=ocp.args.StandardRestore(state))
             tqdm.write(f"Resuming from the checkpoint at step {int(state.step)} in {workdir}")
         return _train_loop(
             config, workdir, state,
@@ -718,7 +859,7 @@ def _train_loop(
         jax.pmap(
             functools.partial(
                 train_step, detector=detector, tx=tx, learning_rate_fn=learning_rate_fn,
-                rng=step_rng,
+                rng=step_rng, freeze_at=config.model.freeze_at,
             ),
             axis_name=AXIS_NAME,
             donate_argnums=(0,),

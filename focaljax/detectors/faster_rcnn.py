@@ -10,7 +10,7 @@ crowd boxes are ignore regions:
   random with at most half objects (`focaljax.losses.balanced_sample_mask`, from the loss `rng`),
   sigmoid cross-entropy and the box loss over them, both divided by 256 x images.
 * `"focal_sigmoid"` and `"focal_softmax"`, FL-RPN (Chen, Song, Jiang, "Focal Loss for Region
-  Proposal Network", PRCV 2018): no sampling, every non-ignored anchor,
+  Proposal Network", PRCV 2018): no sampling, every non-ignored anchor::
 
       L_rpn = (lambda / N) sum_{anchors not ignored} FL(p_t) + (1 / (2 N)) sum_{objects} L_reg,
 
@@ -101,9 +101,12 @@ def build_faster_rcnn(
     """A Faster R-CNN `Detector` for `image_size` (height, width) inputs, from `config` (the
     `config.model` of `configs/*_faster_rcnn*.py`).
 
+    The backbone is built as RetinaNet's (`config.backbone`, `norm`, `stride_in_1x1`,
+    `freeze_at`; see `build_retinanet`); `config.backbone_weights` is the trainer's to load.
+
     Raises ValueError, before anything is traced, for an unknown RPN loss or dtype, a post-NMS
     top-k larger than what the pyramid levels can give, a sampling fraction outside (0, 1], bad
-    thresholds or focal-loss hyper-parameters.
+    thresholds or focal-loss hyper-parameters, an invalid `freeze_at` or `stride_in_1x1`.
     """
     image_size = tuple(int(s) for s in image_size)
     _check_config(config, image_size)
@@ -122,6 +125,8 @@ def build_faster_rcnn(
         backbone=config.backbone,
         norm=config.norm,
         axis_name=axis_name,
+        stride_in_1x1=config.stride_in_1x1,
+        freeze_at=config.freeze_at,
         fpn_channels=config.fpn_channels,
         anchor_sizes=tuple(float(s) for s in config.anchor_sizes),
         aspect_ratios=tuple(float(r) for r in config.aspect_ratios),

@@ -2,7 +2,7 @@
 
 Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017. The anchors of the (padded) input
 size are computed once, as a NumPy constant. The loss of one image is built from
-`focaljax.ops.matching.build_targets`:
+`focaljax.ops.matching.build_targets`::
 
     L = (1 / N) * [ sum_{anchors a not ignored} sum_c  L_cls(x_ac, t_ac)
                     + box_weight * sum_{positive a} L_box(a) ],   N = max(1, #positive anchors),
@@ -137,8 +137,12 @@ def build_retinanet(
     """A RetinaNet `Detector` for `image_size` (height, width) inputs, from `config` (the
     `config.model` of `configs/*_retinanet*.py`).
 
-    Raises ValueError for an unknown loss, dtype or norm, or an image size that is not two
-    positive ints, before anything is traced.
+    The backbone is `config.backbone` with `config.norm`, its stride where `config.stride_in_1x1`
+    puts it and the part `config.freeze_at` names frozen; the detector never reads
+    `config.backbone_weights`, which the trainer loads into its initial variables.
+
+    Raises ValueError for an unknown loss, dtype or norm, an invalid `freeze_at` or
+    `stride_in_1x1`, or an image size that is not two positive ints, before anything is traced.
     """
     image_size = tuple(int(s) for s in image_size)
     _check_config(config, image_size)
@@ -159,6 +163,8 @@ def build_retinanet(
         norm=config.norm,
         axis_name=axis_name,
         dtype=DTYPES[config.dtype],
+        stride_in_1x1=config.stride_in_1x1,
+        freeze_at=config.freeze_at,
     )
     box_coder = BoxCoder(weights=tuple(config.box_coder_weights))
     loss_fn = make_loss_fn(

@@ -37,6 +37,7 @@ from tests.models.variables import random_variables
 RGB_MEAN = np.array([0.485, 0.456, 0.406])
 RGB_STD = np.array([0.229, 0.224, 0.225])
 MSRA_BGR_MEAN = np.array([103.53, 116.28, 123.675])
+KERAS_BGR_MEAN = np.array([103.939, 116.779, 123.68])
 RESNET50_STAGES = (3, 4, 6, 3)
 # Float32 rounding through a ResNet is ~1e-6 relative; a wrong padding, stride, channel order or
 # a dropped bias is 1e-2 or more (see /work/shared/reference/pretrained_weights.md).
@@ -283,6 +284,28 @@ def test_keras_whole_model_h5_loads_like_the_weights_file(keras_resnet50):
         load_resnet_weights(keras_resnet50["model"], RESNET50_MSRA).variables,
         load_resnet_weights(keras_resnet50["notop"], RESNET50_MSRA).variables,
     )
+
+
+def test_keras_file_of_the_test_helper_gives_the_numpy_features_on_keras_input(tmp_path):
+    """The .h5 that ``weight_files.write_keras_h5`` writes (the benchmark's Keras file) holds
+    the network it was given, in Keras' layout: loaded for Keras' own input convention (BGR
+    minus its mean pixel; then the zero padding means the same to both and the fold is exact),
+    it gives the NumPy network's features on that input."""
+    stages = (1, 1, 1, 1)
+    net = weight_files.random_resnet(np.random.default_rng(9), "bottleneck", stages)
+    path = tmp_path / "keras.h5"
+    weight_files.write_keras_h5(path, net)
+    resnet = resnet_lib.ResNet(stage_sizes=stages, stride_in_1x1=True)
+    loaded = load_resnet_weights(path, resnet, input_mean=KERAS_BGR_MEAN[::-1] / 255.0,
+                                 input_std=(1 / 255.0,) * 3)
+    image = pixels(32, seed=10)
+    reference = weight_files.reference_features(net, image[..., ::-1] - KERAS_BGR_MEAN,
+                                                stride_in_1x1=True)
+    features = features_fn(resnet)(loaded.variables, (image - KERAS_BGR_MEAN[::-1]).astype(
+        np.float32))
+    for level in ("C2", "C3", "C4", "C5"):
+        assert rel_error(features[level], reference[level]) < TOLERANCE, level
+    assert loaded.format == "keras_h5"
 
 
 def test_focaljax_data_normalizes_as_the_converted_weights_expect():

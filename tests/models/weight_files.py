@@ -6,13 +6,15 @@ the width changes). ``reference_features`` runs that network in float64 NumPy, w
 same definition and independent of focaljax. ``torchvision_state`` and ``msra_blobs`` name the
 same arrays as torchvision's ``state_dict()`` and the MSRA / detectron2 ``R-50.pkl`` do, and
 ``write_torch_zip`` writes a state dict in the layout of ``torch.save`` (torch >= 1.6,
-``torch/serialization.py``: ``_save``).
+``torch/serialization.py``: ``_save``); ``write_keras_h5`` writes the network in the ``.h5`` layout
+of the files Keras applications download (Keras 2's ``save_weights``).
 """
 
 import collections
 import pickle
 import zipfile
 
+import h5py
 import numpy as np
 
 EXPANSION = {"basic": 1, "bottleneck": 4}
@@ -34,13 +36,15 @@ def _conv(rng, out, inp, k):
     return rng.normal(0, np.sqrt(2.0 / (inp * k * k)), (out, inp, k, k))
 
 
-def random_resnet(rng, block, stage_sizes, *, affine_bn=False, num_classes=10):
+def random_resnet(rng, block, stage_sizes, *, affine_bn=False, num_classes=10, width=64):
     """Weights of a torchvision-style ResNet: ``{"stem": ..., "stages": [[block, ...], ...],
-    "fc": ...}``, each block ``{"conv1": OIHW, "bn1": {...}, ..., "downsample": (conv, bn)}``."""
-    net = {"stem": {"conv": _conv(rng, 64, 3, 7), "bn": _bn(rng, 64, affine_bn)}, "stages": []}
-    inplanes = 64
+    "fc": ...}``, each block ``{"conv1": OIHW, "bn1": {...}, ..., "downsample": (conv, bn)}``.
+    ``width`` is the stem's channels (64 in every published ResNet)."""
+    net = {"stem": {"conv": _conv(rng, width, 3, 7), "bn": _bn(rng, width, affine_bn)},
+           "stages": []}
+    inplanes = width
     for stage, blocks in enumerate(stage_sizes):
-        planes = 64 * 2**stage
+        planes = width * 2**stage
         layer = []
         for i in range(blocks):
             stride = 2 if stage > 0 and i == 0 else 1
@@ -173,6 +177,39 @@ def msra_blobs(net):
     blobs["fc1000_w"] = net["fc"]["weight"].astype(np.float32)
     blobs["fc1000_b"] = net["fc"]["bias"].astype(np.float32)
     return blobs
+
+
+def write_keras_h5(path, net):
+    """Writes ``net`` (statistics-form BN) as the ``.h5`` of Keras applications' ``ResNet50``:
+    ``layer_names`` at the root, one group per layer whose ``weight_names`` end in ``:0``;
+    ``conv1_conv``, ``conv1_bn``, ``conv{2-5}_block{j}_{1,2,3}_{conv,bn}`` and ``_0_`` for the
+    projection shortcut; HWIO kernels, every conv with a bias (zero here, so that the network is
+    ``net``'s), BN as gamma, beta, moving_mean, moving_variance with Keras' eps 1.001e-5 standing
+    for ``net``'s 1e-5 (the variances are stored 1e-8 smaller)."""
+    layers = {}
+
+    def add(name, conv, bn):
+        layers[f"{name}_conv"] = {"kernel": conv.transpose(2, 3, 1, 0),
+                                  "bias": np.zeros(conv.shape[0])}
+        layers[f"{name}_bn"] = {"gamma": bn["weight"], "beta": bn["bias"],
+                                "moving_mean": bn["running_mean"],
+                                "moving_variance": bn["running_var"] - 1e-8}
+
+    add("conv1", net["stem"]["conv"], net["stem"]["bn"])
+    for stage, layer in enumerate(net["stages"]):
+        for i, unit in enumerate(layer):
+            prefix = f"conv{stage + 2}_block{i + 1}"
+            if "downsample" in unit:
+                add(f"{prefix}_0", *unit["downsample"])
+            for n in range(1, 4 if "conv3" in unit else 3):
+                add(f"{prefix}_{n}", unit[f"conv{n}"], unit[f"bn{n}"])
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [name.encode() for name in layers]
+        for name, weights in layers.items():
+            group = f.create_group(name)
+            group.attrs["weight_names"] = [f"{name}/{w}:0".encode() for w in weights]
+            for w, value in weights.items():
+                group[f"{name}/{w}:0"] = np.asarray(value, np.float32)
 
 
 # -- torch.save's zip layout -------------------------------------------------------------------

@@ -110,3 +110,43 @@ def test_coco_faster_rcnn_config_is_detectron2s_1x_recipe_with_the_fl_rpn_of_the
     assert tuple(roi.box_coder_weights) == (10, 10, 5, 5)
     assert (roi.output_size, roi.head_num_fcs, roi.head_fc_dim) == (7, 2, 1024)
     assert config.optimizer.learning_rate == 0.02 and config.batch_size == 16
+
+
+# The configs whose argument is an ImageNet weight file: `--config configs/NAME.py:PATH`.
+WEIGHT_FILE_RECIPES = ("coco_retinanet_r50", "coco_faster_rcnn_r50", "voc_retinanet_r50",
+                       "voc_faster_rcnn_r50", "coco_folder_retinanet")
+
+
+def field_names(config, prefix=""):
+    names = set()
+    for key, value in config.items():
+        names.add(prefix + key)
+        if hasattr(value, "items"):
+            names |= field_names(value, f"{prefix}{key}.")
+    return names
+
+
+@pytest.mark.parametrize("name", WEIGHT_FILE_RECIPES)
+def test_a_weight_file_argument_gives_the_papers_backbone_and_none_the_scratch_one(name):
+    scratch = load(name).get_config()
+    pretrained = load(name).get_config("/data/R-50.pkl")
+    # The same fields either way, so that every command-line override applies to both.
+    assert field_names(pretrained) == field_names(scratch)
+    model, scratch_model = pretrained.model, scratch.model
+    assert (model.backbone, model.backbone_weights, model.backbone_weights_format) == (
+        "resnet50", "/data/R-50.pkl", ""
+    )
+    # detectron2's ImageNet recipe: frozen BN, FREEZE_AT 2, the MSRA layout of R-50.pkl.
+    assert (model.norm, model.freeze_at, model.stride_in_1x1) == ("frozen_bn", 2, True)
+    assert (scratch_model.backbone_weights, scratch_model.norm, scratch_model.freeze_at,
+            scratch_model.stride_in_1x1) == ("", "gn", 0, False)
+    if model.name == "retinanet":  # The paper's heads have no norm; from scratch they have GN.
+        assert (model.head_norm, scratch_model.head_norm) == ("none", "gn")
+    # Nothing else changes: SGD at 0.01 (RetinaNet) or 0.02 (Faster R-CNN) per 16 images.
+    for section in ("optimizer", "schedule", "dataset"):
+        assert pretrained[section].to_dict() == scratch[section].to_dict(), section
+    assert pretrained.optimizer.name == "sgd" and pretrained.optimizer.reference_batch_size == 16
+    train.check_config(pretrained, num_devices=1)
+    detectors.build(pretrained.model, num_classes=80,
+                    image_size=tuple(pretrained.dataset.image_size))
+    assert f"python -m train --config configs/{name}.py:/data/R-50.pkl" in load(name).__doc__

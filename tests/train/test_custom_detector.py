@@ -9,10 +9,9 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from focaljax import detectors
-from tests.train.conftest import tiny_config
+from tests.train.conftest import bare_model_config, tiny_config
 from train import train
 
 
@@ -66,7 +65,7 @@ def test_trainer_runs_a_registered_detector_it_knows_nothing_about(
 ):
     monkeypatch.setitem(detectors.BUILDERS, "toy", _build_toy)
     config = tiny_config(tiny_data_dir)
-    config.model = ml_collections.ConfigDict({"name": "toy"})
+    config.model = bare_model_config("toy")
     workdir = str(tmp_path)
 
     metrics = train.train_and_evaluate(config, workdir)

@@ -36,6 +36,11 @@ IMAGE_SIZE = (64, 64)
                                 r"\('voc07', 'voc'\)"),
         ("compiler_options.xla_cpu_max_isa", (1, 2), r"config.compiler_options is \{.*\}, "
                                                      r"expected a mapping from XLA option names"),
+        ("model.freeze_at", 6, r"config.model.freeze_at is 6, expected 0 \(nothing frozen\), 1 "
+                               r"\(the stem\) ... 5"),
+        ("model.backbone_weights_format", "onnx", r"config.model.backbone_weights_format is "
+                                                  r"'onnx', expected '' \(detected from the "
+                                                  r"file\) or one of \('safetensors', 'pth'"),
     ],
 )
 def test_check_config_names_the_bad_field_and_what_was_expected(field, value, message):
@@ -54,6 +59,14 @@ def test_check_config_rejects_decay_points_in_both_steps_and_epochs():
     config.schedule.decay_steps = (10,)
     config.schedule.decay_epochs = (1.0,)
     with pytest.raises(ValueError, match="decay_steps and decay_epochs are both set"):
+        train.check_config(config, num_devices=4)
+
+
+def test_check_config_names_the_model_fields_the_trainer_reads_when_they_are_missing():
+    config = tiny_config("")
+    del config.model["freeze_at"]
+    with pytest.raises(ValueError, match=r"config.model lacks \['freeze_at'\], which the trainer "
+                                         r"reads for every detector"):
         train.check_config(config, num_devices=4)
 
 
@@ -223,3 +236,31 @@ def test_gradient_clipping_bounds_the_global_gradient_norm(optimizer):
     else:  # Adam's first moment after one step is (1 - b1) * the clipped gradient.
         mu = optax.tree_utils.tree_get(state, "mu")
         np.testing.assert_allclose(optax.tree.norm(mu), 1 - config.optimizer.b1, rtol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_frozen_parameters_get_no_update_not_even_weight_decay(optimizer):
+    config = tiny_config("")
+    config.model.freeze_at = 2  # The stem and C2.
+    config.optimizer.name = optimizer
+    config.optimizer.weight_decay = 0.1
+    config.optimizer.learning_rate = 1.0
+    config.optimizer.reference_batch_size = config.batch_size
+    config.schedule.warmup_steps = 0
+    tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 100, ()))
+    kernel = np.ones((3, 3, 2, 2), np.float32)
+    resnet = {name: {"conv1": {"kernel": kernel}, "norm1": {"scale": np.ones(2, np.float32)}}
+              for name in ("stage2_block0", "stage3_block0")}
+    resnet["stem_conv"] = {"kernel": kernel}
+    params = {"backbone": {"resnet": resnet, "fpn": {"kernel": kernel}}}
+    # A zero gradient, as the frozen parts get: only weight decay could move anything.
+    zero_grads = jax.tree.map(np.zeros_like, params)
+    updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
+    resnet_updates = updates["backbone"]["resnet"]
+    for leaf in jax.tree.leaves((resnet_updates["stem_conv"], resnet_updates["stage2_block0"])):
+        np.testing.assert_array_equal(leaf, 0.0)
+    # SGD's coupled and AdamW's decoupled decay both give -lr * wd * w from a zero gradient.
+    np.testing.assert_allclose(resnet_updates["stage3_block0"]["conv1"]["kernel"], -0.1,
+                               rtol=1e-6)
+    np.testing.assert_allclose(updates["backbone"]["fpn"]["kernel"], -0.1, rtol=1e-6)
+    np.testing.assert_array_equal(resnet_updates["stage3_block0"]["norm1"]["scale"], 0.0)

@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from focaljax import data as data_lib
 from focaljax import detectors
 from tests.data.fake_sources import write_voc_source
-from tests.train.conftest import tiny_config
+from tests.train.conftest import bare_model_config, tiny_config
 from train import train
 
 LABELS = data_lib.VocDetection(config="2007").info.features["objects"]["label"].names
@@ -59,7 +59,7 @@ def voc_config(data_dir: str, voc_metric: str) -> ml_collections.ConfigDict:
         "name": "voc", "data_dir": data_dir, "builder_kwargs": {"config": "2007"},
         "image_size": IMAGE_SIZE, "max_boxes": 4, "train_split": "train", "eval_split": "test",
     })
-    config.model = ml_collections.ConfigDict({"name": "oracle"})
+    config.model = bare_model_config("oracle")
     config.batch_size = config.eval_batch_size = 4
     config.num_train_steps = 1
     config.checkpoint_every_steps = 0
