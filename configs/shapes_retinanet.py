@@ -97,6 +97,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.loss.alpha = 0.25
     config.model.loss.gamma = 2.0
     config.model.loss.label_smoothing = 0.0
+    # The focal factor for soft targets (label_smoothing > 0): "pt", (1 - p_t)^gamma as optax,
+    # torchvision and Keras, or "quality", |t - p|^gamma (focaljax.losses.sigmoid_focal_loss).
+    config.model.loss.soft_target_mode = "pt"
     config.model.loss.fl_star_beta = 0.0
     config.model.loss.ohem_num_samples = 128
     config.model.loss.ohem_positive_fraction = 0.25

@@ -176,6 +176,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
             f"stem) ... {resnet_lib.MAX_FREEZE_AT} (the stem and stages C2..C"
             f"{resnet_lib.MAX_FREEZE_AT})"
         )
+    detectors.check_config(model, image_size)  # The losses' hyper-parameters among the rest.
 
 
 def resolve_steps(

@@ -2,7 +2,9 @@
 
 `build(config.model, num_classes=..., image_size=...)` looks `config.model.name` up in `BUILDERS`.
 A new detector is one builder `(config, *, num_classes, image_size, axis_name) -> Detector` added
-to `BUILDERS`; the trainer needs no change.
+to `BUILDERS`; the trainer needs no change. `check_config(config.model, image_size)` runs the
+builder's config check alone, before the data set (and so the number of classes) is known, for
+the detectors that register one in `CONFIG_CHECKS`; the builder runs it again in any case.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from focaljax.detectors.detector import Detector, LossOutput, images_only, no_evaluators
+from focaljax.detectors import faster_rcnn, retinanet
 from focaljax.detectors.faster_rcnn import build_faster_rcnn
 from focaljax.detectors.retinanet import build_retinanet
 
@@ -18,6 +21,24 @@ BUILDERS: dict[str, Callable[..., Detector]] = {
     "retinanet": build_retinanet,
     "faster_rcnn": build_faster_rcnn,
 }
+
+CONFIG_CHECKS: dict[str, Callable[[Any, tuple[int, int]], None]] = {
+    "retinanet": retinanet.check_config,
+    "faster_rcnn": faster_rcnn.check_config,
+}
+
+
+def _known(name: str) -> None:
+    if name not in BUILDERS:
+        raise ValueError(f"unknown model {name!r}, expected one of {sorted(BUILDERS)}")
+
+
+def check_config(config: Any, image_size: tuple[int, int]) -> None:
+    """Raises ValueError for an unknown `config.name` or a model config its detector's check
+    (`CONFIG_CHECKS`) rejects for `image_size` inputs; nothing is built."""
+    _known(config.name)
+    if config.name in CONFIG_CHECKS:
+        CONFIG_CHECKS[config.name](config, tuple(image_size))
 
 
 def build(
@@ -40,8 +61,7 @@ def build(
         detector rejects.
     """
     name = config.name
-    if name not in BUILDERS:
-        raise ValueError(f"unknown model {name!r}, expected one of {sorted(BUILDERS)}")
+    _known(name)
     return BUILDERS[name](
         config, num_classes=num_classes, image_size=tuple(image_size), axis_name=axis_name
     )
@@ -49,11 +69,13 @@ def build(
 
 __all__ = [
     "BUILDERS",
+    "CONFIG_CHECKS",
     "Detector",
     "LossOutput",
     "build",
     "build_faster_rcnn",
     "build_retinanet",
+    "check_config",
     "images_only",
     "no_evaluators",
 ]

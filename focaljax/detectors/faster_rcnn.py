@@ -52,7 +52,9 @@ RPN_LOSSES = ("sampled", "ce_all", "focal_sigmoid", "focal_softmax")
 PROPOSAL_MAX_DETS = (100, 300, 1000)
 
 
-def _check_config(config: Any, image_size: tuple[int, ...]) -> None:
+def check_config(config: Any, image_size: tuple[int, ...]) -> None:
+    """Raises ValueError, naming the field, for a Faster R-CNN `config` (`config.model`) that
+    `build_faster_rcnn` cannot build for `image_size` inputs."""
     if len(image_size) != 2 or min(image_size) < 1:
         raise ValueError(
             f"image size {tuple(image_size)} is not (height, width) in pixels, both positive"
@@ -109,7 +111,7 @@ def build_faster_rcnn(
     thresholds or focal-loss hyper-parameters, an invalid `freeze_at` or `stride_in_1x1`.
     """
     image_size = tuple(int(s) for s in image_size)
-    _check_config(config, image_size)
+    check_config(config, image_size)
     rpn, roi = config.rpn, config.roi
     softmax = rpn.loss == "focal_softmax"
     focal = rpn.loss.startswith("focal")

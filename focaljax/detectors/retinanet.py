@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from focaljax import losses
+from focaljax.losses.classification import SOFT_TARGET_MODES
 from focaljax.detectors.detector import DTYPES, Batch, Detector, LossOutput, optional
 from focaljax.models import RetinaNet
 from focaljax.ops import anchors as anchor_ops
@@ -54,7 +55,8 @@ def classification_loss(loss_config: Any):
     if name == "focal":
         return functools.partial(
             losses.sigmoid_focal_loss, alpha=loss_config.alpha, gamma=loss_config.gamma,
-            label_smoothing=loss_config.get("label_smoothing", 0.0),
+            label_smoothing=loss_config.label_smoothing,
+            soft_target_mode=loss_config.soft_target_mode,
         )
     if name in ("ce", "ohem"):
         return losses.sigmoid_cross_entropy
@@ -67,7 +69,45 @@ def classification_loss(loss_config: Any):
     raise ValueError(f"model.loss.cls is {name!r}, expected one of {CLS_LOSSES}")
 
 
-def _check_config(config: Any, image_size: tuple[int, ...]) -> None:
+def _check_loss_config(loss: Any) -> None:
+    """Every hyper-parameter the chosen losses read, in the loss functions' own ranges, so that a
+    bad value is refused by name before anything is built or traced."""
+    def number(name: str, low: float, high: float, *, open_low=False, open_high=False):
+        value = loss[name]
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+        ok = ok and (low < value if open_low else low <= value)
+        ok = ok and (value < high if open_high else value <= high)
+        if not ok:
+            interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+            raise ValueError(f"model.loss.{name} is {value!r}, expected a number in {interval}")
+
+    if loss.cls in ("focal", "alpha_ce"):
+        number("alpha", 0, 1)
+    if loss.cls == "focal":
+        number("gamma", 0, np.inf, open_high=True)
+        number("label_smoothing", 0, 1, open_high=True)
+        if loss.soft_target_mode not in SOFT_TARGET_MODES:
+            raise ValueError(f"model.loss.soft_target_mode is {loss.soft_target_mode!r}, "
+                             f"expected one of {SOFT_TARGET_MODES}")
+    if loss.cls == "fl_star":
+        number("gamma", 0, np.inf, open_low=True, open_high=True)
+        number("fl_star_beta", -np.inf, np.inf, open_low=True, open_high=True)
+    if loss.cls == "ohem":
+        num_samples = loss.ohem_num_samples
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(
+                f"model.loss.ohem_num_samples is {num_samples!r}, expected a positive int"
+            )
+        number("ohem_positive_fraction", 0, 1)
+    if loss.box == "smooth_l1":
+        number("box_beta", 0, np.inf, open_high=True)
+    number("box_weight", 0, np.inf, open_high=True)
+    number("ema_momentum", 0, 1)
+
+
+def check_config(config: Any, image_size: tuple[int, ...]) -> None:
+    """Raises ValueError, naming the field, for a RetinaNet `config` (`config.model`) that
+    `build_retinanet` cannot build for `image_size` inputs."""
     # Any size works: level l is ceil(H / 2**l) x ceil(W / 2**l) in the network and the anchors.
     if len(image_size) != 2 or min(image_size) < 1:
         raise ValueError(
@@ -81,10 +121,9 @@ def _check_config(config: Any, image_size: tuple[int, ...]) -> None:
         raise ValueError(
             f"model.loss.normalizer is {config.loss.normalizer!r}, expected one of {NORMALIZERS}"
         )
-    if not 0 <= config.loss.ema_momentum <= 1:
-        raise ValueError(
-            f"model.loss.ema_momentum is {config.loss.ema_momentum}, expected a value in [0, 1]"
-        )
+    _check_loss_config(config.loss)
+    if not 0 < config.prior_prob < 1:
+        raise ValueError(f"model.prior_prob is {config.prior_prob}, expected a value in (0, 1)")
     if config.dtype not in DTYPES:
         raise ValueError(f"model.dtype is {config.dtype!r}, expected one of {sorted(DTYPES)}")
 
@@ -145,7 +184,7 @@ def build_retinanet(
     `stride_in_1x1`, or an image size that is not two positive ints, before anything is traced.
     """
     image_size = tuple(int(s) for s in image_size)
-    _check_config(config, image_size)
+    check_config(config, image_size)
     levels = {"min_level": config.min_level, "max_level": config.max_level}
     anchors, anchors_per_level = retinanet_anchors(config, image_size)
     module = RetinaNet(

@@ -72,6 +72,52 @@ def test_build_rejects_unknown_losses(field, value, message):
         detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
 
 
+@pytest.mark.parametrize(
+    ("cls", "field", "value", "message"),
+    [
+        ("focal", "gamma", -1.0, r"model.loss.gamma is -1.0, expected a number in \[0, inf\)"),
+        ("focal", "alpha", 1.5, r"model.loss.alpha is 1.5, expected a number in \[0, 1\]"),
+        ("alpha_ce", "alpha", -0.1, r"model.loss.alpha is -0.1, expected a number in \[0, 1\]"),
+        ("focal", "label_smoothing", 1.0, r"model.loss.label_smoothing is 1.0, .* \[0, 1\)"),
+        ("focal", "label_smoothing", -0.1, r"model.loss.label_smoothing is -0.1"),
+        ("focal", "soft_target_mode", "qfl", r"model.loss.soft_target_mode is 'qfl', expected one "
+         r"of \('pt', 'quality'\)"),
+        ("focal", "gamma", float("nan"), r"model.loss.gamma is nan"),
+        ("fl_star", "gamma", 0.0, r"model.loss.gamma is 0.0, expected a number in \(0, inf\)"),
+        ("fl_star", "fl_star_beta", float("inf"), r"model.loss.fl_star_beta is inf"),
+        ("ohem", "ohem_num_samples", 0, r"model.loss.ohem_num_samples is 0, expected a positive "
+         r"int"),
+        ("ohem", "ohem_positive_fraction", 1.5, r"model.loss.ohem_positive_fraction is 1.5"),
+        ("focal", "box_weight", -2.0, r"model.loss.box_weight is -2.0"),
+        ("focal", "ema_momentum", 1.5, r"model.loss.ema_momentum is 1.5, .* \[0, 1\]"),
+    ],
+    ids=lambda value: str(value)[:24],
+)
+def test_build_rejects_every_bad_loss_hyper_parameter_by_name(cls, field, value, message):
+    # Refused when the detector is built, before any tracing; the loss functions themselves
+    # refuse the same values (the config check only says which config field it was).
+    model = tiny_model_config()
+    model.loss.cls = cls
+    model.loss[field] = value
+    with pytest.raises(ValueError, match=message):
+        detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value"),
+    [("focal", "gamma", 0.0), ("focal", "alpha", 1.0), ("alpha_ce", "alpha", 0.0),
+     ("focal", "label_smoothing", 0.99), ("focal", "soft_target_mode", "quality"),
+     ("fl_star", "fl_star_beta", -1.0), ("ohem", "ohem_positive_fraction", 0.0),
+     # A field the chosen loss does not read is not checked.
+     ("ce", "gamma", -1.0), ("focal", "ohem_num_samples", 0)],
+)
+def test_build_accepts_the_edges_of_every_range(cls, field, value):
+    model = tiny_model_config()
+    model.loss.cls = cls
+    model.loss[field] = value
+    detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
+
+
 def test_build_rejects_unknown_norm():
     model = tiny_model_config()
     model.norm = "layer_norm"

@@ -41,6 +41,9 @@ IMAGE_SIZE = (64, 64)
         ("model.backbone_weights_format", "onnx", r"config.model.backbone_weights_format is "
                                                   r"'onnx', expected '' \(detected from the "
                                                   r"file\) or one of \('safetensors', 'pth'"),
+        # The detector's own check, before the data set is prepared or anything built.
+        ("model.loss.gamma", -1.0, r"model.loss.gamma is -1.0, expected a number in \[0, inf\)"),
+        ("model.loss.cls", "hinge", r"model.loss.cls is 'hinge', expected one of"),
     ],
 )
 def test_check_config_names_the_bad_field_and_what_was_expected(field, value, message):
