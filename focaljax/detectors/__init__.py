@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from focaljax.detectors.detector import Detector, LossOutput, images_only, no_evaluators
 from focaljax.detectors import faster_rcnn, retinanet
+from focaljax.detectors.detector import Detector, LossOutput, images_only, no_evaluators
 from focaljax.detectors.faster_rcnn import build_faster_rcnn
 from focaljax.detectors.retinanet import build_retinanet
 

@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from focaljax import losses
-from focaljax.losses.classification import SOFT_TARGET_MODES
 from focaljax.detectors.detector import DTYPES, Batch, Detector, LossOutput, optional
+from focaljax.losses.classification import SOFT_TARGET_MODES
 from focaljax.models import RetinaNet
 from focaljax.ops import anchors as anchor_ops
 from focaljax.ops import matching
