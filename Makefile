@@ -26,7 +26,7 @@ test: $(STAMP)
 train: $(STAMP)
 	$(PY) -m train --config configs/shapes_$(MODEL).py --workdir $(WORKDIR)
 
-# `make study` reruns the paper's Table 1 and Figure 4 (quick preset, about 70 min on 2 CPU cores);
+# `make study` reruns the paper's Table 1 and Figure 4 (quick preset, 55 min measured on 2 CPU cores);
 # STUDY=rpn for the FL-RPN comparison. Rerunning resumes; results in $(STUDY_DIR)/study.md.
 STUDY ?= table1,figure4
 STUDY_DIR ?= runs/study

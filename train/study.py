@@ -55,13 +55,13 @@ Presets (`--preset`): `quick` (default) trains 400 steps (RetinaNet; warm-up 50)
 (Faster R-CNN) of the base config's batch; `full` keeps the base config's own schedule (shapes:
 1600 and 1500 steps of 16 images; COCO: the recipe's), for an accelerator.
 
-Time (ESTIMATES, to be measured; 2-core AMD EPYC VM without accelerator, jax 0.10.2, idle):
-- `table1,figure4`, quick, paper regime: 20 runs (17 + 3 extra seeds) of about 205 s each
-  (measured once: a 400-step focal run at 256 px took 206 s with its evaluation, at 35 images/s,
-  AP 0.43), the data set generated once (18 s), Figure 4's pass over 200 images (< 1 min): about
-  70 minutes. `--full_grid` adds 16 runs (about 55 minutes).
-- `rpn`, quick, base setting: 8 runs of about 250 s (600 steps at the 46 images/s of the measured
-  1500-step run, plus its evaluation): about 35 minutes.
+Time (2-core AMD EPYC VM without accelerator, jax 0.10.2):
+- `table1,figure4`, quick, paper regime: 20 runs (17 + 3 extra seeds), about 2.7 min each, the
+  data set generated once and Figure 4's pass over 200 images: 54 min 40 s measured for the whole
+  command (2026-12-02, with other tests running beside it part of the time; `/usr/bin/time`).
+  `--full_grid` adds 16 runs (about 45 minutes, estimated from the runs above).
+- `rpn`, quick, base setting (an estimate, not measured yet): 8 runs of about 250 s (600 steps
+  at the 46 images/s of the measured 1500-step run, plus its evaluation): about 35 minutes.
 - `full`: on this CPU about 11 minutes a `table1` run (about 4 hours for 20); on one modern GPU,
   where the tf.data pipeline rather than the tiny model sets the pace, about 1-3 minutes a run,
   under an hour for `table1,figure4` (not measured).
