@@ -48,7 +48,7 @@ then, from detectron2's ImageNet R-50.pkl (or `:/data/resnet50.pth
 
 Hardware, time and result: TO BE MEASURED on COCO. The batch of 16 images of 800x1344 needs a
 single accelerator with about 40 GB or several devices (batch_size must be a multiple of the
-device count; the learning rate scales with it).
+device count of all hosts; the learning rate scales with it).
 """
 
 import ml_collections

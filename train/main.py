@@ -16,7 +16,9 @@ Each host reads its own share of the data; gradients are averaged over all devic
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 import jax
 from absl import app, flags, logging
@@ -35,6 +37,14 @@ flags.DEFINE_bool("distributed", False, "Join a multi-host run: jax.distributed.
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, if not auto-detected.")
 flags.DEFINE_integer("num_processes", None, "Processes in the run, if not auto-detected.")
 flags.DEFINE_integer("process_id", None, "This process's index, if not auto-detected.")
+flags.DEFINE_integer(
+    "initialization_timeout", 300,
+    "Seconds to wait for every process to join the run (jax.distributed.initialize).",
+)
+flags.DEFINE_integer(
+    "heartbeat_timeout", 100,
+    "Seconds without a heartbeat after which a process counts as lost and the others stop.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -47,16 +57,40 @@ def main(argv: list[str]) -> None:
             coordinator_address=FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
+            initialization_timeout=FLAGS.initialization_timeout,
+            heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
         )
+        if jax.process_index() == 0:
+            print(
+                f"Process 0 of {jax.process_count()}: if a process is lost, the others stop "
+                f"within --heartbeat_timeout={FLAGS.heartbeat_timeout} s; rerunning the same "
+                "command on every host resumes from the last checkpoint.", file=sys.stderr,
+            )
     logging.info("Config:\n%s", FLAGS.config)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train.TrainingInterruptedError as stop:
-        print(stop, file=sys.stderr)
-        sys.exit(128 + stop.signum)
+        _exit(str(stop), 128 + stop.signum)
     except (ValueError, FileNotFoundError, train.TrainingDivergedError) as error:
         # Config and divergence errors are for the user, not stack traces.
-        sys.exit(f"error: {error}")
+        _exit(f"error: {error}", 1)
+    except Exception:
+        if jax.process_count() == 1:
+            raise
+        _exit(traceback.format_exc(), 1)  # A bug: the traceback, without the hang.
+
+
+def _exit(message: str, status: int) -> None:
+    """Prints `message` and exits with `status`. In a multi-process run the process leaves at
+    once: the graceful shutdown waits for every process, and those still running wait in a
+    collective, so both would hang; without this process's heartbeats they stop within
+    --heartbeat_timeout instead."""
+    print(message, file=sys.stderr)
+    if jax.process_count() > 1:
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def run() -> None:

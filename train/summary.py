@@ -66,3 +66,17 @@ class SummaryWriter:
     def close(self) -> None:
         self._writer.close()
         self._jsonl.close()
+
+
+class NullWriter:
+    """The `SummaryWriter` of the processes other than 0 in a multi-process run: writes nothing,
+    so that the run has one set of logs."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        del step, scalars
+
+    def write_image(self, step: int, name: str, image: np.ndarray) -> None:
+        del step, name, image
+
+    def close(self) -> None:
+        pass

@@ -49,7 +49,8 @@ from focaljax import detectors, evaluation
 from focaljax.evaluation.visualize import save_detection_grid
 from focaljax.models import pretrained as pretrained_lib
 from focaljax.models import resnet as resnet_lib
-from train.summary import SummaryWriter
+from train import distributed
+from train.summary import NullWriter, SummaryWriter
 
 AXIS_NAME = "batch"
 OPTIMIZERS = ("sgd", "adamw")
@@ -109,18 +110,32 @@ class TrainingInterruptedError(RuntimeError):
         self.signum = signum
 
 
+def report(message: str) -> None:
+    """Prints `message` above the progress bar, on process 0 only (`distributed.is_main`)."""
+    if distributed.is_main():
+        tqdm.write(message)
+
+
 # ----------------------------------------------------------------------------------------------
 # Config checks, learning rate and optimizer.
 
 
-def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Raises ValueError for config values the trainer cannot run, before anything is compiled."""
+def check_config(
+    config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1
+) -> None:
+    """Raises ValueError for config values the trainer cannot run, before anything is compiled.
+
+    `num_devices` counts the devices of all `num_processes` processes: `config.batch_size` and
+    `config.eval_batch_size` are global batches, split evenly over them.
+    """
+    where = (f"{num_devices} devices of the {num_processes} processes" if num_processes > 1
+             else f"{num_devices} local devices")
     for name in ("batch_size", "eval_batch_size"):
         value = config[name]
         if value < 1 or value % num_devices:
             raise ValueError(
-                f"config.{name} is {value}, expected a positive multiple of the {num_devices} "
-                f"local devices (each device gets {name} / {num_devices} images)"
+                f"config.{name} is {value}, expected a positive multiple of the {where} "
+                f"(each device gets {name} / {num_devices} images)"
             )
     if config.optimizer.name not in OPTIMIZERS:
         raise ValueError(
@@ -396,6 +411,9 @@ def with_compiler_options(fn: Callable, options: Mapping[str, Any]) -> Callable:
     if not options:
         return fn
     compiled = None
+    # With several processes the executable takes and returns global arrays over the devices of
+    # all of them, where `fn` itself takes this process's (`distributed.global_view`).
+    mesh = distributed.device_mesh(AXIS_NAME)
 
     def call(*args):
         nonlocal compiled
@@ -404,12 +422,13 @@ def with_compiler_options(fn: Callable, options: Mapping[str, Any]) -> Callable:
             try:
                 compiled = lowered.compile(compiler_options=options)
             except jax.errors.JaxRuntimeError as error:
-                tqdm.write(
+                report(
                     f"Warning: this XLA rejects config.compiler_options {options} ({error}); "
                     "compiling without them"
                 )
                 compiled = lowered.compile()
-        return compiled(*args)
+        outputs = compiled(*distributed.global_view(args, mesh, AXIS_NAME))
+        return distributed.local_view(outputs, mesh, AXIS_NAME)
 
     return call
 
@@ -563,20 +582,28 @@ def evaluate(
     ground_truth = dataset.coco_ground_truth(config.dataset.eval_split)
     evaluators = build_evaluators(dataset, detector, config)
     sizes = {image["id"]: (image["height"], image["width"]) for image in ground_truth["images"]}
-    per_device = config.eval_batch_size // jax.local_device_count()
+    per_device = config.eval_batch_size // jax.device_count()
     grid_images, grid_predictions, grid_truths = [], [], []
     for batch in dataset.eval_iterator(per_device):
         predictions = _merge_devices(jax.device_get(p_eval_step(state, batch)))
         batch = _merge_devices(batch)
+        # Each process scored its share of the split (with the same number of batches on every
+        # process); every process adds the detections of all of them, so all agree on the metrics.
+        # The images stay where they are: only process 0's first ones are drawn.
+        images = batch.pop("image")
+        everything = distributed.gather({"predictions": predictions, "batch": batch})
         # Padding examples (valid False, image_id -1) are skipped by every evaluator.
-        image_sizes = np.array([sizes.get(i, (np.inf, np.inf)) for i in batch["image_id"]])
+        all_batch = everything["batch"]
+        image_sizes = np.array([sizes.get(i, (np.inf, np.inf)) for i in all_batch["image_id"]])
         original = {
-            **predictions,
-            **{key: to_original_pixels(predictions[key], batch["scale"], image_sizes)
+            **everything["predictions"],
+            **{key: to_original_pixels(everything["predictions"][key], all_batch["scale"],
+                                       image_sizes)
                for key in detector.box_outputs},
         }
         for evaluator in evaluators:
-            evaluator.add(original, batch)
+            evaluator.add(original, all_batch)
+        batch["image"] = images
         for i in np.flatnonzero(batch["valid"])[: config.num_grid_images - len(grid_images)]:
             grid_images.append(batch["image"][i])
             grid_predictions.append({k: predictions[k][i] for k in DETECTION_KEYS})
@@ -585,7 +612,7 @@ def evaluate(
     for evaluator in evaluators:
         metrics.update(evaluator.evaluate())
     grid = None
-    if grid_path is not None and grid_images:
+    if grid_path is not None and grid_images and distributed.is_main():
         images = denormalize(np.stack(grid_images), dataset.mean, dataset.std)
         grid = save_detection_grid(
             grid_path, list(images), grid_predictions, grid_truths, info.class_names,
@@ -615,7 +642,26 @@ def checkpoint_manager(
     return ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, "checkpoints")),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create),
+        item_handlers=ocp.StandardCheckpointHandler(),
     )
+
+
+def save_train_state(checkpoints: ocp.CheckpointManager, step: int, state: TrainState) -> None:
+    """Saves the replicated (pmap layout) `state` at `step`, in the background, as one fully
+    replicated array per leaf over the devices of all processes (`distributed.replicated_global`):
+    with several processes, orbax saves only arrays that span all of them, and every process
+    calls this."""
+    checkpoints.save(step, args=ocp.args.StandardSave(distributed.replicated_global(state)))
+
+
+def restore_train_state(
+    checkpoints: ocp.CheckpointManager, step: int, like: TrainState
+) -> TrainState:
+    """The state saved by `save_train_state` at `step`, in the replicated layout of `like`."""
+    restored = checkpoints.restore(
+        step, args=ocp.args.StandardRestore(distributed.abstract_replicated(like))
+    )
+    return distributed.replicated_local(restored, AXIS_NAME)
 
 
 def latest_checkpoint_step(workdir: str) -> int | None:
@@ -650,7 +696,14 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[dict[str, 
                 f"no checkpoint {'' if step is None else f'at step {step} '}in "
                 f"{manager.directory}; it has steps {sorted(steps)}"
             )
-        restored = manager.restore(step, args=ocp.args.StandardRestore())
+        # Onto this process's first device, whatever the devices and processes of the run
+        # that saved it (orbax restores onto the saved topology unless told otherwise).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device),
+            manager.item_metadata(step),
+        )
+        restored = manager.restore(step, args=ocp.args.StandardRestore(target))
     finally:
         manager.close()
     return {"params": restored["params"], **restored.get("model_state", {})}, int(step)
@@ -734,7 +787,7 @@ class _StopRequest:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        tqdm.write(
+        report(
             f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
             "(Ctrl-C again to stop without saving)."
         )
@@ -791,15 +844,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       TrainingInterruptedError: after SIGTERM or Ctrl-C, once the checkpoint of the current step
         is saved.
     """
-    num_devices = jax.local_device_count()
-    check_config(config, num_devices)
+    check_config(config, jax.device_count(), jax.process_count())
     resume_step = latest_checkpoint_step(workdir)
     # Read at a fresh start only, before the data set is prepared: every checkpoint holds the
     # converted weights, so a resumed run (and train.predict) never needs the file.
     backbone = load_backbone_weights(config) if resume_step is None else None
     if backbone is not None:
-        tqdm.write(f"ImageNet weights for the backbone: {backbone.report}")
-    dataset = data_lib.build(config.dataset)
+        report(f"ImageNet weights for the backbone: {backbone.report}")
+    # Process 0 prepares the data set (on a shared data_dir, for all); the others wait, then
+    # find it prepared, or prepare their own copy. A TFDS builder reads what is prepared when
+    # it is made, so theirs are made after the wait.
+    dataset = data_lib.build(config.dataset) if distributed.is_main() else None
+    info = dataset.info if dataset is not None else None
+    distributed.barrier("data set prepared")
+    dataset = dataset or data_lib.build(config.dataset)
     info = dataset.info
     voc_metric = config.get("voc_metric", "")
     if voc_metric:
@@ -821,15 +879,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     tx = create_optimizer(config, learning_rate_fn)
 
     os.makedirs(workdir, exist_ok=True)
-    write_run_info(workdir, config, info, backbone=backbone)
+    if distributed.is_main():
+        write_run_info(workdir, config, info, backbone=backbone)
     init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = create_train_state(init_rng, detector, tx, image_size, backbone=backbone)
+    state = replicate(create_train_state(init_rng, detector, tx, image_size, backbone=backbone))
     checkpoints = checkpoint_manager(workdir, max_to_keep=config.max_checkpoints_to_keep)
-    writer = SummaryWriter(workdir)
+    writer = SummaryWriter(workdir) if distributed.is_main() else NullWriter()
     try:
         if resume_step is not None:
-            state = checkpoints.restore(resume_step, args=ocp.args.StandardRestore(state))
-            tqdm.write(f"Resuming from the checkpoint at step {int(state.step)} in {workdir}")
+            state = restore_train_state(checkpoints, resume_step, state)
+            report(f"Resuming from the checkpoint at step {resume_step} in {workdir}")
         return _train_loop(
             config, workdir, state,
             dataset=dataset, detector=detector, tx=tx, learning_rate_fn=learning_rate_fn,
@@ -871,16 +930,15 @@ def _train_loop(
         jax.pmap(functools.partial(eval_step, detector=detector), axis_name=AXIS_NAME),
         options,
     )
-    step = int(state.step)
-    per_device_batch = config.batch_size // jax.local_device_count()
+    step = int(state.step[0])
+    per_device_batch = config.batch_size // jax.device_count()
     # The iterator starts at the batch of `step`, so a resumed run sees the data it would have.
     train_iter = jax_utils.prefetch_to_device(
         dataset.train_iterator(per_device_batch, config.seed, step), 2, axis_name=AXIS_NAME
     )
-    state = replicate(state)
 
     def save(step: int) -> None:
-        checkpoints.save(step, args=ocp.args.StandardSave(jax_utils.unreplicate(state)))
+        save_train_state(checkpoints, step, state)
 
     def run_eval(step: int) -> dict[str, float]:
         grid_path = os.path.join(workdir, f"detections_step_{step}.png")
@@ -890,8 +948,8 @@ def _train_loop(
         writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
         if grid is not None:
             writer.write_image(step, "eval/detections", grid)
-        tqdm.write(f"Evaluation at step {step}:\n{format_metrics_table(metrics)}")
-        tqdm.write(f"Detections vs ground truth: {grid_path}")
+        report(f"Evaluation at step {step}:\n{format_metrics_table(metrics)}")
+        report(f"Detections vs ground truth: {grid_path}")
         return metrics
 
     def every(interval: int) -> bool:
@@ -914,7 +972,8 @@ def _train_loop(
         history.append(values)
         throughput.step_done()
 
-    progress = tqdm(total=num_steps, initial=step, desc="train", dynamic_ncols=True)
+    progress = tqdm(total=num_steps, initial=step, desc="train", dynamic_ncols=True,
+                    disable=not distributed.is_main())
     pending: tuple[int, Any] | None = None  # The last step's metrics, read one step late.
     with progress, _StopRequest() as stop:
         while step < num_steps:

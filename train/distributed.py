@@ -1,0 +1,112 @@
+"""What the trainer does differently when it runs as several processes (hosts), in one place.
+
+One process per host, started with `python -m train --distributed ...` (`jax.distributed`); each
+drives its local devices through `jax.pmap`, whose collectives span the devices of all processes.
+The rest of the trainer sees host-local arrays only (a leading axis of the local devices, as in a
+single-process run) and calls these functions where processes must agree:
+
+* `is_main()`: process 0 alone writes logs, pictures and run info, and prints.
+* `global_view` / `local_view`: an executable compiled ahead of time (`config.compiler_options`)
+  takes and returns global arrays over the devices of all processes, not host-local ones.
+* `replicated_global` / `replicated_local`: orbax saves and restores, in a multi-process run, only
+  arrays that span all processes; the train state is saved as one fully replicated global array
+  per leaf, and each process reads it back onto its own devices.
+* `gather`: per-process numpy results (the evaluation's detections) concatenated over processes in
+  process order, the same on every process.
+* `barrier`: all processes wait for each other (e.g. while process 0 prepares the data set).
+
+With one process every function is the identity or close to it, so single- and multi-process runs
+take the same code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+def is_main() -> bool:
+    """True on process 0, which writes the run's files and prints its progress."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Returns once every process has called `barrier(name)`; at once with one process."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def global_view(tree: Any, mesh: Mesh, axis_name: str) -> Any:
+    """Host-local arrays `[local devices, ...]` -> global arrays `[all devices, ...]` over `mesh`
+    (no copy: each process contributes its shards). The identity with one process."""
+    if jax.process_count() == 1:
+        return tree
+    return multihost_utils.host_local_array_to_global_array(tree, mesh, PartitionSpec(axis_name))
+
+
+def local_view(tree: Any, mesh: Mesh, axis_name: str) -> Any:
+    """The inverse of `global_view`: this process's shards of global arrays."""
+    if jax.process_count() == 1:
+        return tree
+    return multihost_utils.global_array_to_host_local_array(tree, mesh, PartitionSpec(axis_name))
+
+
+def device_mesh(axis_name: str) -> Mesh:
+    """The devices of all processes along one axis, in `jax.devices()` order (pmap's order)."""
+    return Mesh(np.array(jax.devices()), (axis_name,))
+
+
+def replicated_sharding() -> NamedSharding:
+    """A whole copy on every device of every process."""
+    return NamedSharding(Mesh(np.array(jax.devices()), ("devices",)), PartitionSpec())
+
+
+def replicated_global(tree: Any) -> Any:
+    """Per-device copies `[local devices, ...]` (pmap's replicated layout) -> one global array per
+    leaf, fully replicated over the devices of all processes, which orbax saves from every
+    process (each process contributes its devices' copies; nothing is transferred)."""
+    sharding = replicated_sharding()
+
+    def one(x):
+        by_device = {shard.device: shard.data.reshape(x.shape[1:])
+                     for shard in x.addressable_shards}
+        return jax.make_array_from_single_device_arrays(
+            x.shape[1:], sharding, [by_device[d] for d in list(sharding.addressable_devices)]
+        )
+
+    return jax.tree.map(one, tree)
+
+
+def replicated_local(tree: Any, axis_name: str) -> Any:
+    """The inverse of `replicated_global`: each process's copies, in pmap's replicated layout
+    (`[local devices, ...]`, sharded over a mesh of the local devices named `axis_name`)."""
+    local = jax.local_devices()
+    sharding = NamedSharding(Mesh(np.array(local), (axis_name,)), PartitionSpec(axis_name))
+
+    def one(x):
+        by_device = {shard.device: shard.data for shard in x.addressable_shards}
+        return jax.make_array_from_single_device_arrays(
+            (len(local), *x.shape), sharding, [by_device[d][None] for d in local]
+        )
+
+    return jax.tree.map(one, tree)
+
+
+def abstract_replicated(tree: Any) -> Any:
+    """`jax.ShapeDtypeStruct`s of `replicated_global(tree)`, the target of an orbax restore."""
+    sharding = replicated_sharding()
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=sharding), tree
+    )
+
+
+def gather(tree: Any) -> Any:
+    """Numpy arrays of this process -> the concatenation along the first axis of every process's
+    arrays, in process order, on every process (the same shapes on every process)."""
+    if jax.process_count() == 1:
+        return tree
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
