@@ -854,11 +854,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Process 0 prepares the data set (on a shared data_dir, for all); the others wait, then
     # find it prepared, or prepare their own copy. A TFDS builder reads what is prepared when
     # it is made, so theirs are made after the wait.
-    dataset = data_lib.build(config.dataset) if distributed.is_main() else None
-    info = dataset.info if dataset is not None else None
+    if distributed.is_main():
+        dataset = data_lib.build(config.dataset)
+        info = dataset.info  # The first access prepares it.
     distributed.barrier("data set prepared")
-    dataset = dataset or data_lib.build(config.dataset)
-    info = dataset.info
+    if not distributed.is_main():
+        dataset = data_lib.build(config.dataset)
+        info = dataset.info
     voc_metric = config.get("voc_metric", "")
     if voc_metric:
         # Now rather than at the first evaluation; the ground truth is read once and kept.
