@@ -60,9 +60,16 @@ def device_mesh(axis_name: str) -> Mesh:
     return Mesh(np.array(jax.devices()), (axis_name,))
 
 
+def local_sharding(axis_name: str, devices: Any = None) -> NamedSharding:
+    """pmap's layout on this process: the leading axis over `devices` (default: the local
+    devices), a mesh axis named `axis_name`, as pmap names the sharding of its outputs."""
+    devices = np.array(devices or jax.local_devices())
+    return NamedSharding(Mesh(devices, (axis_name,)), PartitionSpec(axis_name))
+
+
 def replicated_sharding() -> NamedSharding:
     """A whole copy on every device of every process."""
-    return NamedSharding(Mesh(np.array(jax.devices()), ("devices",)), PartitionSpec())
+    return NamedSharding(device_mesh("devices"), PartitionSpec())
 
 
 def replicated_global(tree: Any) -> Any:
@@ -85,7 +92,7 @@ def replicated_local(tree: Any, axis_name: str) -> Any:
     """The inverse of `replicated_global`: each process's copies, in pmap's replicated layout
     (`[local devices, ...]`, sharded over a mesh of the local devices named `axis_name`)."""
     local = jax.local_devices()
-    sharding = NamedSharding(Mesh(np.array(local), (axis_name,)), PartitionSpec(axis_name))
+    sharding = local_sharding(axis_name, local)
 
     def one(x):
         by_device = {shard.device: shard.data for shard in x.addressable_shards}

@@ -382,15 +382,13 @@ def create_train_state(
 def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
     """A copy of `tree` on each of `devices` (default: the local devices) with a leading device
     axis, as `pmap` takes it."""
-    devices = np.array(devices or jax.local_devices())
-    # The sharding pmap gives its outputs (a mesh axis named as its axis): a step whose inputs
-    # had another would compile twice, for its first input and for its own outputs.
-    sharding = jax.sharding.NamedSharding(
-        jax.sharding.Mesh(devices, (AXIS_NAME,)), jax.sharding.PartitionSpec(AXIS_NAME)
-    )
+    # The sharding pmap gives its outputs: a step whose inputs had another would compile twice,
+    # for its first input and for its own outputs.
+    sharding = distributed.local_sharding(AXIS_NAME, devices)
+    copies = len(sharding.mesh.devices)
     # Stacked on the host: `jnp.stack` would compile once for every shape in the tree.
     return jax.tree.map(
-        lambda x: jax.device_put(np.stack([np.asarray(x)] * len(devices)), sharding), tree
+        lambda x: jax.device_put(np.stack([np.asarray(x)] * copies), sharding), tree
     )
 
 
