@@ -62,9 +62,10 @@ def main(argv: list[str]) -> None:
         )
         if jax.process_index() == 0:
             print(
-                f"Process 0 of {jax.process_count()}: if a process is lost, the others stop after "
-                f"--heartbeat_timeout={FLAGS.heartbeat_timeout} s without its heartbeats; rerunning the same "
-                "command on every host resumes from the last checkpoint.", file=sys.stderr,
+                f"Process 0 of {jax.process_count()}: if a process is lost, the others stop "
+                f"after --heartbeat_timeout={FLAGS.heartbeat_timeout} s without its heartbeats; "
+                "rerunning the same command on every host resumes from the last checkpoint.",
+                file=sys.stderr,
             )
     logging.info("Config:\n%s", FLAGS.config)
     try:
