@@ -46,7 +46,11 @@ from configs import coco_retinanet_r50  # noqa: E402
 from focaljax import detectors  # noqa: E402
 from focaljax.models import build_resnet, load_resnet_weights  # noqa: E402
 from tests.models import weight_files  # noqa: E402
-from train import train  # noqa: E402
+from train import (
+    compilation,
+    optim,
+    train,  # noqa: E402
+)
 
 NUM_CLASSES = 80
 STRIDE_IN_1X1 = {"safetensors": False, "pth": False, "msra_pkl": True, "keras_h5": True}
@@ -94,8 +98,8 @@ def pmapped_step(config, freeze_at: int):
     detector = detectors.build(
         config.model, num_classes=NUM_CLASSES, image_size=image_size, axis_name=train.AXIS_NAME
     )
-    learning_rate_fn = train.create_learning_rate_fn(config, config.num_train_steps, ())
-    tx = train.create_optimizer(config, learning_rate_fn)
+    learning_rate_fn = optim.create_learning_rate_fn(config, config.num_train_steps, ())
+    tx = optim.create_optimizer(config, learning_rate_fn)
     backbone = train.load_backbone_weights(config)
     initial = train.create_train_state(
         jax.random.PRNGKey(0), detector, tx, image_size, backbone=backbone
@@ -107,8 +111,8 @@ def pmapped_step(config, freeze_at: int):
         ),
         axis_name=train.AXIS_NAME,
     )
-    options = train.compiler_options(config)
-    return train.with_compiler_options(step, options), train.replicate(initial)
+    options = compilation.compiler_options(config)
+    return compilation.with_compiler_options(step, options), train.replicate(initial)
 
 
 def random_batch(num_devices: int, per_device: int, size: int, max_boxes: int) -> dict:

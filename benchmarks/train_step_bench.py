@@ -38,7 +38,11 @@ import jax  # noqa: E402
 from configs import shapes_faster_rcnn, shapes_retinanet  # noqa: E402
 from focaljax import data as data_lib  # noqa: E402
 from focaljax import detectors  # noqa: E402
-from train import train  # noqa: E402
+from train import (
+    compilation,
+    optim,
+    train,  # noqa: E402
+)
 
 
 def pmapped_step(config, num_classes: int):
@@ -47,8 +51,8 @@ def pmapped_step(config, num_classes: int):
     detector = detectors.build(
         config.model, num_classes=num_classes, image_size=image_size, axis_name=train.AXIS_NAME
     )
-    learning_rate_fn = train.create_learning_rate_fn(config, config.num_train_steps, ())
-    tx = train.create_optimizer(config, learning_rate_fn)
+    learning_rate_fn = optim.create_learning_rate_fn(config, config.num_train_steps, ())
+    tx = optim.create_optimizer(config, learning_rate_fn)
     initial = train.create_train_state(jax.random.PRNGKey(0), detector, tx, image_size)
     step = jax.pmap(
         functools.partial(
@@ -76,9 +80,9 @@ def main() -> None:
 
     candidates = {}  # name -> [step, state]
     if args.compare == "options":
-        options = train.compiler_options(config)
+        options = compilation.compiler_options(config)
         step, state = pmapped_step(config, num_classes)
-        candidates[f"with {options}"] = [train.with_compiler_options(step, options), state]
+        candidates[f"with {options}"] = [compilation.with_compiler_options(step, options), state]
         candidates["without"] = [step, train.replicate(jax.tree.map(lambda x: x[0], state))]
     else:
         for name, module in (("faster_rcnn", shapes_faster_rcnn), ("retinanet", shapes_retinanet)):
@@ -86,7 +90,7 @@ def main() -> None:
             assert other.batch_size == config.batch_size
             step, state = pmapped_step(other, num_classes)
             candidates[name] = [
-                train.with_compiler_options(step, train.compiler_options(other)), state
+                compilation.with_compiler_options(step, compilation.compiler_options(other)), state
             ]
     first: dict[str, tuple[float, float]] = {}
     for name, candidate in candidates.items():  # Compilation and a warm-up step.

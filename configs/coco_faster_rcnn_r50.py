@@ -45,78 +45,14 @@ schedule.
 
 import ml_collections
 
-from configs import coco_retinanet_r50
-
-
-def model_config(weights: str = "") -> ml_collections.ConfigDict:
-    """Every field of `focaljax.detectors.faster_rcnn`'s model config, with detectron2's
-    `faster_rcnn_R_50_FPN_1x` values (and FL-RPN's for the focal-loss RPN), the ResNet-50 from
-    the ImageNet `weights` file or, when it is "", from scratch (`backbone_recipe`). The shapes
-    and VOC configs start from it and say what they change."""
-    model = ml_collections.ConfigDict()
-    model.name = "faster_rcnn"
-    # backbone, norm, backbone_weights, backbone_weights_format, stride_in_1x1, freeze_at: see
-    # configs/shapes_retinanet.py for what each means.
-    coco_retinanet_r50.backbone_recipe(model, weights)
-    model.dtype = "float32"
-    model.fpn_channels = 256
-    # One anchor size per RPN level, P2..P6.
-    model.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
-    model.aspect_ratios = (0.5, 1.0, 2.0)
-
-    rpn = model.rpn = ml_collections.ConfigDict()
-    rpn.loss = "focal_softmax"  # or "sampled", "focal_sigmoid", "ce_all"
-    rpn.fg_iou_threshold = 0.7
-    rpn.bg_iou_threshold = 0.3
-    rpn.allow_low_quality_matches = True
-    rpn.box_coder_weights = (1.0, 1.0, 1.0, 1.0)
-    rpn.box_beta = 0.0  # smooth-L1 beta of the box loss; 0 is L1 (detectron2)
-    # "sampled": anchors per image and their largest object fraction.
-    rpn.batch_size_per_image = 256
-    rpn.positive_fraction = 0.5
-    # The focal modes (FL-RPN): lambda of the classification term, alpha, gamma, and the prior
-    # object probability the objectness bias starts from.
-    rpn.focal_lambda = 0.1
-    rpn.alpha = 0.25
-    rpn.gamma = 2.0
-    rpn.prior_prob = 0.01
-    # Proposals: per level top-k before NMS, then top-k per image after NMS.
-    rpn.train_pre_nms_topk = 2000
-    rpn.train_post_nms_topk = 1000
-    rpn.test_pre_nms_topk = 1000
-    rpn.test_post_nms_topk = 1000
-    rpn.nms_iou_threshold = 0.7
-    rpn.min_size = 0.0
-
-    roi = model.roi = ml_collections.ConfigDict()
-    roi.num_samples = 512
-    roi.positive_fraction = 0.25
-    roi.fg_iou_threshold = 0.5
-    roi.bg_iou_threshold = 0.5
-    roi.append_gt = True
-    roi.box_coder_weights = (10.0, 10.0, 5.0, 5.0)
-    roi.box_beta = 0.0
-    roi.output_size = 7
-    roi.sampling_ratio = 0  # adaptive, detectron2's ROIAlignV2
-    roi.max_sampling_ratio = 0  # 0: no cap on the adaptive grid
-    # "2fc" (detectron2's default): 0 convs, 2 FC of 1024; "4conv1fc": 4 convs of 256, 1 FC.
-    roi.head_num_convs = 0
-    roi.head_conv_dim = 256
-    roi.head_num_fcs = 2
-    roi.head_fc_dim = 1024
-    roi.head_norm = "none"  # or "gn" (ml_collections cannot set None from the command line)
-
-    post = model.postprocess = ml_collections.ConfigDict()
-    post.score_threshold = 0.05
-    post.nms_iou_threshold = 0.5
-    post.max_detections = 100
-    return model
+from configs import coco_retinanet_r50, default
 
 
 def get_config(weights: str = "") -> ml_collections.ConfigDict:
     """From the ImageNet `weights` file (`--config configs/coco_faster_rcnn_r50.py:PATH`) or,
     when it is "", from scratch."""
+    # The data, schedule and evaluation of the COCO RetinaNet recipe; the detector and its rate.
     config = coco_retinanet_r50.get_config(weights)
-    config.model = model_config(weights)
+    config.model = default.faster_rcnn_model(weights)
     config.optimizer.learning_rate = 0.02  # detectron2's Faster R-CNN: 0.02 per 16 images.
     return config

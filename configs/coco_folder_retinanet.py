@@ -51,11 +51,10 @@ def get_config(weights: str = "") -> ml_collections.ConfigDict:
     # The model, optimizer and inference settings of the COCO recipe; data and schedule below.
     config = coco_retinanet_r50.get_config(weights)
 
-    config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "coco_folder"
-    config.dataset.data_dir = ""
+    dataset = config.dataset
+    dataset.name = "coco_folder"
     # The name picks the prepared data set in data_dir; the splits are read only to prepare it.
-    config.dataset.builder_kwargs = ml_collections.ConfigDict({
+    dataset.builder_kwargs = ml_collections.ConfigDict({
         "name": "my_data",
         "splits": {
             "train": {"images": "/data/my_data/images/train",
@@ -64,17 +63,13 @@ def get_config(weights: str = "") -> ml_collections.ConfigDict:
                            "annotations": "/data/my_data/annotations/val.json"},
         },
     })
-    config.dataset.image_size = (640, 640)
-    config.dataset.max_boxes = 100
-    config.dataset.train_split = "train"
-    config.dataset.eval_split = "validation"
-    config.dataset.horizontal_flip = True
-    config.dataset.scale_jitter = (0.8, 1.2)
+    dataset.image_size = (640, 640)
+    dataset.scale_jitter = (0.8, 1.2)
 
     config.schedule.warmup_steps = 500
-    config.schedule.decay_steps = ()
+    config.schedule.decay_steps = ()  # The decay points in epochs instead, for any data size.
     config.schedule.decay_epochs = (8, 11)
-    config.num_train_steps = 0
+    config.num_train_steps = 0  # The length in epochs instead.
     config.num_epochs = 12.0
     config.eval_every_steps = 0
     config.checkpoint_every_steps = 1000

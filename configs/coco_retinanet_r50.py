@@ -53,83 +53,13 @@ device count of all hosts; the learning rate scales with it).
 
 import ml_collections
 
-from configs import shapes_retinanet
-
-
-def backbone_recipe(model: ml_collections.ConfigDict, weights: str) -> None:
-    """Sets the ResNet-50 of `model` (a RetinaNet or Faster R-CNN model config) for the COCO, VOC
-    and folder recipes: from the ImageNet `weights` file as the paper and detectron2 do, or, when
-    `weights` is "", from scratch with GroupNorm."""
-    model.backbone = "resnet50"
-    model.backbone_weights = weights
-    model.backbone_weights_format = ""  # Detected from the file.
-    if weights:
-        model.norm = "frozen_bn"
-        model.freeze_at = 2  # The stem and C2, detectron2's FREEZE_AT.
-        model.stride_in_1x1 = True  # MSRA's layout, detectron2's STRIDE_IN_1X1.
-    else:
-        model.norm = "gn"
-        model.freeze_at = 0
-        model.stride_in_1x1 = False
+from configs import default
 
 
 def get_config(weights: str = "") -> ml_collections.ConfigDict:
     """The recipe from the ImageNet `weights` file (`--config configs/coco_retinanet_r50.py:PATH`)
     or, when `weights` is "", from scratch; see the module docstring."""
-    config = shapes_retinanet.get_config()
-
-    config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "coco"
-    config.dataset.data_dir = ""
-    # source_dir is read only when the data set is not prepared in data_dir yet.
-    config.dataset.builder_kwargs = ml_collections.ConfigDict({"source_dir": ""})
-    config.dataset.image_size = (800, 1344)
-    config.dataset.max_boxes = 100  # COCO train2017 has at most 93 annotations in an image.
-    config.dataset.train_split = "train"
-    config.dataset.eval_split = "validation"
-    config.dataset.horizontal_flip = True
-    # No jitter, written as a range so that the command line can set one, e.g. "(0.8,1.2)".
-    config.dataset.scale_jitter = (1.0, 1.0)
-
-    model = config.model
-    backbone_recipe(model, weights)
-    model.head_norm = "none" if weights else "gn"  # The paper's heads have no norm.
-    # The paper's anchors and box loss, stated here rather than inherited from the shapes config,
-    # which tunes both to its data set.
-    model.anchor_base_scale = 4.0  # Anchor sizes 32 (P3) to 512 (P7), the paper's.
-    model.anchor_scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-    model.aspect_ratios = (0.5, 1.0, 2.0)
-    model.loss.cls = "focal"
-    model.loss.alpha = 0.25
-    model.loss.gamma = 2.0
-    model.loss.box = "l1"
-    model.loss.box_beta = 0.0
-    model.loss.box_weight = 1.0
-    model.min_level = 3
-    model.max_level = 7
-    model.fpn_channels = 256
-    model.head_convs = 4
-    model.head_channels = 256
-    model.postprocess.pre_nms_topk = 1000
-    model.postprocess.max_detections = 100
-
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.01
-    config.optimizer.reference_batch_size = 16
-    config.optimizer.momentum = 0.9
-    config.optimizer.weight_decay = 1e-4
-    config.schedule.name = "step"
-    config.schedule.warmup_steps = 1000
-    config.schedule.warmup_factor = 0.001
-    config.schedule.decay_steps = (60_000, 80_000)
-    config.schedule.decay_factor = 0.1
-
-    config.batch_size = 16
-    config.eval_batch_size = 16
-    config.num_train_steps = 90_000
-    config.num_epochs = 0.0
-    config.log_every_steps = 100
-    config.eval_every_steps = 10_000
-    config.checkpoint_every_steps = 2_000
-    config.max_checkpoints_to_keep = 3
+    # configs/default.py is this recipe from scratch; a weight file changes only the model.
+    config = default.get_config()
+    config.model = default.retinanet_model(weights)
     return config

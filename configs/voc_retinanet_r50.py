@@ -46,22 +46,20 @@ def get_config(weights: str = "") -> ml_collections.ConfigDict:
     # The model, optimizer and inference settings of the COCO recipe; data and schedule below.
     config = coco_retinanet_r50.get_config(weights)
 
-    config.dataset = ml_collections.ConfigDict()
-    config.dataset.name = "voc"
-    config.dataset.data_dir = ""
+    dataset = config.dataset
+    dataset.name = "voc"
     # source_dir is read only when the data set is not prepared in data_dir yet.
-    config.dataset.builder_kwargs = ml_collections.ConfigDict({"source_dir": "", "config": "2007"})
-    config.dataset.image_size = (512, 512)
-    config.dataset.max_boxes = 64  # VOC2007 has at most 42 objects per image.
-    config.dataset.train_split = "train+validation"
-    config.dataset.eval_split = "test"
-    config.dataset.horizontal_flip = True
-    config.dataset.scale_jitter = (0.8, 1.2)
+    dataset.builder_kwargs = ml_collections.ConfigDict({"source_dir": "", "config": "2007"})
+    dataset.image_size = (512, 512)
+    dataset.max_boxes = 64  # VOC2007 has at most 42 objects per image.
+    dataset.train_split = "train+validation"
+    dataset.eval_split = "test"
+    dataset.scale_jitter = (0.8, 1.2)
 
     config.schedule.warmup_steps = 500
-    config.schedule.decay_steps = ()
+    config.schedule.decay_steps = ()  # The decay points in epochs instead.
     config.schedule.decay_epochs = (16, 22)
-    config.num_train_steps = 0
+    config.num_train_steps = 0  # The length in epochs instead.
     config.num_epochs = 24.0
     config.eval_every_steps = 5000
     config.checkpoint_every_steps = 1000

@@ -60,13 +60,15 @@ def main(argv: list[str]) -> None:
             initialization_timeout=FLAGS.initialization_timeout,
             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
         )
-        if jax.process_index() == 0:
-            print(
-                f"Process 0 of {jax.process_count()}: if a process is lost, the others stop "
-                f"after --heartbeat_timeout={FLAGS.heartbeat_timeout} s without its heartbeats; "
-                "rerunning the same command on every host resumes from the last checkpoint.",
-                file=sys.stderr,
-            )
+        # Every process says it: any of them may be the one left when another is lost.
+        print(
+            f"Process {jax.process_index()} of {jax.process_count()}: if a process is lost, the "
+            f"others stop at their next collective, or after --heartbeat_timeout="
+            f"{FLAGS.heartbeat_timeout} s without its heartbeats (JAX then names it: \"tasks are "
+            "unhealthy (stopped sending heartbeats): N\"); rerunning the same command on every "
+            "host resumes from the last checkpoint.",
+            file=sys.stderr,
+        )
     logging.info("Config:\n%s", FLAGS.config)
     try:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -75,6 +77,18 @@ def main(argv: list[str]) -> None:
     except (ValueError, FileNotFoundError, train.TrainingDivergedError) as error:
         # Config and divergence errors are for the user, not stack traces.
         _exit(f"error: {error}", 1)
+    except jax.errors.JaxRuntimeError as error:
+        if jax.process_count() == 1:
+            raise
+        # A collective whose peer is gone fails at once, before the heartbeats time out.
+        first_line = str(error).strip().splitlines()[0]
+        _exit(
+            f"error: process {jax.process_index()} of {jax.process_count()} stopped: a collective "
+            f"over the processes failed ({first_line}); another process was probably lost, see "
+            f"its log. Rerunning the same command on every host resumes from the last checkpoint "
+            f"in {os.path.join(FLAGS.workdir, 'checkpoints')}.",
+            1,
+        )
     except Exception:
         if jax.process_count() == 1:
             raise

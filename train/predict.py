@@ -21,22 +21,22 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 from absl import app, flags
 from PIL import Image
 
 from focaljax import detectors
-from focaljax.data import IMAGENET_MEAN, IMAGENET_STD
+from focaljax.data import preprocess_image
 from focaljax.evaluation.coco import detections_to_coco
 from focaljax.evaluation.visualize import draw_detections
-from train import cli, train
+from train import cli, compilation, distributed
+from train import workdir as workdir_lib
+from train.evaluate import to_original_pixels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -56,25 +56,10 @@ def find_images(folder: str | os.PathLike) -> list[str]:
     return paths
 
 
-def preprocess(image: np.ndarray, image_size: Sequence[int]) -> tuple[np.ndarray, float]:
-    """`(input float32 [H, W, 3], scale)` of a uint8 `[h, w, 3]` image for an `(H, W)` input.
-
-    The evaluation preprocessing of `focaljax.data` (no augmentation): resized by
-    `scale = min(H / h, W / w)` with bilinear interpolation, normalized with the ImageNet mean and
-    standard deviation, padded bottom/right with zeros. Divide boxes by `scale` for original pixels.
-    """
-    height, width = (int(s) for s in image_size)
-    # float32 throughout, as the tf.data pipeline computes it, so that sizes round the same way.
-    original_size = np.asarray(image.shape[:2], np.float32)
-    scale = np.min(np.asarray([height, width], np.float32) / original_size)
-    resized_size = np.maximum(np.round(original_size * scale), 1).astype(np.int32)
-    resized = tf.image.resize(tf.convert_to_tensor(image), resized_size).numpy()[:height, :width]
-    normalized = (resized / 255.0 - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(
-        IMAGENET_STD, np.float32
-    )
-    padded = np.zeros((height, width, 3), np.float32)
-    padded[: normalized.shape[0], : normalized.shape[1]] = normalized
-    return padded, float(scale)
+def _preprocess(image: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """The evaluation data's preprocessing (`focaljax.data.preprocess_image`), in NumPy."""
+    inputs, scale = preprocess_image(image, image_size)
+    return inputs.numpy(), float(scale)
 
 
 def _load_rgb(path: Path) -> np.ndarray:
@@ -97,7 +82,7 @@ def predict(
         raise ValueError(f"batch_size is {batch_size}, expected >= 1")
     if Path(output_dir).resolve() == Path(image_dir).resolve():
         raise ValueError("--output is the --images folder; the annotated PNGs would overwrite it")
-    config, info = train.read_run_info(workdir)
+    config, info = workdir_lib.read_run_info(workdir)
     image_size = tuple(int(s) for s in config.dataset.image_size)
     names = find_images(image_dir)
     drawings = [str(Path(name).with_suffix(".png")) for name in names]
@@ -108,27 +93,28 @@ def predict(
     # The device axis name only matters to training; synchronized batch norm insists on one.
     detector = detectors.build(
         config.model, num_classes=info.num_classes, image_size=image_size,
-        axis_name=train.AXIS_NAME,
+        axis_name=distributed.AXIS_NAME,
     )
-    variables, step = train.restore_variables(workdir, step)
+    variables, step = workdir_lib.restore_variables(workdir, step)
 
     def detect(variables, images):
         batch = {"image": images}
         outputs, _ = detector.apply(variables, batch, train=False)
         return detector.postprocess(outputs, batch)
 
-    detect = train.with_compiler_options(jax.jit(detect), train.compiler_options(config))
+    options = compilation.compiler_options(config)
+    detect = compilation.with_compiler_options(jax.jit(detect), options)
 
     results, images = [], []
     for start in range(0, len(names), batch_size):
         chunk = names[start : start + batch_size]
         originals = [_load_rgb(Path(image_dir) / name) for name in chunk]
-        inputs, scales = zip(*(preprocess(image, image_size) for image in originals), strict=True)
+        inputs, scales = zip(*(_preprocess(image, image_size) for image in originals), strict=True)
         # Padding to a full batch keeps one compiled shape.
         inputs = np.stack(inputs + (np.zeros_like(inputs[0]),) * (batch_size - len(chunk)))
         detections = jax.device_get(detect(variables, jnp.asarray(inputs)))
         detections = {k: v[: len(chunk)] for k, v in detections.items()}
-        boxes = train.to_original_pixels(
+        boxes = to_original_pixels(
             detections["boxes"], np.asarray(scales, np.float32),
             np.array([image.shape[:2] for image in originals]),
         )

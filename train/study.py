@@ -93,6 +93,7 @@ from focaljax.detectors.retinanet import anchor_targets, retinanet_anchors
 from focaljax.ops.boxes import BoxCoder
 from train import cli
 from train import train as trainer
+from train import workdir as workdir_lib
 
 # ----------------------------------------------------------------------------------------------
 # The paper's numbers (AP in percent), from /work/shared/reference/paper_tables.md.
@@ -626,7 +627,7 @@ def figure4_anchors(
     # Synchronized batch norm insists on an axis name; inference never reduces over it.
     detector = detectors.build(config.model, num_classes=dataset.info.num_classes,
                                image_size=image_size, axis_name=trainer.AXIS_NAME)
-    variables, _ = trainer.restore_variables(workdir)
+    variables, _ = workdir_lib.restore_variables(workdir)
     anchors, _ = retinanet_anchors(config.model, image_size)
     targets_of = anchor_targets(
         config.model, anchors, box_coder=BoxCoder(weights=tuple(config.model.box_coder_weights))

@@ -1,19 +1,20 @@
 """Detection data: TFDS builders, the tf.data input pipeline and the data set registry.
 
-`build(config)` turns the `dataset` part of a training config into a `DetectionDataset`:
+`build(config)` turns the `dataset` part of a training config into a `DetectionDataset`. Every
+field below is required (`configs/default.py` declares them all, with their usual values):
 
   name                 registered name: "shapes", "coco", "voc" or "coco_folder"
   image_size           (height, width) of the batch images, or one int
   max_boxes            box rows per image in the batches
   data_dir             TFDS data directory; None or "" for TFDS's default (~/tensorflow_datasets)
-  train_split          default "train"
-  eval_split           default "validation"
-  horizontal_flip      default True
-  scale_jitter         (low, high) random resize factor for training, default None
-  shuffle_buffer_size  default 10_000 (capped at the size of the split)
+  train_split          the split trained on, e.g. "train"
+  eval_split           the split evaluated on, e.g. "validation"
+  horizontal_flip      random horizontal flips in training, e.g. True
+  scale_jitter         (low, high) random resize factor for training, or None for none
+  shuffle_buffer_size  examples in the shuffle buffer, e.g. 10_000 (capped at the size of the split)
   builder_kwargs       what to build; for "shapes" either {"config": "default" | "tiny"} or the
                        arguments of `shapes_config` (image_size, num_train, num_validation, seed);
-                       default {} ("shapes/default");
+                       {} (or None) is "shapes/default";
                        for "coco" {"source_dir": folder of COCO 2017's files (focaljax.data.coco)};
                        for "voc" {"source_dir": folder of VOCdevkit (focaljax.data.voc),
                        "config": "2007" (default) | "2012"};
@@ -44,6 +45,7 @@ from focaljax.data.pipeline import (
     create_eval_iterator,
     create_train_iterator,
     load_builder,
+    preprocess_image,
 )
 from focaljax.data.prepare import prepare
 from focaljax.data.shapes import Shapes, ShapesConfig, generate_example, shapes_config
@@ -52,6 +54,7 @@ from focaljax.data.voc import VocDetection, voc_ground_truth
 
 __all__ = [
     "COCO_CATEGORY_IDS",
+    "FIELDS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "Coco2017",
@@ -70,6 +73,7 @@ __all__ = [
     "generate_example",
     "load_builder",
     "prepare",
+    "preprocess_image",
     "register",
     "registered_names",
     "shapes_config",
@@ -82,7 +86,11 @@ __all__ = [
 # prepared, if it records them, else label + 1).
 BuilderFactory = Callable[[Mapping], tuple[tfds.core.DatasetBuilder, Sequence[int] | None]]
 _FACTORIES: dict[str, BuilderFactory] = {}
-_REQUIRED_FIELDS = ("name", "image_size", "max_boxes")
+# Every field that `build` and the data set's iterators read (module docstring).
+FIELDS = (
+    "name", "image_size", "max_boxes", "data_dir", "train_split", "eval_split", "horizontal_flip",
+    "scale_jitter", "shuffle_buffer_size", "builder_kwargs",
+)
 
 
 def register(name: str) -> Callable[[BuilderFactory], BuilderFactory]:
@@ -103,7 +111,7 @@ def registered_names() -> list[str]:
 
 @register("shapes")
 def _shapes_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, None]:
-    kwargs = _to_dict(config.get("builder_kwargs") or {})
+    kwargs = _to_dict(config["builder_kwargs"] or {})
     if "config" in kwargs:
         if len(kwargs) > 1:
             raise ValueError(
@@ -114,19 +122,19 @@ def _shapes_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, None]:
     else:
         builder_config = shapes_config(**kwargs)
     # ml_collections configs spell "TFDS's default" as "", which TFDS would take as the cwd.
-    return Shapes(config=builder_config, data_dir=config.get("data_dir") or None), None
+    return Shapes(config=builder_config, data_dir=config["data_dir"] or None), None
 
 
 @register("coco")
 def _coco_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, tuple[int, ...]]:
     kwargs = _builder_kwargs(config, ("source_dir",))
-    return Coco2017(data_dir=config.get("data_dir") or None, **kwargs), COCO_CATEGORY_IDS
+    return Coco2017(data_dir=config["data_dir"] or None, **kwargs), COCO_CATEGORY_IDS
 
 
 @register("voc")
 def _voc_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, None]:
     kwargs = _builder_kwargs(config, ("source_dir", "config"))
-    return VocDetection(data_dir=config.get("data_dir") or None, **kwargs), None
+    return VocDetection(data_dir=config["data_dir"] or None, **kwargs), None
 
 
 @register("coco_folder")
@@ -136,7 +144,7 @@ def _coco_folder_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, Non
         raise ValueError(f"builder_kwargs {kwargs}: a coco_folder data set needs a 'name'")
     # The category ids come from the JSON files, recorded in the builder's metadata.
     return CocoFolder(
-        config=kwargs["name"], splits=kwargs.get("splits"), data_dir=config.get("data_dir") or None
+        config=kwargs["name"], splits=kwargs.get("splits"), data_dir=config["data_dir"] or None
     ), None
 
 
@@ -208,22 +216,22 @@ class DetectionDataset:
         config = self.config
         return create_train_iterator(
             self.builder,
-            split=config.get("train_split", "train"),
+            split=config["train_split"],
             image_size=config["image_size"],
             max_boxes=config["max_boxes"],
             per_device_batch_size=per_device_batch_size,
             seed=seed,
             start_step=start_step,
-            horizontal_flip=config.get("horizontal_flip", True),
-            scale_jitter=_optional_pair(config.get("scale_jitter")),
-            shuffle_buffer_size=config.get("shuffle_buffer_size", 10_000),
+            horizontal_flip=config["horizontal_flip"],
+            scale_jitter=_optional_pair(config["scale_jitter"]),
+            shuffle_buffer_size=config["shuffle_buffer_size"],
         )
 
     def eval_iterator(self, per_device_batch_size: int) -> DeviceBatchIterator:
         """`config.eval_split` once, in order; see `create_eval_iterator`."""
         return create_eval_iterator(
             self.builder,
-            split=self.config.get("eval_split", "validation"),
+            split=self.config["eval_split"],
             image_size=self.config["image_size"],
             max_boxes=self.config["max_boxes"],
             per_device_batch_size=per_device_batch_size,
@@ -231,7 +239,7 @@ class DetectionDataset:
 
     def coco_ground_truth(self, split: str | None = None) -> dict:
         """COCO-format ground truth of `split` (default `config.eval_split`), computed once."""
-        split = split or self.config.get("eval_split", "validation")
+        split = split or self.config["eval_split"]
         if split not in self._ground_truth:
             self._ground_truth[split] = coco_ground_truth(
                 self.builder, split=split, category_ids=self.info.category_ids
@@ -270,10 +278,17 @@ def build(config: Mapping) -> DetectionDataset:
     """The data set `config.name` with the pipeline settings of `config` (module docstring).
 
     Nothing is read or generated until the returned data set is first used.
+
+    Raises:
+      ValueError: naming every field of the module docstring that `config` lacks, or for an
+        unregistered `config.name`.
     """
-    missing = [field for field in _REQUIRED_FIELDS if field not in config]
+    missing = [field for field in FIELDS if field not in config]
     if missing:
-        raise ValueError(f"dataset config lacks {missing}; it has {sorted(config.keys())}")
+        raise ValueError(
+            f"the dataset config lacks {missing}, which focaljax.data.build reads; "
+            "configs/default.py declares every dataset field (start from its get_config().dataset)"
+        )
     name = config["name"]
     if name not in _FACTORIES:
         raise ValueError(f"unknown data set {name!r}; registered: {registered_names()}")
@@ -287,7 +302,7 @@ def _to_dict(value) -> dict:
 
 def _builder_kwargs(config: Mapping, allowed: Sequence[str]) -> dict:
     """`config.builder_kwargs` as a dict, with "" (an unset path in ml_collections) as absent."""
-    kwargs = {k: v for k, v in _to_dict(config.get("builder_kwargs") or {}).items() if v != ""}
+    kwargs = {k: v for k, v in _to_dict(config["builder_kwargs"] or {}).items() if v != ""}
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ValueError(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -407,6 +408,41 @@ def _read_records(builder: tfds.core.DatasetBuilder, split, first_position: int)
     return records.enumerate().map(select)
 
 
+def preprocess_image(image: Any, image_size: int | Sequence[int]) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(input float32 [H, W, 3], scale)` of one uint8 RGB image `[h, w, 3]` for an `image_size`
+    `(H, W)` input, exactly as the evaluation batches have it (no augmentation).
+
+    Resized by `scale = min(H / h, W / w)` (bilinear, to the rounded size), normalized with
+    `IMAGENET_MEAN` and `IMAGENET_STD` (in [0, 1] units), padded bottom/right with zeros. Divide
+    the boxes detected on it by `scale` for the image's own pixels.
+    """
+    image_size = _check_image_size(image_size)
+    height, width = image_size
+    image = tf.convert_to_tensor(image)
+    original_size = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = _fit_scale(original_size, image_size)
+    resized = tf.image.resize(image, _resized_size(original_size, scale))[:height, :width]
+    return _normalize_and_pad(resized, image_size), scale
+
+
+def _fit_scale(original_size: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """The largest scale at which an image of `original_size` (float32 `[2]`) fits `image_size`."""
+    return tf.minimum(image_size[0] / original_size[0], image_size[1] / original_size[1])
+
+
+def _resized_size(original_size: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    return tf.maximum(tf.cast(tf.round(original_size * scale), tf.int32), 1)
+
+
+def _normalize_and_pad(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """A resized image, at most `image_size`, in [0, 255] -> normalized, padded bottom/right."""
+    height, width = image_size
+    size = tf.shape(image)
+    image = (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    image = tf.pad(image, [[0, height - size[0]], [0, width - size[1]], [0, 0]])
+    return tf.ensure_shape(tf.cast(image, tf.float32), [height, width, 3])
+
+
 def _deterministic_options() -> tf.data.Options:
     options = tf.data.Options()
     # Resumption and evaluation order rely on the order of parallel maps being kept.
@@ -434,7 +470,7 @@ def _preprocess(
     is_crowd = tf.cast(objects.get("is_crowd", tf.zeros_like(labels)), tf.bool)
 
     original_size = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = tf.minimum(height / original_size[0], width / original_size[1])
+    scale = _fit_scale(original_size, image_size)
     if key is not None:
         flip_key, jitter_key, crop_key = tf.unstack(tf.random.experimental.stateless_split(key, 3))
         if horizontal_flip:
@@ -445,7 +481,7 @@ def _preprocess(
         if scale_jitter is not None:
             low, high = scale_jitter
             scale *= tf.random.stateless_uniform([], jitter_key, minval=low, maxval=high)
-    resized_size = tf.maximum(tf.cast(tf.round(original_size * scale), tf.int32), 1)
+    resized_size = _resized_size(original_size, scale)
     image = tf.image.resize(image, resized_size)
     crop_size = tf.minimum(resized_size, [height, width])
     crop_offset = tf.zeros([2], tf.int32)
@@ -469,10 +505,8 @@ def _preprocess(
     num_objects = tf.shape(labels)[0]
     num_padding = tf.maximum(max_boxes - num_objects, 0)
 
-    image = (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    image = tf.pad(image, [[0, height - crop_size[0]], [0, width - crop_size[1]], [0, 0]])
     return {
-        "image": tf.ensure_shape(tf.cast(image, tf.float32), [height, width, 3]),
+        "image": _normalize_and_pad(image, image_size),
         "boxes": tf.ensure_shape(tf.pad(boxes[:max_boxes], [[0, num_padding], [0, 0]]),
                                  [max_boxes, 4]),
         "labels": tf.ensure_shape(

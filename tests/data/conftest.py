@@ -1,8 +1,10 @@
-"""A small prepared "shapes" data set shared by the data tests, written under pytest's tmp dir."""
+"""Shared by the data tests: a small prepared "shapes" data set written under pytest's tmp dir,
+and complete dataset configs for `focaljax.data.build`."""
 
 import pytest
 import tensorflow_datasets as tfds
 
+from configs import default
 from focaljax.data import Shapes, shapes_config
 
 # Landscape images, so that resizing has an aspect ratio to keep; 11 validation images, so that
@@ -22,3 +24,13 @@ def small_builder(small_data_dir) -> Shapes:
         download_config=tfds.download.DownloadConfig(try_download_gcs=False)
     )
     return builder
+
+
+def dataset_config(**overrides) -> dict:
+    """A complete dataset config, as `focaljax.data.build` requires: configs/default.py's (COCO)
+    with `overrides`, each of which must be one of its fields."""
+    config = default.get_config().dataset.to_dict()
+    unknown = sorted(set(overrides) - set(config))
+    if unknown:
+        raise KeyError(f"configs/default.py declares no dataset fields {unknown}")
+    return {**config, **overrides}

@@ -13,6 +13,7 @@ from pycocotools.coco import COCO
 
 from focaljax import data
 from focaljax.data import COCO_CATEGORY_IDS, Coco2017, source_reports
+from tests.data.conftest import dataset_config
 from tests.data.fake_sources import coco_annotation, write_image, write_json, zip_folder
 
 NAMES = [f"category{c}" for c in COCO_CATEGORY_IDS]
@@ -90,9 +91,10 @@ def data_dir(tmp_path_factory, source) -> Path:
 
 
 def _dataset(data_dir: Path, source: Path | str = "", **overrides) -> data.DetectionDataset:
-    config = {"name": "coco", "image_size": (64, 64), "max_boxes": 4, "data_dir": str(data_dir),
-              "builder_kwargs": {"source_dir": str(source)}, "eval_split": "train", **overrides}
-    return data.build(config)
+    return data.build(dataset_config(**{
+        "name": "coco", "image_size": (64, 64), "max_boxes": 4, "data_dir": str(data_dir),
+        "builder_kwargs": {"source_dir": str(source)}, "eval_split": "train", **overrides,
+    }))
 
 
 def test_prepared_data_set_is_tfds_coco_2017(data_dir):

@@ -14,6 +14,7 @@ from PIL import Image
 
 from focaljax import data
 from focaljax.data import IMAGENET_MEAN, IMAGENET_STD, CocoFolder, source_reports
+from tests.data.conftest import dataset_config
 from tests.data.fake_sources import coco_annotation, write_image, write_json
 
 # Listed out of id order: labels follow the ids, apple (3) -> 0, zebra (7) -> 1, kite (42) -> 2.
@@ -91,14 +92,15 @@ def make_source_splits(root: Path) -> dict[str, dict[str, str]]:
     }
 
 
-def dataset_config(data_dir: Path, **overrides) -> dict:
-    return {"name": "coco_folder", "image_size": (64, 64), "max_boxes": 4,
-            "data_dir": str(data_dir), "builder_kwargs": {"name": "my_data"},
-            "eval_split": "train", **overrides}
+def folder_config(data_dir: Path, **overrides) -> dict:
+    return dataset_config(**{
+        "name": "coco_folder", "image_size": (64, 64), "max_boxes": 4, "data_dir": str(data_dir),
+        "builder_kwargs": {"name": "my_data"}, "eval_split": "train", **overrides,
+    })
 
 
 def test_categories_and_their_ids_come_from_the_json(data_dir):
-    info = data.build(dataset_config(data_dir)).info
+    info = data.build(folder_config(data_dir)).info
     assert info.name == "coco_folder/my_data/1.0.0"
     assert (info.class_names, info.category_ids, info.num_classes) == (
         CLASS_NAMES, CATEGORY_IDS, 3)
@@ -114,7 +116,7 @@ def test_report_counts_clipped_dropped_and_crowd(data_dir):
 
 
 def test_batches_round_trip_pixels_boxes_labels_and_crowd(source, data_dir):
-    (batch,) = list(data.build(dataset_config(data_dir)).eval_iterator(per_device_batch_size=1))
+    (batch,) = list(data.build(folder_config(data_dir)).eval_iterator(per_device_batch_size=1))
     flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
     assert sorted(flat["image_id"][flat["valid"]].tolist()) == sorted(TRAIN_IMAGES)
     for i in np.flatnonzero(flat["valid"]):
@@ -135,7 +137,7 @@ def test_batches_round_trip_pixels_boxes_labels_and_crowd(source, data_dir):
 
 
 def test_ground_truth_has_the_jsons_category_ids(data_dir):
-    ground_truth = data.build(dataset_config(data_dir)).coco_ground_truth("validation")
+    ground_truth = data.build(folder_config(data_dir)).coco_ground_truth("validation")
     assert ground_truth["categories"] == [{"id": c, "name": n} for c, n in
                                           zip(CATEGORY_IDS, CLASS_NAMES, strict=True)]
     (annotation,) = ground_truth["annotations"]
@@ -214,7 +216,7 @@ def test_data_set_name_must_be_a_folder_name(name):
 
 
 def test_unknown_builder_kwargs_are_refused(data_dir):
-    config = dataset_config(data_dir, builder_kwargs={"name": "my_data", "source_dir": "/x"})
+    config = folder_config(data_dir, builder_kwargs={"name": "my_data", "source_dir": "/x"})
     with pytest.raises(ValueError, match=r"has \['source_dir'\], expected some of"):
         data.build(config)
 

@@ -21,7 +21,7 @@ from focaljax.data import (
     generate_example,
     shapes_config,
 )
-from tests.data.conftest import SMALL_SETTINGS
+from tests.data.conftest import SMALL_SETTINGS, dataset_config
 
 NUM_DEVICES = 4  # tests/conftest.py
 HEIGHT, WIDTH = SMALL_SETTINGS["image_size"]
@@ -319,13 +319,13 @@ def test_coco_ground_truth_matches_the_eval_batches_in_original_pixels(small_bui
 
 def test_registry_builds_the_data_set_and_its_iterators(small_builder, small_data_dir):
     dataset = data.build(
-        {
-            "name": "shapes",
-            "image_size": (HEIGHT, WIDTH),
-            "max_boxes": MAX_BOXES,
-            "data_dir": small_data_dir,
-            "builder_kwargs": SMALL_SETTINGS,
-        }
+        dataset_config(
+            name="shapes",
+            image_size=(HEIGHT, WIDTH),
+            max_boxes=MAX_BOXES,
+            data_dir=small_data_dir,
+            builder_kwargs=SMALL_SETTINGS,
+        )
     )
     assert dataset.info.name == small_builder.info.full_name
     assert dataset.info.num_classes == 4
@@ -343,8 +343,20 @@ def test_registry_builds_the_data_set_and_its_iterators(small_builder, small_dat
 
 
 def test_registry_reads_an_empty_data_dir_as_the_tfds_default():
-    dataset = data.build({"name": "shapes", "image_size": 64, "max_boxes": 4, "data_dir": ""})
+    dataset = data.build(
+        dataset_config(name="shapes", image_size=64, max_boxes=4, data_dir="", builder_kwargs={})
+    )
     assert Path(dataset._builder.data_dir_root) != Path(".")
+
+
+def test_registry_names_every_missing_field_and_the_config_that_declares_them():
+    config = dataset_config(name="shapes", builder_kwargs={})
+    del config["shuffle_buffer_size"], config["eval_split"]
+    with pytest.raises(ValueError, match="configs/default.py") as error:
+        data.build(config)
+    message = str(error.value)
+    assert "'eval_split'" in message and "'shuffle_buffer_size'" in message
+    assert "'train_split'" not in message and "\n" not in message
 
 
 @pytest.mark.parametrize(

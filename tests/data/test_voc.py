@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from focaljax import data
 from focaljax.data import VocDetection, create_train_iterator, source_reports, voc_ground_truth
 from focaljax.evaluation.voc import voc_map
+from tests.data.conftest import dataset_config
 from tests.data.fake_sources import VOC2007_DEVKIT as DEVKIT
 from tests.data.fake_sources import voc_annotation, write_voc_source
 
@@ -60,9 +61,10 @@ def data_dir(tmp_path_factory, source) -> Path:
 
 
 def _dataset(data_dir: Path, **overrides) -> data.DetectionDataset:
-    config = {"name": "voc", "image_size": (64, 64), "max_boxes": 4, "data_dir": str(data_dir),
-              "builder_kwargs": {"config": "2007"}, "eval_split": "train", **overrides}
-    return data.build(config)
+    return data.build(dataset_config(**{
+        "name": "voc", "image_size": (64, 64), "max_boxes": 4, "data_dir": str(data_dir),
+        "builder_kwargs": {"config": "2007"}, "eval_split": "train", **overrides,
+    }))
 
 
 def test_prepared_splits_and_detection_features(data_dir):

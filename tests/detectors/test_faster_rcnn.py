@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import coco_faster_rcnn_r50
+from configs import default
 from focaljax import data as data_lib
 from focaljax import detectors, evaluation
 from focaljax.detectors import faster_rcnn
@@ -34,7 +34,7 @@ def tiny_model_config(rpn_loss="focal_softmax"):
     FPN channels, one square anchor of 16, 32, 64 px on P2-P4 (16x16, 8x8 and 4x4 positions: 336
     anchors), 64 candidates per level before NMS and 32 proposals after, 16 RoIs per image
     pooled with one sample per bin, a box head of 2 FC of 32."""
-    model = coco_faster_rcnn_r50.model_config()
+    model = default.faster_rcnn_model()
     model.backbone = "resnet_tiny"
     model.fpn_channels = 16
     model.anchor_sizes = (16.0, 32.0, 64.0)

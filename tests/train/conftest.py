@@ -37,7 +37,7 @@ def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
 
 def bare_model_config(name: str) -> ml_collections.ConfigDict:
     """The model config of a detector that a test registers: its name, and the fields that the
-    trainer reads of every model config (`train.MODEL_FIELDS`): no ImageNet weights, nothing
+    trainer reads of every model config (`checks.MODEL_FIELDS`): no ImageNet weights, nothing
     frozen."""
     return ml_collections.ConfigDict(
         {"name": name, "backbone_weights": "", "backbone_weights_format": "", "freeze_at": 0}

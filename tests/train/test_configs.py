@@ -1,5 +1,6 @@
-"""Every `configs/*.py`: it loads, the trainer accepts it, its data set and detector build, and its
-docstring says how to run it. The COCO config follows the paper's 1x recipe."""
+"""Every `configs/*.py`: it loads, the trainer accepts it, its data set and detector build, its
+docstring says how to run it, and it declares exactly the fields of `configs/default.py`. The COCO
+config follows the paper's 1x recipe, and the default config is that recipe from scratch."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from focaljax import data as data_lib
 from focaljax import detectors
 from focaljax.ops import anchors as anchor_ops
-from train import train
+from train import checks, optim
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
@@ -33,7 +35,7 @@ def test_the_configs_include_the_default_run_and_the_coco_recipe():
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds_its_data_set_and_a_detector_with_one_output_per_anchor(name):
     config = load(name).get_config()
-    train.check_config(config, num_devices=1)
+    checks.check_config(config, num_devices=1)
     # Lazy: nothing is read or prepared, so this runs without the data set on disk.
     assert isinstance(data_lib.build(config.dataset), data_lib.DetectionDataset)
     image_size = tuple(config.dataset.image_size)
@@ -83,9 +85,9 @@ def test_coco_config_is_the_papers_1x_recipe():
     )
     assert min(config.dataset.image_size) == 800
     assert config.batch_size == 16 and config.optimizer.momentum == 0.9
-    num_steps, decay_steps = train.resolve_steps(config, num_train_examples=117_266)
+    num_steps, decay_steps = optim.resolve_steps(config, num_train_examples=117_266)
     assert (num_steps, decay_steps) == (90_000, (60_000, 80_000))
-    learning_rate = train.create_learning_rate_fn(config, num_steps, decay_steps)
+    learning_rate = optim.create_learning_rate_fn(config, num_steps, decay_steps)
     np.testing.assert_allclose(
         [learning_rate(s) for s in (0, 1000, 59_999, 60_000, 80_000)],
         [1e-5, 0.01, 0.01, 0.001, 0.0001], rtol=1e-5,
@@ -146,7 +148,52 @@ def test_a_weight_file_argument_gives_the_papers_backbone_and_none_the_scratch_o
     for section in ("optimizer", "schedule", "dataset"):
         assert pretrained[section].to_dict() == scratch[section].to_dict(), section
     assert pretrained.optimizer.name == "sgd" and pretrained.optimizer.reference_batch_size == 16
-    train.check_config(pretrained, num_devices=1)
+    checks.check_config(pretrained, num_devices=1)
     detectors.build(pretrained.model, num_classes=80,
                     image_size=tuple(pretrained.dataset.image_size))
     assert f"python -m train --config configs/{name}.py:/data/R-50.pkl" in load(name).__doc__
+
+
+# Fields whose keys are the data set's builder arguments or XLA's option names, not config fields:
+# they differ from config to config.
+OPEN_FIELDS = ("dataset.builder_kwargs", "compiler_options")
+MODELS = {"retinanet": default.retinanet_model, "faster_rcnn": default.faster_rcnn_model}
+
+
+def declared_fields(config, prefix=""):
+    names = set()
+    for key, value in config.items():
+        name = prefix + key
+        names.add(name)
+        if hasattr(value, "items") and name not in OPEN_FIELDS:
+            names |= declared_fields(value, f"{name}.")
+    return names
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_declares_exactly_the_fields_of_the_default_config(name):
+    expected = {f for f in declared_fields(default.get_config()) if not f.startswith("model.")}
+    configs = [load(name).get_config()]
+    if name in WEIGHT_FILE_RECIPES:
+        configs.append(load(name).get_config("/data/R-50.pkl"))
+    for config in configs:
+        fields = {f for f in declared_fields(config) if not f.startswith("model.")}
+        assert fields == expected
+        # The model's fields are those of its detector's builder in configs/default.py.
+        assert declared_fields(config.model) == declared_fields(MODELS[config.model.name]())
+
+
+def test_the_default_config_declares_every_field_that_the_data_pipeline_reads():
+    assert set(default.get_config().dataset) == set(data_lib.FIELDS)
+    data_lib.build(default.get_config().dataset)  # Complete: no field missing.
+
+
+def test_the_default_config_is_the_coco_retinanet_recipe_from_scratch():
+    coco = load("coco_retinanet_r50")
+    assert coco.get_config().to_dict() == default.get_config().to_dict()
+    faster_rcnn = load("coco_faster_rcnn_r50")
+    for weights in ("", "/data/R-50.pkl"):
+        model = default.retinanet_model(weights).to_dict()
+        assert coco.get_config(weights).model.to_dict() == model
+        model = default.faster_rcnn_model(weights).to_dict()
+        assert faster_rcnn.get_config(weights).model.to_dict() == model

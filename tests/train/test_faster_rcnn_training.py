@@ -9,8 +9,9 @@ import os
 import numpy as np
 import pytest
 
-from configs import coco_faster_rcnn_r50
+from configs import default
 from tests.train.conftest import tiny_config
+from train import evaluate as evaluate_lib
 from train import train
 
 RPN_LOSSES = ("sampled", "focal_softmax")
@@ -19,7 +20,7 @@ RPN_LOSSES = ("sampled", "focal_softmax")
 def tiny_faster_rcnn_config(data_dir: str, rpn_loss: str):
     """`tiny_config`'s data and schedule with a Faster R-CNN of 16 channels on P2-P4."""
     config = tiny_config(data_dir)
-    model = config.model = coco_faster_rcnn_r50.model_config()
+    model = config.model = default.faster_rcnn_model()
     model.backbone = "resnet_tiny"
     model.norm = "gn"
     model.fpn_channels = 16
@@ -46,7 +47,7 @@ def test_trainer_trains_and_evaluates_faster_rcnn_with_proposal_recall(
 
     metrics = train.train_and_evaluate(config, workdir)
 
-    assert set(train.EVAL_METRICS) <= set(metrics)
+    assert set(evaluate_lib.EVAL_METRICS) <= set(metrics)
     # The detector's own evaluator: AR at 100 and 300 proposals equal (only 50 per image), and
     # recall cannot exceed what more proposals find.
     assert {"AR@100", "AR@300", "AR@1000"} <= set(metrics)

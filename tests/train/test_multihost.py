@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ import pytest
 
 from tests.train.conftest import tiny_config
 from train import train
+from train import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_STEPS = 6
@@ -131,7 +133,7 @@ def _assert_same_params(workdir, reference) -> None:
 
 
 def _params(workdir) -> dict:
-    variables, step = train.restore_variables(str(workdir))
+    variables, step = workdir_lib.restore_variables(str(workdir))
     assert step == NUM_STEPS
     return jax.tree.map(np.asarray, variables)
 
@@ -195,6 +197,12 @@ def test_a_lost_process_stops_the_other_and_a_rerun_resumes(setup, tmp_path):
         _kill_all(processes)
     assert code != 0, _logs(workdir)
     assert stopped_after < 6 * HEARTBEAT_TIMEOUT_S + 60
+    # The survivor says what happened: the trainer's message when its next collective failed
+    # first, or JAX's, naming the lost process, when the heartbeats timed out first.
+    survivor = pathlib.Path(f"{workdir}.p0.log").read_text()
+    assert ("another process was probably lost" in survivor
+            or re.search(r"stopped sending heartbeats\):\s*1\b", survivor)
+            or "Task 1 heartbeat timeout" in survivor), _logs(workdir)
     saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and saved[-1] < NUM_STEPS
 

@@ -12,10 +12,11 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from focaljax import data as data_lib
-from train import predict, train
+from train import predict
+from train import workdir as workdir_lib
 
 
-def test_preprocess_equals_the_evaluation_pipeline(tmp_path):
+def test_preprocess_image_equals_the_evaluation_pipeline(tmp_path):
     settings = {"image_size": (48, 64), "num_train": 1, "num_validation": 2, "seed": 5}
     builder = data_lib.Shapes(config=data_lib.shapes_config(**settings), data_dir=str(tmp_path))
     builder.download_and_prepare(
@@ -27,8 +28,8 @@ def test_preprocess_equals_the_evaluation_pipeline(tmp_path):
     ))
     for index in range(2):
         image = data_lib.generate_example(builder.builder_config, "validation", index)["image"]
-        expected, scale = predict.preprocess(image, (96, 96))
-        np.testing.assert_allclose(expected, batch["image"][index, 0], atol=1e-5)
+        expected, scale = data_lib.preprocess_image(image, (96, 96))
+        np.testing.assert_allclose(expected.numpy(), batch["image"][index, 0], atol=1e-5)
         assert scale == batch["scale"][index, 0] == 1.5
 
 
@@ -49,7 +50,7 @@ def workdir_scoring_everything(trained_run, tmp_path) -> str:
 def test_predict_writes_coco_results_in_original_pixels_and_annotated_pngs(
     workdir_scoring_everything, tiny_data_dir, tmp_path
 ):
-    dataset = data_lib.build(train.read_run_info(workdir_scoring_everything)[0].dataset)
+    dataset = data_lib.build(workdir_lib.read_run_info(workdir_scoring_everything)[0].dataset)
     small = data_lib.generate_example(dataset.builder.builder_config, "validation", 0)["image"]
     assert small.shape == (64, 64, 3)
     images = tmp_path / "images"

@@ -24,6 +24,7 @@ from focaljax import detectors
 from tests.models import weight_files
 from tests.train.conftest import tiny_config
 from train import train
+from train import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 FREEZE_AT = 2  # The stem and C2; C3-C5 train.
@@ -87,7 +88,7 @@ def is_frozen(path: tuple[str, ...]) -> bool:
 
 
 def restore(workdir: str, step: int) -> dict:
-    manager = train.checkpoint_manager(workdir, create=False)
+    manager = workdir_lib.checkpoint_manager(workdir, create=False)
     try:
         return manager.restore(step, args=ocp.args.StandardRestore())
     finally:
@@ -126,7 +127,7 @@ def test_frozen_part_keeps_the_files_values_the_rest_trains_and_a_resume_needs_n
     assert output.count(f"{path} (pth): ") == 1
     assert "unused: fc.bias, fc.weight" in output
     check_backbone(restore(workdir, 2), state)
-    with open(os.path.join(workdir, train.BACKBONE_WEIGHTS_FILE)) as f:
+    with open(os.path.join(workdir, workdir_lib.BACKBONE_WEIGHTS_FILE)) as f:
         record = json.load(f)
     assert record == {
         "path": str(path), "format": "pth", "bytes": len(data),
@@ -140,14 +141,14 @@ def test_frozen_part_keeps_the_files_values_the_rest_trains_and_a_resume_needs_n
 
     assert f"{path} (pth)" not in capsys.readouterr().out
     check_backbone(restore(workdir, 3), state)
-    with open(os.path.join(workdir, train.BACKBONE_WEIGHTS_FILE)) as f:
+    with open(os.path.join(workdir, workdir_lib.BACKBONE_WEIGHTS_FILE)) as f:
         assert json.load(f) == record
     # What train.predict does before it runs the network: the workdir alone is enough.
-    run_config, info = train.read_run_info(workdir)
+    run_config, info = workdir_lib.read_run_info(workdir)
     assert run_config.model.backbone_weights == str(path)
     detectors.build(run_config.model, num_classes=info.num_classes,
                     image_size=tuple(run_config.dataset.image_size), axis_name=train.AXIS_NAME)
-    assert train.restore_variables(workdir)[1] == 3
+    assert workdir_lib.restore_variables(workdir)[1] == 3
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.train.conftest import tiny_config
-from train import study
+from train import checks, study
 from train import train as trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -88,7 +88,7 @@ def test_every_override_sets_a_field_the_trainer_accepts(names):
                     got = got.to_dict()
                 assert got == (list(value) if isinstance(value, tuple) else value) or (
                     tuple(got) == tuple(value)), key
-            trainer.check_config(config, 1)
+            checks.check_config(config, 1)
 
 
 def test_an_override_of_a_missing_field_is_refused():

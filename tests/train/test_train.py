@@ -11,7 +11,7 @@ import pytest
 from configs import shapes_retinanet
 from focaljax import detectors
 from tests.train.conftest import tiny_config
-from train import train
+from train import checks, compilation, optim, train
 
 IMAGE_SIZE = (64, 64)
 
@@ -54,7 +54,7 @@ def test_check_config_names_the_bad_field_and_what_was_expected(field, value, me
         node = node[parent]
     node[name] = value
     with pytest.raises(ValueError, match=message):
-        train.check_config(config, num_devices=4)
+        checks.check_config(config, num_devices=4)
 
 
 def test_check_config_rejects_decay_points_in_both_steps_and_epochs():
@@ -62,7 +62,7 @@ def test_check_config_rejects_decay_points_in_both_steps_and_epochs():
     config.schedule.decay_steps = (10,)
     config.schedule.decay_epochs = (1.0,)
     with pytest.raises(ValueError, match="decay_steps and decay_epochs are both set"):
-        train.check_config(config, num_devices=4)
+        checks.check_config(config, num_devices=4)
 
 
 def test_check_config_names_the_model_fields_the_trainer_reads_when_they_are_missing():
@@ -70,7 +70,7 @@ def test_check_config_names_the_model_fields_the_trainer_reads_when_they_are_mis
     del config.model["freeze_at"]
     with pytest.raises(ValueError, match=r"config.model lacks \['freeze_at'\], which the trainer "
                                          r"reads for every detector"):
-        train.check_config(config, num_devices=4)
+        checks.check_config(config, num_devices=4)
 
 
 def test_unknown_model_is_rejected_before_anything_is_compiled(tiny_data_dir, tmp_path):
@@ -113,13 +113,13 @@ def _conv_inputs():
 
 def test_no_compiler_options_leave_the_function_as_it_is():
     pmapped = jax.pmap(_conv_kernel_gradient, in_axes=(0, None))
-    assert train.with_compiler_options(pmapped, {}) is pmapped
+    assert compilation.with_compiler_options(pmapped, {}) is pmapped
 
 
 def test_compiler_options_compile_the_step_once_and_leave_its_results_unchanged():
     images, kernel, expected = _conv_inputs()
     pmapped = jax.pmap(_conv_kernel_gradient, in_axes=(0, None))
-    step = train.with_compiler_options(pmapped, {"xla_cpu_experimental_ynn_fusion_type": ""})
+    step = compilation.with_compiler_options(pmapped, {"xla_cpu_experimental_ynn_fusion_type": ""})
     for _ in range(2):
         np.testing.assert_allclose(np.asarray(step(images, kernel)), expected, rtol=1e-5, atol=1e-4)
     # Compiled once, for the first call's shapes: a second shape is not the same program.
@@ -129,7 +129,7 @@ def test_compiler_options_compile_the_step_once_and_leave_its_results_unchanged(
 
 def test_this_xla_accepts_the_compiler_options_of_the_default_config():
     # Otherwise `make train` would warn and run without them (slower on a CPU): update the config.
-    options = train.compiler_options(shapes_retinanet.get_config())
+    options = compilation.compiler_options(shapes_retinanet.get_config())
     assert options
     jax.jit(lambda x: x + 1).lower(1.0).compile(compiler_options=options)
 
@@ -137,7 +137,7 @@ def test_this_xla_accepts_the_compiler_options_of_the_default_config():
 def test_an_option_this_xla_does_not_know_is_reported_and_the_step_still_runs(capsys):
     images, kernel, expected = _conv_inputs()
     pmapped = jax.pmap(_conv_kernel_gradient, in_axes=(0, None))
-    step = train.with_compiler_options(pmapped, {"xla_no_such_option": "1"})
+    step = compilation.with_compiler_options(pmapped, {"xla_no_such_option": "1"})
     np.testing.assert_allclose(np.asarray(step(images, kernel)), expected, rtol=1e-5, atol=1e-4)
     output = capsys.readouterr().out
     assert "rejects config.compiler_options {'xla_no_such_option': '1'}" in output
@@ -156,7 +156,7 @@ def test_learning_rate_warms_up_linearly_then_steps_down():
     config.batch_size = 32  # Linear scaling: base 0.02.
     config.schedule.warmup_steps = 100
     config.schedule.warmup_factor = 0.001
-    learning_rate = train.create_learning_rate_fn(config, 1000, (600, 800))
+    learning_rate = optim.create_learning_rate_fn(config, 1000, (600, 800))
     expected = {0: 0.02 * 0.001, 50: 0.02 * (0.001 * 0.5 + 0.5), 100: 0.02, 599: 0.02,
                 600: 0.002, 799: 0.002, 800: 0.0002, 999: 0.0002}
     for step, value in expected.items():
@@ -168,7 +168,7 @@ def test_cosine_schedule_falls_to_zero_at_the_last_step():
     config.schedule.name = "cosine"
     config.schedule.warmup_steps = 0
     config.optimizer.reference_batch_size = config.batch_size
-    learning_rate = train.create_learning_rate_fn(config, 1000, ())
+    learning_rate = optim.create_learning_rate_fn(config, 1000, ())
     base = config.optimizer.learning_rate
     np.testing.assert_allclose([learning_rate(0), learning_rate(500), learning_rate(1000)],
                                [base, base / 2, 0.0], atol=1e-9)
@@ -180,10 +180,10 @@ def test_steps_and_decay_points_can_be_given_in_epochs():
     config.num_epochs = 12.0
     config.schedule.decay_epochs = (8, 11)
     config.batch_size = 16
-    assert train.resolve_steps(config, num_train_examples=160) == (120, (80, 110))
+    assert optim.resolve_steps(config, num_train_examples=160) == (120, (80, 110))
     config.schedule.decay_epochs = (13,)
     with pytest.raises(ValueError, match=r"decay steps \(130,\) must increase and lie in"):
-        train.resolve_steps(config, num_train_examples=160)
+        optim.resolve_steps(config, num_train_examples=160)
 
 
 def test_decay_mask_selects_the_kernels_of_the_detector_and_no_bias_or_norm_parameter():
@@ -192,7 +192,7 @@ def test_decay_mask_selects_the_kernels_of_the_detector_and_no_bias_or_norm_para
                                axis_name=train.AXIS_NAME)
     batch = {"image": jax.ShapeDtypeStruct((1, *IMAGE_SIZE, 3), np.float32)}
     params = jax.eval_shape(detector.init, jax.random.PRNGKey(0), batch)["params"]
-    mask = jax.tree_util.tree_flatten_with_path(train.decay_mask(params))[0]
+    mask = jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]
     names = {jax.tree_util.keystr(path)[2:-2].split("']['")[-1] for path, _ in mask}
     assert names == {"kernel", "bias", "scale"}
     for path, decayed in mask:
@@ -210,7 +210,7 @@ def test_sgd_weight_decay_moves_kernels_only():
     config.optimizer.learning_rate = 1.0
     config.optimizer.reference_batch_size = config.batch_size
     config.schedule.warmup_steps = 0
-    tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 100, ()))
+    tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, ()))
     params = _toy_params()
     zero_grads = jax.tree.map(np.zeros_like, params)
     updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
@@ -230,7 +230,7 @@ def test_gradient_clipping_bounds_the_global_gradient_norm(optimizer):
     config.optimizer.learning_rate = 1.0
     config.optimizer.reference_batch_size = config.batch_size
     config.schedule.warmup_steps = 0
-    tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 100, ()))
+    tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, ()))
     params = _toy_params()
     grads = jax.tree.map(lambda p: np.full_like(p, 100.0), params)
     updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
@@ -250,7 +250,7 @@ def test_frozen_parameters_get_no_update_not_even_weight_decay(optimizer):
     config.optimizer.learning_rate = 1.0
     config.optimizer.reference_batch_size = config.batch_size
     config.schedule.warmup_steps = 0
-    tx = train.create_optimizer(config, train.create_learning_rate_fn(config, 100, ()))
+    tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, ()))
     kernel = np.ones((3, 3, 2, 2), np.float32)
     resnet = {name: {"conv1": {"kernel": kernel}, "norm1": {"scale": np.ones(2, np.float32)}}
               for name in ("stage2_block0", "stage3_block0")}

@@ -16,7 +16,9 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.train.conftest import tiny_config
+from train import evaluate as evaluate_lib
 from train import train
+from train import workdir as workdir_lib
 
 
 def read_jsonl(workdir: str) -> list[dict]:
@@ -29,7 +31,7 @@ def train_losses(workdir: str) -> dict[int, float]:
 
 
 def restore_state(workdir: str, step: int) -> dict:
-    manager = train.checkpoint_manager(workdir, create=False)
+    manager = workdir_lib.checkpoint_manager(workdir, create=False)
     try:
         return manager.restore(step, args=ocp.args.StandardRestore())
     finally:
@@ -44,7 +46,7 @@ def test_run_leaves_metrics_checkpoints_tensorboard_events_and_a_detection_grid(
             "train/grad_norm", "train/images_per_second"} <= set(records[0])
     assert records[-1]["step"] == 4 and "eval/AP" in records[-1]
 
-    manager = train.checkpoint_manager(workdir, create=False)
+    manager = workdir_lib.checkpoint_manager(workdir, create=False)
     assert manager.all_steps() == [2, 4]  # Every 2 steps, the last 2 kept.
     manager.close()
 
@@ -61,7 +63,7 @@ def test_run_leaves_metrics_checkpoints_tensorboard_events_and_a_detection_grid(
 
 def test_final_metrics_are_the_coco_box_metrics(trained_run):
     _, metrics = trained_run
-    assert set(train.EVAL_METRICS) <= set(metrics)
+    assert set(evaluate_lib.EVAL_METRICS) <= set(metrics)
     for name in ("AP", "AP50", "AP75"):
         assert 0.0 <= metrics[name] <= 1.0
 
@@ -94,7 +96,7 @@ def test_sigterm_saves_and_a_rerun_resumes_to_the_uninterrupted_state(
     with pytest.raises(train.TrainingInterruptedError, match="SIGTERM: saved a checkpoint at step 1"
                        ):
         train.train_and_evaluate(config, workdir)
-    manager = train.checkpoint_manager(workdir, create=False)
+    manager = workdir_lib.checkpoint_manager(workdir, create=False)
     assert manager.all_steps() == [1]
     manager.close()
     monkeypatch.undo()
@@ -151,6 +153,6 @@ def test_nan_loss_stops_training_naming_the_step_and_the_last_good_checkpoint(
         match=r"loss is nan .* at step 3; stopping\. Last good checkpoint: step 2 in .*checkpoints",
     ):
         train.train_and_evaluate(tiny_config(tiny_data_dir), workdir)
-    manager = train.checkpoint_manager(workdir, create=False)
+    manager = workdir_lib.checkpoint_manager(workdir, create=False)
     assert manager.all_steps() == [2]
     manager.close()

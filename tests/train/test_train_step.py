@@ -11,7 +11,7 @@ from focaljax import data as data_lib
 from focaljax import detectors
 from focaljax.ops import boxes as box_ops
 from tests.train.conftest import tiny_config
-from train import train
+from train import optim, train
 
 IMAGE_SIZE = (64, 64)
 
@@ -21,8 +21,8 @@ def pmapped_steps(config, devices):
     detector = detectors.build(
         config.model, num_classes=4, image_size=IMAGE_SIZE, axis_name=train.AXIS_NAME
     )
-    learning_rate_fn = train.create_learning_rate_fn(config, 100, ())
-    tx = train.create_optimizer(config, learning_rate_fn)
+    learning_rate_fn = optim.create_learning_rate_fn(config, 100, ())
+    tx = optim.create_optimizer(config, learning_rate_fn)
     state = train.create_train_state(jax.random.PRNGKey(0), detector, tx, IMAGE_SIZE)
     step = jax.pmap(
         functools.partial(
