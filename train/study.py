@@ -60,8 +60,8 @@ Time (2-core AMD EPYC VM without accelerator, jax 0.10.2):
   data set generated once and Figure 4's pass over 200 images: 54 min 40 s measured for the whole
   command (2026-12-02, with other tests running beside it part of the time; `/usr/bin/time`).
   `--full_grid` adds 16 runs (about 45 minutes, estimated from the runs above).
-- `rpn`, quick, base setting (an estimate, not measured yet): 8 runs of about 250 s (600 steps
-  at the 46 images/s of the measured 1500-step run, plus its evaluation): about 35 minutes.
+- `rpn`, quick, base setting: 8 runs of 600 steps, 35 min 30 s measured for the whole command
+  (2026-12-02, the test suite running beside it part of the time; `/usr/bin/time`).
 - `full`: on this CPU about 11 minutes a `table1` run (about 4 hours for 20); on one modern GPU,
   where the tf.data pipeline rather than the tiny model sets the pace, about 1-3 minutes a run,
   under an hour for `table1,figure4` (not measured).
