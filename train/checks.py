@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import default
 from focaljax import detectors
 from focaljax.models import pretrained as pretrained_lib
 from focaljax.models import resnet as resnet_lib
@@ -13,6 +14,24 @@ from train import compilation, evaluate, optim
 # The fields of config.model that the trainer reads for any detector ("" and 0 for one without a
 # ResNet); the detector's builder reads the rest.
 MODEL_FIELDS = ("backbone_weights", "backbone_weights_format", "freeze_at")
+# Fields of configs/default.py whose own keys are free: the detector's fields (checked by its
+# builder, and MODEL_FIELDS here), the data set's builder arguments and XLA's option names.
+_OPEN_FIELDS = ("model", "dataset.builder_kwargs", "compiler_options")
+
+
+def missing_fields(
+    config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = ""
+) -> list[str]:
+    """The dotted names of the fields of `reference` (configs/default.py's) that `config` lacks."""
+    missing = []
+    for name, value in reference.items():
+        dotted = prefix + name
+        if name not in config:
+            missing.append(dotted)
+        elif (isinstance(value, ml_collections.ConfigDict) and dotted not in _OPEN_FIELDS
+              and isinstance(config[name], ml_collections.ConfigDict)):
+            missing += missing_fields(config[name], value, f"{dotted}.")
+    return missing
 
 
 def check_config(
@@ -23,6 +42,12 @@ def check_config(
     `num_devices` counts the devices of all `num_processes` processes: `config.batch_size` and
     `config.eval_batch_size` are global batches, split evenly over them.
     """
+    missing = missing_fields(config, default.get_config())
+    if missing:
+        raise ValueError(
+            f"the config lacks {missing}; configs/default.py declares every field the trainer "
+            "reads: start from its get_config() and override what differs"
+        )
     where = (f"{num_devices} devices of the {num_processes} processes" if num_processes > 1
              else f"{num_devices} local devices")
     for name in ("batch_size", "eval_batch_size"):

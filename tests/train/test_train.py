@@ -65,6 +65,16 @@ def test_check_config_rejects_decay_points_in_both_steps_and_epochs():
         checks.check_config(config, num_devices=4)
 
 
+def test_check_config_names_every_field_of_the_default_config_that_is_missing():
+    config = tiny_config("")
+    del config["voc_metric"]
+    del config.optimizer["b1"]
+    del config.dataset["shuffle_buffer_size"]
+    with pytest.raises(ValueError, match=r"the config lacks \['dataset.shuffle_buffer_size', "
+                                         r"'optimizer.b1', 'voc_metric'\]; configs/default.py"):
+        checks.check_config(config, num_devices=4)
+
+
 def test_check_config_names_the_model_fields_the_trainer_reads_when_they_are_missing():
     config = tiny_config("")
     del config.model["freeze_at"]
