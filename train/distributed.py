@@ -15,6 +15,7 @@ single-process run) and calls these functions where processes must agree:
   process order, the same on every process.
 * `pmean`: the steps' cross-device means as one all-reduce per dtype, which the collectives
   between processes run an order of magnitude faster than one per leaf.
+* `lost_peer`: whether an error is a collective's whose peer process is gone.
 * `barrier`: all processes wait for each other (e.g. while process 0 prepares the data set).
 
 With one process every function is the identity or close to it, so single- and multi-process runs
@@ -23,6 +24,7 @@ take the same code path.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import jax
@@ -90,6 +92,25 @@ def pmean(tree: Any, axis_name: str) -> Any:
         for i, part in zip(indices, jnp.split(flat, offsets), strict=True):
             means[i] = part.reshape(np.shape(leaves[i]))
     return jax.tree.unflatten(treedef, means)
+
+
+# What JAX's runtime says when a collective or barrier lost its peer (gloo, the coordination
+# service), as opposed to any other runtime error.
+PEER_LOST = re.compile(r"gloo|unavailable|heartbeat|connection|barrier|deadline", re.IGNORECASE)
+
+
+def lost_peer(error: BaseException) -> str | None:
+    """The first line of the runtime error of a lost process behind `error`: itself, or what it
+    was raised from or during (orbax's checkpoint barrier fails after a step's collective);
+    None if there is none. A collective whose peer is gone fails at once, before the heartbeats
+    time out, and `python -m train` then says so in one line."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, jax.errors.JaxRuntimeError) and PEER_LOST.search(str(error)):
+            return str(error).strip().splitlines()[0]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def device_mesh(axis_name: str) -> Mesh:

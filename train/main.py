@@ -24,7 +24,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train import cli, train
+from train import cli, distributed, train
 
 FLAGS = flags.FLAGS
 
@@ -77,22 +77,20 @@ def main(argv: list[str]) -> None:
     except (ValueError, FileNotFoundError, train.TrainingDivergedError) as error:
         # Config and divergence errors are for the user, not stack traces.
         _exit(f"error: {error}", 1)
-    except jax.errors.JaxRuntimeError as error:
+    except Exception as error:
         if jax.process_count() == 1:
             raise
-        # A collective whose peer is gone fails at once, before the heartbeats time out.
-        first_line = str(error).strip().splitlines()[0]
-        _exit(
-            f"error: process {jax.process_index()} of {jax.process_count()} stopped: a collective "
-            f"over the processes failed ({first_line}); another process was probably lost, see "
-            f"its log. Rerunning the same command on every host resumes from the last checkpoint "
-            f"in {os.path.join(FLAGS.workdir, 'checkpoints')}.",
-            1,
-        )
-    except Exception:
-        if jax.process_count() == 1:
-            raise
-        _exit(traceback.format_exc(), 1)  # A bug: the traceback, without the hang.
+        lost = distributed.lost_peer(error)
+        if lost is None:  # A bug: the traceback, without the hang.
+            message = traceback.format_exc()
+        else:
+            message = (
+                f"error: process {jax.process_index()} of {jax.process_count()} stopped: a "
+                f"collective over the processes failed ({lost}); another process was probably "
+                "lost, see its log. Rerunning the same command on every host resumes from the last "
+                f"checkpoint in {os.path.join(FLAGS.workdir, 'checkpoints')}."
+            )
+        _exit(message, 1)
 
 
 def _exit(message: str, status: int) -> None:

@@ -42,3 +42,33 @@ def test_pmean_is_lax_pmean_of_every_leaf():
             mean = np.mean(np.asarray(original, np.float64), axis=0)
             for replica in np.asarray(got):
                 np.testing.assert_allclose(replica, mean, rtol=1e-6, atol=1e-7)
+
+
+def _raised_from(error: BaseException, cause: BaseException) -> BaseException:
+    try:
+        raise error from cause
+    except BaseException as raised:
+        return raised
+
+
+def test_lost_peer_finds_the_runtime_error_of_a_lost_process_behind_an_error():
+    # What the survivor of a 2-process run saw (tests/train/test_multihost.py): the train step's
+    # collective, or orbax's checkpoint barrier, which raises a TimeoutError from it.
+    gloo = jax.errors.JaxRuntimeError(
+        "UNKNOWN: Gloo all-reduce failed: [pair.cc:538] Read error [127.0.0.1]:36573: Connection "
+        "reset by peer"
+    )
+    assert distributed.lost_peer(gloo) == gloo.args[0]
+    barrier = jax.errors.JaxRuntimeError(
+        "INTERNAL: Barrier failed because: task is set to ERROR: UNAVAILABLE: Task 1 heartbeat "
+        "timeout.\n\nRPC: /xla.coordination.CoordinationService/Barrier"
+    )
+    timeout = _raised_from(TimeoutError("Timed out while waiting for a barrier."), barrier)
+    assert distributed.lost_peer(timeout) == (
+        "INTERNAL: Barrier failed because: task is set to ERROR: UNAVAILABLE: Task 1 heartbeat "
+        "timeout."
+    )
+    # Any other error, a runtime error of this process included, is not a lost peer.
+    assert distributed.lost_peer(ValueError("config.batch_size is 6")) is None
+    out_of_memory = jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating")
+    assert distributed.lost_peer(_raised_from(RuntimeError("step failed"), out_of_memory)) is None
