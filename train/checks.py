@@ -91,6 +91,11 @@ def check_config(
             f"config.voc_metric is {voc_metric!r}, expected '' (off) or one of "
             f"{tuple(evaluate.VOC_METRICS)}"
         )
+    scores = tuple(config.eval_min_scores)
+    if any(not isinstance(s, int | float) or not 0 < s <= 1 for s in scores):
+        raise ValueError(
+            f"config.eval_min_scores is {scores}, expected scores in (0, 1], e.g. (0.05,)"
+        )
     compilation.compiler_options(config)  # Raises for a malformed one.
     image_size = tuple(config.dataset.image_size)
     if len(image_size) != 2 or min(image_size) < 1:

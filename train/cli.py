@@ -7,11 +7,13 @@ never a traceback.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.util
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
 from absl import flags, logging
@@ -52,16 +54,59 @@ def _config_path(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _load(path: str) -> ml_collections.ConfigDict | None:
+class ConfigError(ValueError):
+    """A mistake in what the user asked for (a config file, a field, a flag value), reported in
+    one line that says what was expected."""
+
+
+def load_config(path: str, *, flag: str = "--config") -> ml_collections.ConfigDict:
+    """`get_config()` of the Python file at `path`; `ConfigError` naming `flag` and the file for
+    a missing file, anything the file raises, or something other than a ConfigDict."""
     if not os.path.isfile(path):
-        fail(f"--config {path}: no such file; expected a configs/*.py file")
-    spec = importlib.util.spec_from_file_location("_cli_config", path)
+        raise ConfigError(f"{flag} {path}: no such file; expected a configs/*.py file")
+    spec = importlib.util.spec_from_file_location(f"_cli_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-        return module.get_config()
+        config = module.get_config()
     except Exception as error:  # The user's file: whatever it raises is reported in one line.
-        fail(f"--config {path}: {type(error).__name__}: {error}")
+        raise ConfigError(f"{flag} {path}: {type(error).__name__}: {error}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{flag} {path}: get_config() returned {type(config).__name__}, "
+                          "expected an ml_collections.ConfigDict")
+    return config
+
+
+def set_fields(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """A copy of `config` with each dotted field of `overrides` (`{"model.loss.gamma": 2.0}`)
+    set, as `--config.model.loss.gamma=2.0` sets it; a field the config lacks is a
+    `ConfigError` (`unknown_field`'s message), never added. A mapping value replaces the field
+    with a ConfigDict of it."""
+    config = copy.deepcopy(config)
+    for dotted, value in overrides.items():
+        message = unknown_field(config, dotted)
+        if message:
+            raise ConfigError(f"override {dotted}: {message}")
+        *parents, name = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        if isinstance(value, Mapping):
+            value = ml_collections.ConfigDict(dict(value))
+        try:
+            node[name] = value
+        except TypeError as error:
+            raise ConfigError(f"override {dotted}={value!r}: {error}") from None
+    return config
+
+
+def _load(path: str) -> ml_collections.ConfigDict | None:
+    try:
+        return load_config(path)
+    except ConfigError as error:
+        fail(str(error))
     return None
 
 

@@ -55,13 +55,19 @@ def denormalize(images: np.ndarray, mean: Any, std: Any) -> np.ndarray:
     return np.clip(np.round(images), 0, 255).astype(np.uint8)
 
 
+def min_score_suffix(score: float) -> str:
+    """The suffix of the COCO metrics over the detections scoring at least `score`: "@0.05"."""
+    return f"@{float(score):g}"
+
+
 def build_evaluators(
     dataset: data_lib.DetectionDataset,
     detector: detectors.Detector,
     config: ml_collections.ConfigDict,
 ) -> list[evaluation.Evaluator]:
-    """The evaluators of a run: COCO's detection metrics, PASCAL VOC's mAP when
-    `config.voc_metric` is set, then the detector's own (`Detector.evaluators`)."""
+    """The evaluators of a run: COCO's detection metrics, again over the detections scoring at
+    least each of `config.eval_min_scores` (names suffixed by `min_score_suffix`), PASCAL VOC's
+    mAP when `config.voc_metric` is set, then the detector's own (`Detector.evaluators`)."""
     ground_truth = dataset.coco_ground_truth(config.dataset.eval_split)
     # "faster_coco_eval" gives pycocotools' numbers (to 1e-4, tested) an order of magnitude faster.
     evaluators: list[evaluation.Evaluator] = [
@@ -69,6 +75,13 @@ def build_evaluators(
             ground_truth, category_ids=dataset.info.category_ids,
             backend=config.eval_backend,
         )
+    ]
+    evaluators += [
+        evaluation.CocoDetectionEvaluator(
+            ground_truth, category_ids=dataset.info.category_ids, backend=config.eval_backend,
+            min_score=float(score), suffix=min_score_suffix(score),
+        )
+        for score in config.eval_min_scores
     ]
     voc_metric = config.voc_metric
     if voc_metric:
@@ -145,10 +158,13 @@ def evaluate(
 
 
 def format_metrics_table(metrics: Mapping[str, float]) -> str:
-    """The COCO metrics as a table, then one line for the other metrics of the evaluators (VOC's
-    mAP, proposal recall ...), if any."""
+    """The COCO metrics as a table, then one line for the other metrics of the evaluators (AP,
+    AP50 and AP75 at each `config.eval_min_scores`, VOC's mAP, proposal recall ...), if any."""
     header = " | ".join(f"{name:>6}" for name in EVAL_METRICS)
     values = " | ".join(f"{metrics[name]:6.3f}" for name in EVAL_METRICS)
+    # Of the COCO metrics at a minimum score (AP@0.05 ...), AP, AP50 and AP75 only.
     others = [f"{name}: {value:.3f}" for name, value in metrics.items()
-              if name not in evaluation.STAT_NAMES]
+              if name not in evaluation.STAT_NAMES
+              and (name.split("@")[0] not in evaluation.STAT_NAMES
+                   or name.split("@")[0] in EVAL_METRICS[:3])]
     return "\n".join([header, values] + (["  ".join(others)] if others else []))

@@ -56,7 +56,11 @@ class CocoDetectionEvaluator:
 
     ``evaluate`` returns the twelve numbers of ``CocoEvaluator.evaluate`` under the names of
     ``STAT_NAMES`` (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl), NaN where
-    undefined, over every image of the ground truth.
+    undefined, over every image of the ground truth. With ``min_score``, only the detections
+    scoring at least that much count, and each name gets ``suffix``: the AP a detector
+    post-processed at a lower score threshold would have had at ``min_score`` (the RetinaNet
+    paper's inference keeps scores >= 0.05; a model still learning to be confident can rank
+    well below it).
 
     Examples:
       >>> ground_truth = {
@@ -80,6 +84,8 @@ class CocoDetectionEvaluator:
         *,
         category_ids: Sequence[int],
         backend: Backend = "pycocotools",
+        min_score: float = 0.0,
+        suffix: str = "",
     ):
         """Builds an evaluator.
 
@@ -88,8 +94,14 @@ class CocoDetectionEvaluator:
             ``CocoEvaluator``).
           category_ids: the COCO category id of each contiguous class ``0..len - 1``.
           backend: ``"pycocotools"`` or ``"faster_coco_eval"`` (see ``CocoEvaluator``).
+          min_score: detections scoring below it are left out.
+          suffix: appended to every metric name (e.g. ``"@0.05"``).
         """
+        if not 0.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score is {min_score}, expected a score in [0, 1]")
         self.category_ids = tuple(int(c) for c in category_ids)
+        self.min_score = float(min_score)
+        self.suffix = suffix
         # Public, so that the trainer can log `summary_table()` or `per_category_ap()`.
         self.coco_evaluator = CocoEvaluator(ground_truth, backend=backend)
 
@@ -101,21 +113,29 @@ class CocoDetectionEvaluator:
         """Adds the detections of a batch; padding examples and detections are skipped."""
         _require_keys(predictions, ("boxes", "scores", "classes", "num_valid"), "predictions")
         _require_keys(batch, ("image_id", "valid"), "batch")
+        scores = predictions["scores"]
+        num_valid = predictions["num_valid"]
+        boxes, classes = predictions["boxes"], predictions["classes"]
+        if self.min_score > 0:
+            # Valid rows first, each image's kept rows in their order: detections_to_coco reads
+            # rows 0..num_valid - 1.
+            kept = (np.arange(scores.shape[1]) < num_valid[:, None]) & (scores >= self.min_score)
+            order = np.argsort(~kept, axis=1, kind="stable")
+            boxes = np.take_along_axis(boxes, order[..., None], axis=1)
+            scores = np.take_along_axis(scores, order, axis=1)
+            classes = np.take_along_axis(classes, order, axis=1)
+            num_valid = kept.sum(axis=1)
         self.coco_evaluator.add(
             detections_to_coco(
-                batch["image_id"],
-                predictions["boxes"],
-                predictions["scores"],
-                predictions["classes"],
-                predictions["num_valid"],
-                self.category_ids,
+                batch["image_id"], boxes, scores, classes, num_valid, self.category_ids,
                 batch["valid"],
             )
         )
 
     def evaluate(self) -> dict[str, float]:
-        """``{name: value for name in STAT_NAMES}``, floats in [0, 1] or NaN."""
-        return self.coco_evaluator.evaluate()
+        """``{name + suffix: value for name in STAT_NAMES}``, floats in [0, 1] or NaN."""
+        return {f"{name}{self.suffix}": value
+                for name, value in self.coco_evaluator.evaluate().items()}
 
 
 class VocDetectionEvaluator:

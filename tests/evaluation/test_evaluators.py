@@ -301,6 +301,44 @@ def test_coco_detection_evaluator_equals_coco_evaluator_on_the_real_examples():
     assert 0 < metrics["AP"] < 1
 
 
+@pytest.mark.parametrize("min_score", [0.3, 0.6])
+def test_coco_detection_evaluator_at_a_min_score_equals_evaluating_only_those_detections(min_score):
+    rng = np.random.default_rng(1)
+    category_ids = [3, 7]
+    gt = _ground_truth(
+        [[(3, [10, 10, 60, 60], 0), (7, [100, 100, 200, 180], 0)], [(7, [20, 30, 120, 90], 0)]],
+        categories=category_ids,
+    )
+    gt_xyxy = np.array([[10, 10, 60, 60], [100, 100, 200, 180], [20, 30, 120, 90], [0, 0, 40, 60]])
+    boxes = gt_xyxy[None] + rng.normal(0, 5, (2, 4, 4))
+    scores = rng.uniform(0, 1, (2, 4))
+    classes = rng.integers(0, 2, (2, 4))
+    num_valid = [4, 3]
+    predictions, batch = _detection_batch([1, 2], boxes, scores, classes, num_valid, [True, True])
+    evaluator = CocoDetectionEvaluator(gt, category_ids=category_ids, min_score=min_score,
+                                       suffix="@x")
+    evaluator.add(predictions, batch)
+    metrics = evaluator.evaluate()
+
+    # The kept detections, picked one by one.
+    direct = CocoEvaluator(gt)
+    for b, image_id in enumerate([1, 2]):
+        rows = [k for k in range(num_valid[b]) if scores[b, k] >= min_score]
+        direct.add(detections_to_coco([image_id], boxes[b, rows][None], scores[b, rows][None],
+                                      classes[b, rows][None], [len(rows)], category_ids))
+    expected = direct.evaluate()
+    assert set(metrics) == {f"{name}@x" for name in STAT_NAMES}
+    for name in STAT_NAMES:
+        assert metrics[f"{name}@x"] == pytest.approx(expected[name], nan_ok=True), name
+    valid_scores = np.concatenate([scores[b, :n] for b, n in enumerate(num_valid)])
+    assert 0 < np.sum(valid_scores < min_score) < len(valid_scores)  # Some kept, some dropped.
+
+
+def test_coco_detection_evaluator_rejects_a_min_score_outside_0_1():
+    with pytest.raises(ValueError, match=r"min_score is 1.5, expected a score in \[0, 1\]"):
+        CocoDetectionEvaluator(_ground_truth([[]]), category_ids=[1], min_score=1.5)
+
+
 def _voc_truth():
     # One class; one box in each of two images.
     image_ids = [1, 2]

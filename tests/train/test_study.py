@@ -1,11 +1,10 @@
-"""The study runner (`train.study`): the grid it expands to, Figure 4's curves against float64
-NumPy, tables built from the runs' own files, and a study interrupted inside and between runs
-ending with the study.json of an uninterrupted one."""
+"""The study (`train.study`): the grid it expands to, the verdict rule, the regime figures against
+hand-computed ones, tables built from the runs' own files, and a study interrupted inside and
+between runs ending with the study.json of an uninterrupted one."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -16,58 +15,82 @@ import numpy as np
 import pytest
 
 from tests.train.conftest import tiny_config
-from train import checks, study
+from train import checks, cli
 from train import train as trainer
+from train.study import data_report, grid, runner, studies, verdicts
+from train.study.verdicts import Stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FULL = grid.PRESETS["full"]
+POSITIVES = {"paper_regime": 3.2, "base": 9.0}
 
 
 def default_bases(names):
     """Each study's (label, default base config), as the command line resolves them."""
-    bases = {}
-    for name in names:
-        path = study.STUDIES[name].default_base_config
-        bases[name] = (path, study.load_config_file(os.path.join(ROOT, path)))
-    return bases
+    return {name: (studies.STUDIES[name].default_base_config,
+                   cli.load_config(os.path.join(ROOT, studies.STUDIES[name].default_base_config)))
+            for name in names}
 
 
-TABLE1_FIRST_SEED = [
+TABLE1_VARIANTS = [
     "alpha_ce_a0.25", "alpha_ce_a0.5", "alpha_ce_a0.75", "alpha_ce_a0.9", "alpha_ce_a0.99",
     "focal_g0.5_a0.5", "focal_g1_a0.25", "focal_g2_a0.25", "focal_g5_a0.25",
-    "ohem_n128", "ohem_n128_1to3", "ohem_n512", "ohem_n512_1to3",
-    "flstar_g2_b1", "flstar_g4_b0", "ce_prior", "ce_bias0",
+    "ohem_x1.3_nms0.5", "ohem_x1.3_nms0.7", "ohem_x5_nms0.5", "ohem_x5_nms0.7",
+    "ohem_x1.3_nms0.5_1to3", "ohem_x5_nms0.5_1to3",
+    "flstar_g2_b1", "flstar_g4_b0", "ce_prior_sgd", "ce_bias0_sgd",
 ]
 
 
-def test_table1_and_figure4_expand_to_the_documented_runs():
-    grid = study.expand_grid(["table1", "figure4"], default_bases(["table1", "figure4"]),
-                             preset=study.PRESETS["quick"], seeds=2)
-    names = [run.name for run in grid]
-    # Every variant once at seed 0 (figure4's model is table1's focal run), then the headline
-    # variants' second seed.
-    assert names == [f"{v}_s0" for v in TABLE1_FIRST_SEED] + [
-        "alpha_ce_a0.75_s1", "focal_g2_a0.25_s1", "ohem_n128_s1"]
-    assert {run.setting for run in grid} == {"paper_regime"}
-    by_name = {run.name: run.overrides for run in grid}
-    assert by_name["focal_g5_a0.25_s0"]["model.loss.cls"] == "focal"
-    assert (by_name["focal_g5_a0.25_s0"]["model.loss.gamma"],
-            by_name["focal_g5_a0.25_s0"]["model.loss.alpha"]) == (5.0, 0.25)
-    assert by_name["alpha_ce_a0.99_s0"]["model.loss.alpha"] == 0.99
-    assert by_name["ohem_n512_1to3_s0"]["model.loss.ohem_num_samples"] == 512
-    assert by_name["ohem_n512_1to3_s0"]["model.loss.ohem_positive_fraction"] == 0.25
-    assert by_name["ohem_n128_s0"]["model.loss.ohem_positive_fraction"] == 0.0
-    assert by_name["ce_bias0_s0"]["model.prior_prob"] == 0.5
-    assert by_name["ohem_n128_s1"]["seed"] == 1
-    assert by_name["focal_g2_a0.25_s0"]["num_train_steps"] == 400
+def test_table1_and_figure4_expand_to_every_variant_at_every_seed_in_seed_order():
+    runs = grid.expand_grid(["table1", "figure4"], default_bases(["table1", "figure4"]),
+                            preset=FULL, positives_per_image=POSITIVES)
+    # Every row enters a verdict: all three seeds, the first seed of every row first; figure4's
+    # model is table1's focal run.
+    assert [run.name for run in runs] == [f"{v}_s{s}" for s in range(3) for v in TABLE1_VARIANTS]
+    assert {run.setting for run in runs} == {"paper_regime"}
+    by_name = {run.name: run.overrides for run in runs}
+    focal = by_name["focal_g5_a0.25_s0"]
+    assert (focal["model.loss.cls"], focal["model.loss.gamma"], focal["model.loss.alpha"]) == (
+        "focal", 5.0, 0.25)
+    # OHEM batches of about 1.3 and 5 anchors per positive of the setting (3.2 an image).
+    assert by_name["ohem_x1.3_nms0.5_s0"]["model.loss.ohem_num_samples"] == 4
+    assert by_name["ohem_x5_nms0.7_s0"]["model.loss.ohem_num_samples"] == 16
+    assert by_name["ohem_x5_nms0.7_s0"]["model.loss.ohem_nms_iou_threshold"] == 0.7
+    assert by_name["ohem_x5_nms0.5_1to3_s0"]["model.loss.ohem_negative_ratio"] == 3.0
+    assert by_name["ohem_x5_nms0.5_s0"]["model.loss.ohem_negative_ratio"] == 0.0
+    # The initialisation rows: the paper's SGD, decays at 2/3 and 8/9 of the run; only the prior
+    # differs between them.
+    sgd, zero = by_name["ce_prior_sgd_s1"], by_name["ce_bias0_sgd_s1"]
+    assert sgd["optimizer.name"] == "sgd" and sgd["optimizer.learning_rate"] == 0.01
+    steps = sgd["num_train_steps"]
+    assert sgd["schedule.decay_steps"] == (round(2 * steps / 3), round(8 * steps / 9))
+    assert {k: v for k, v in zero.items() if k != "model.prior_prob"} == {
+        k: v for k, v in sgd.items() if k != "model.prior_prob"}
+    assert (sgd["model.prior_prob"], zero["model.prior_prob"]) == (0.01, 0.5)
+    assert "optimizer.name" not in focal  # The grid's own recipe.
+    # Every run evaluates at 0.001 and again over the scores >= 0.05.
+    assert all(r.overrides["model.postprocess.score_threshold"] == 0.001
+               and r.overrides["eval_min_scores"] == (0.05,) for r in runs)
+    assert by_name["ohem_x5_nms0.7_s2"]["seed"] == 2
 
 
-def test_the_full_grid_has_every_alpha_at_every_nonzero_gamma():
-    grid = study.expand_grid(["table1"], default_bases(["table1"]),
-                             preset=study.PRESETS["quick"], full_grid=True, seeds=1)
-    focal = {run.variant for run in grid if run.variant.startswith("focal_")}
-    assert focal == {f"focal_g{g}_a{a}" for g in ("0.5", "1", "2", "5")
-                     for a in ("0.25", "0.5", "0.75", "0.9", "0.99")}
-    assert len(grid) == 5 + 20 + 4 + 2 + 2
+def test_the_quick_preset_has_one_seed_and_the_full_grid_adds_single_seed_alphas():
+    bases = default_bases(["table1"])
+    quick = grid.expand_grid(["table1"], bases, preset=grid.PRESETS["quick"],
+                             positives_per_image=POSITIVES)
+    assert len(quick) == len(TABLE1_VARIANTS)
+    assert not grid.PRESETS["quick"].converged and FULL.converged
+    full_grid = grid.expand_grid(["table1"], bases, preset=FULL, full_grid=True,
+                                 positives_per_image=POSITIVES)
+    extra = [r for r in full_grid if r.variant not in TABLE1_VARIANTS]
+    assert len(extra) == 4 * 4 and {r.seed for r in extra} == {0}
+    assert len(full_grid) == 3 * len(TABLE1_VARIANTS) + 16
+
+
+def test_ohem_rows_need_the_settings_positives():
+    with pytest.raises(grid.StudyError, match="sizes its OHEM batch by the positives an image "
+                                              "of setting paper_regime, not given"):
+        grid.expand_grid(["table1"], default_bases(["table1"]), preset=FULL)
 
 
 def _field(config: ml_collections.ConfigDict, dotted: str):
@@ -79,9 +102,10 @@ def _field(config: ml_collections.ConfigDict, dotted: str):
 @pytest.mark.parametrize("names", [["table1", "figure4"], ["rpn"]])
 def test_every_override_sets_a_field_the_trainer_accepts(names):
     bases = default_bases(names)
-    for preset in study.PRESETS.values():
-        for run in study.expand_grid(names, bases, preset=preset, full_grid=True, seeds=2):
-            config = study.run_config(run, bases[names[0]][1])
+    for preset in grid.PRESETS.values():
+        for run in grid.expand_grid(names, bases, preset=preset, full_grid=True,
+                                    positives_per_image=POSITIVES):
+            config = grid.run_config(run, bases[names[0]][1])
             for key, value in run.overrides.items():
                 got = _field(config, key)
                 if isinstance(got, ml_collections.ConfigDict):
@@ -93,24 +117,27 @@ def test_every_override_sets_a_field_the_trainer_accepts(names):
 
 def test_an_override_of_a_missing_field_is_refused():
     base = default_bases(["table1"])["table1"][1]
-    with pytest.raises(study.StudyError, match="the base config has no field model.loss.gama"):
-        study.apply_overrides(base, {"model.loss.gama": 2.0})
-    with pytest.raises(study.StudyError, match="no field modle"):
-        study.apply_overrides(base, {"modle.loss.gamma": 2.0})
+    with pytest.raises(grid.StudyError, match="model.loss has no field 'gama'; did you mean gamma"):
+        grid.apply_overrides(base, {"model.loss.gama": 2.0})
+    with pytest.raises(grid.StudyError, match="the config has no field 'modle'"):
+        grid.apply_overrides(base, {"modle.loss.gamma": 2.0})
 
 
 def test_unknown_studies_presets_and_settings_are_refused_with_the_valid_ones():
-    with pytest.raises(study.StudyError, match="unknown study tabel1; valid studies: table1, "
-                                               "figure4, rpn"):
-        study.resolve_request("tabel1", "quick", None)
-    with pytest.raises(study.StudyError, match="unknown preset 'fast'; valid presets: quick, full"):
-        study.resolve_request("table1", "fast", None)
+    with pytest.raises(grid.StudyError, match="unknown study tabel1; valid studies: table1, "
+                                              "figure4, rpn"):
+        runner.resolve_request("tabel1", "full", None)
+    with pytest.raises(grid.StudyError, match="unknown preset 'fast'; valid presets: full, quick"):
+        runner.resolve_request("table1", "fast", None)
     bases = default_bases(["table1"])
-    with pytest.raises(study.StudyError, match="unknown setting 'paper'; valid settings: base, "
-                                               "paper_regime"):
-        study.expand_grid(["table1"], bases, preset=study.PRESETS["quick"], setting="paper")
-    with pytest.raises(study.StudyError, match="needs a faster_rcnn config"):
-        study.resolve_request("rpn", "quick", os.path.join(ROOT, "configs/shapes_retinanet.py"))
+    with pytest.raises(grid.StudyError, match="unknown setting 'paper'; valid settings: base, "
+                                              "paper_regime"):
+        grid.expand_grid(["table1"], bases, preset=FULL, setting="paper",
+                         positives_per_image=POSITIVES)
+    with pytest.raises(grid.StudyError, match="needs a faster_rcnn config"):
+        runner.resolve_request("rpn", "full", os.path.join(ROOT, "configs/shapes_retinanet.py"))
+    with pytest.raises(grid.StudyError, match="--base_config nope.py: no such file"):
+        runner.resolve_request("table1", "full", "nope.py")
 
 
 def test_the_command_line_reports_a_bad_preset_in_one_line(tmp_path):
@@ -121,52 +148,95 @@ def test_the_command_line_reports_a_bad_preset_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: unknown preset 'fast'; valid presets: quick, full"]
+    assert errors == ["error: unknown preset 'fast'; valid presets: full, quick"]
     assert "Traceback" not in result.stderr
 
 
 # ----------------------------------------------------------------------------------------------
-# Figure 4 against an independent float64 computation.
+# The verdict rule.
 
 
-def _numpy_curves(logits, labels, weights, gamma):
-    p = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    target = labels[:, None] == np.arange(logits.shape[1])[None, :]
-    p_t = np.where(target, p, 1.0 - p)
-    anchor_loss = np.sum(-((1.0 - p_t) ** gamma) * np.log(p_t), axis=1)
-    curves = {}
-    for group, keep in (("positive", (labels >= 0) & (weights > 0)),
-                        ("negative", (labels < 0) & (weights > 0))):
-        values = np.sort(anchor_loss[keep])
-        curves[group] = np.concatenate([[0.0], np.cumsum(values)]) / values.sum()
-    return curves
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ((0.40, 0.41, 0.42), (0.30, 0.31, 0.33), "holds"),  # gap 0.097 > noise 0.03
+        ((0.30, 0.31, 0.33), (0.40, 0.41, 0.42), "reversed"),
+        ((0.40, 0.41, 0.42), (0.35, 0.41, 0.45), "not resolved"),  # gap 0.007 < noise 0.1
+        ((0.40, 0.50, 0.60), (0.30, 0.32, 0.34), "not resolved"),  # gap 0.18 < noise 0.2
+        ((0.40, 0.41), (0.10, 0.11), "not resolved"),  # two seeds
+    ],
+)
+def test_a_claim_holds_only_when_the_gap_exceeds_both_rows_seed_ranges(a, b, expected):
+    assert verdicts.compare(Stats(a), Stats(b)) == expected
 
 
-def test_figure4_curves_match_a_float64_numpy_computation():
-    rng = np.random.default_rng(0)
-    num_anchors, num_classes = 3000, 3
-    logits = rng.normal(-3.0, 2.0, (num_anchors, num_classes)).astype(np.float32)
-    labels = np.where(rng.random(num_anchors) < 0.05, rng.integers(0, num_classes, num_anchors),
-                      -1)
-    weights = (rng.random(num_anchors) > 0.1).astype(np.float32)  # 10% ignored.
-    curves = study.cumulative_loss_curves(logits, labels, weights, gammas=(0.0, 0.5, 1.0, 2.0))
-    assert sorted(curves) == [0.0, 0.5, 1.0, 2.0]
-    for gamma, groups in curves.items():
-        expected = _numpy_curves(logits, labels, weights, gamma)
-        for group in ("positive", "negative"):
-            assert groups[group].shape == expected[group].shape
-            np.testing.assert_allclose(groups[group], expected[group], rtol=2e-5, atol=1e-6,
-                                       err_msg=f"gamma {gamma} {group}")
-    # The hardest 10% of the negatives carry more of the loss as gamma grows (the paper's point).
-    shares = [study.share_of_hardest(curves[g]["negative"], 0.1) for g in (0.0, 0.5, 1.0, 2.0)]
-    assert shares == sorted(shares) and shares[-1] > shares[0] + 0.1
-    numpy_share = 1.0 - _numpy_curves(logits, labels, weights, 2.0)["negative"][
-        -1 - math.ceil(0.1 * int(np.sum((labels < 0) & (weights > 0))))]
-    assert shares[-1] == pytest.approx(numpy_share, rel=1e-5)
+def test_a_diverged_seed_counts_as_ap_zero():
+    stats = Stats((0.3, 0.31), diverged=1)
+    assert stats.scores == (0.3, 0.31, 0.0) and stats.range == pytest.approx(0.31)
+    assert stats.cell() == "0.203 (0.000–0.310, 3 seeds), 1 diverged"
+    assert Stats((), diverged=3).cell() == "diverged (3 seeds)"
+    # A row with a diverged seed is too noisy to lose to a steady one by a small gap.
+    assert verdicts.compare(Stats((0.25, 0.25, 0.25)), stats) == "not resolved"
+
+
+def _stats(**rows):
+    return {variant: {"AP": Stats(tuple(values))} for variant, values in rows.items()}
+
+
+def test_claims_pick_the_best_row_on_its_seed_mean_and_report_each_pair():
+    rows = (studies.Row("a", "va", 3.0), studies.Row("b", "vb", 2.0),
+            studies.Row("c", "vc", 1.0))
+    claim = verdicts.best_row_claim(
+        _stats(va=(0.5, 0.51, 0.52), vb=(0.3, 0.31, 0.32), vc=(0.48, 0.53, 0.58)), rows)
+    assert claim.startswith("**Paper's best row (a) above every other**: not resolved. "
+                            "> b: holds (gap +0.200, noise 0.020); > c: not resolved")
+    assert claim.endswith("Best here on the seed mean: c.")
+    beats = verdicts.first_beats_best_of_rest_claim(
+        _stats(va=(0.5, 0.51, 0.52), vb=(0.3, 0.31, 0.32), vc=(0.40, 0.41, 0.42)), rows)
+    assert beats.startswith("**a above the best other row (c, picked on its seed mean)**: holds "
+                            "(gap +0.100, noise 0.020). Against each row: 2 hold")
+    same = verdicts.no_difference_claim(
+        _stats(va=(0.5, 0.51, 0.52), vb=(0.49, 0.5, 0.53), vc=(0.3, 0.31, 0.32)), rows)
+    assert same.startswith("**Paper's finding (no difference between FL* and FL)**: reversed. "
+                           "b: holds")
+    init = verdicts.init_claim(
+        {"va": {"AP": Stats((0.2, 0.21, 0.22))}, "vb": {"AP": Stats((), diverged=3)}}, rows[:2])
+    assert ": holds: 3 of 3 zero-bias seeds diverged" in init
+
+
+# ----------------------------------------------------------------------------------------------
+# The regime figures against hand-computed ones.
+
+
+def test_anchor_statistics_count_positives_coverage_and_low_quality_matches():
+    anchors = np.array([[0, 0, 10, 10], [0, 0, 20, 20], [50, 50, 60, 60]], np.float32)
+    boxes = [
+        np.array([[0, 0, 10, 10], [0, 0, 14, 14]], np.float32),  # IoU 1; best 0.51 (anchor 1)
+        np.array([[50, 50, 57, 57]], np.float32),  # best IoU 0.49: positive by low quality only
+        np.zeros((0, 4), np.float32),  # An empty image.
+    ]
+    stats = data_report.anchor_statistics(anchors, boxes, fg_iou=0.5, allow_low_quality=True)
+    # The 14 px box: IoU 100/196 = 0.51 with anchor 0, 196/400 = 0.49 with anchor 1. Positives:
+    # anchor 0 in image 1 (both boxes), anchor 2 in image 2 (its box's best, 49/100 = 0.49).
+    assert stats["positives_per_image"] == pytest.approx(2 / 3)
+    assert stats["objects_per_image"] == pytest.approx(1.0)
+    assert stats["objects_with_anchor_iou_0.5"] == pytest.approx(2 / 3)
+    assert stats["objects_positive_only_by_low_quality_match"] == pytest.approx(1 / 3)
+    without = data_report.anchor_statistics(anchors, boxes, fg_iou=0.5, allow_low_quality=False)
+    assert without["positives_per_image"] == pytest.approx(1 / 3)
+    assert without["objects_positive_only_by_low_quality_match"] == 0.0
 
 
 # ----------------------------------------------------------------------------------------------
 # Tables from the runs' own files.
+
+SETTING_FIGURES = {
+    "dataset": "shapes", "image_size": [128, 128], "anchors_per_image": 3024, "images": 500,
+    "positives_per_image": 3.2, "negatives_per_positive": 945.0, "objects_per_image": 1.2,
+    "objects_with_anchor_iou_0.5": 0.93, "objects_with_anchor_at_fg_iou": 0.93,
+    "objects_positive_only_by_low_quality_match": 0.07, "fg_iou": 0.5, "bg_iou": 0.4,
+    "pixel_threshold_accuracy": {"best": 0.71, "best_statistic": "saturation"},
+}
 
 
 def _write_run(runs_dir, key, ap_values, *, status="finished", positives=10.0):
@@ -176,64 +246,85 @@ def _write_run(runs_dir, key, ap_values, *, status="finished", positives=10.0):
         for step in (1, 2):
             f.write(json.dumps({"step": step, "train/loss": 1.0 / step,
                                 "train/num_positives": positives}) + "\n")
-        if status == "finished":
-            f.write(json.dumps({"step": 2, **{f"eval/{k}": v for k, v in ap_values.items()}})
-                    + "\n")
-    with open(os.path.join(run_dir, study.RESULT_FILE), "w") as f:
+            if status == "finished":  # An evaluation at every step, the last one final.
+                scale = step / 2
+                f.write(json.dumps({"step": step, **{f"eval/{k}": v * scale
+                                                     for k, v in ap_values.items()}}) + "\n")
+    with open(os.path.join(run_dir, runner.runs_lib.RESULT_FILE), "w") as f:
         json.dump({"run": key, "status": status}, f)
 
 
 def test_tables_are_built_from_the_runs_metrics_files(tmp_path):
     bases = default_bases(["table1"])
-    grid = study.expand_grid(["table1"], bases, preset=study.PRESETS["quick"], seeds=2)
+    runs = grid.expand_grid(["table1"], bases, preset=FULL, positives_per_image=POSITIVES)
     runs_dir = str(tmp_path / "runs")
-    # Table 1a written so that ours orders the alphas as the paper does except 0.9 > 0.75.
     aps = {"alpha_ce_a0.25": 0.10, "alpha_ce_a0.5": 0.30, "alpha_ce_a0.75": 0.31,
-           "alpha_ce_a0.9": 0.35, "alpha_ce_a0.99": 0.28}
-    for run in grid:
-        if run.variant == "ce_bias0":
+           "alpha_ce_a0.9": 0.35, "alpha_ce_a0.99": 0.28, "focal_g2_a0.25": 0.45}
+    for run in runs:
+        if run.variant == "ce_bias0_sgd":
             _write_run(runs_dir, run.key, {}, status="diverged")
             continue
         ap = aps.get(run.variant, 0.2) + 0.01 * run.seed
-        _write_run(runs_dir, run.key, {"AP": ap, "AP50": ap + 0.2, "AP75": ap - 0.05})
-    header = {"studies": ["table1"], "preset": "quick", "seeds": 2, "full_grid": False,
-              "base_configs": ["configs/shapes_retinanet.py"]}
-    base_configs = {label: config for label, config in bases.values()}
-    configs = {run.key: study.run_config(run, base_configs[run.base]) for run in grid}
-    content = study.write_study(str(tmp_path), grid, ["table1"], header, base_configs, configs,
-                                {}, full_grid=False)
+        _write_run(runs_dir, run.key, {"AP": ap, "AP50": ap + 0.2, "AP@0.05": ap - 0.05,
+                                       "AP50@0.05": ap + 0.1})
+    header = {"studies": ["table1"], "preset": "full", "converged": True, "seeds": 3,
+              "full_grid": False, "base_configs": ["configs/shapes_retinanet.py"]}
+    configs = {run.key: grid.run_config(run, bases["table1"][1]) for run in runs}
+    content = runner.write_study(str(tmp_path), runs, ["table1"], header,
+                                 {"paper_regime": SETTING_FIGURES}, configs, {},
+                                 full_grid=False)
 
     table = content["tables"]["table1a"]
     rows = {row["variant"]: row for row in table["rows"]}
-    # Two seeds of the headline alpha 0.75 (0.31 and 0.32), one of the others.
-    assert rows["alpha_ce_a0.75"]["ours"]["AP"]["values"] == pytest.approx([0.31, 0.32])
-    assert rows["alpha_ce_a0.75"]["ours"]["AP"]["cell"] == "0.315 (0.310–0.320, 2 seeds)"
-    assert rows["alpha_ce_a0.9"]["ours"]["AP"]["cell"] == "0.350"
+    assert rows["alpha_ce_a0.75"]["ours"]["AP"]["values"] == pytest.approx([0.31, 0.32, 0.33])
+    assert rows["alpha_ce_a0.75"]["ours"]["AP"]["cell"] == "0.320 (0.310–0.330, 3 seeds)"
     assert rows["alpha_ce_a0.9"]["paper"] == 30.8
-    assert table["claim"].startswith("**Paper's ordering** does not hold")
-    assert content["seed_spread"] == pytest.approx(0.01)
+    # The paper's best alpha (0.75) is below 0.9 here by more than the seeds' range.
+    assert table["claim"].startswith("**Paper's best row (alpha 0.75) above every other**: "
+                                     "reversed.")
+    assert "Best here on the seed mean: alpha 0.9." in table["claim"]
+    central = content["tables"]["fl_vs_ce"]["claim"]
+    assert central.startswith("**FL (gamma 2, alpha 0.25) above the best other row (alpha-CE, "
+                              "alpha 0.9, picked on its seed mean)**: holds (gap +0.100")
     init = {row["variant"]: row for row in content["tables"]["init"]["rows"]}
-    assert init["ce_bias0"]["ours"]["AP"]["cell"] == "diverged"
-    assert "the zero-bias run diverged" in content["tables"]["init"]["claim"]
-    (imbalance,) = content["imbalance"]
-    assert imbalance["positives_per_image"] == pytest.approx(10.0)
-    # The paper regime's 256 px images, levels P3..P5 of the shapes config, 3 scales x 3 ratios.
-    assert imbalance["anchors_per_image"] == (32**2 + 16**2 + 8**2) * 9
+    assert init["ce_bias0_sgd"]["ours"]["AP"]["cell"] == "diverged (3 seeds)"
+    assert "3 of 3 zero-bias seeds diverged" in content["tables"]["init"]["claim"]
+    # AP against step: the FL row's two evaluations, mean and range over its 3 seeds.
+    fl_curve = content["curves"]["FL (gamma 2, alpha 0.25)"]
+    assert fl_curve["variant"] == "focal_g2_a0.25" and fl_curve["seeds"] == 3
+    assert fl_curve["AP"][1] == pytest.approx([2, 0.46, 0.45, 0.47])
+    assert fl_curve["AP"][0] == pytest.approx([1, 0.23, 0.225, 0.235])
+    assert content["curves"]["best alpha-CE"]["variant"] == "alpha_ce_a0.9"
 
     markdown = (tmp_path / "study.md").read_text()
-    assert "| alpha 0.9 (`alpha_ce_a0.9`) | 0.350 | 0.550 | 0.300 | 30.8 |" in markdown
-    assert (tmp_path / "table1.png").stat().st_size > 0
+    assert "| alpha 0.9 (`alpha_ce_a0.9`) | 0.360 (0.350–0.370, 3 seeds) |" in markdown
+    assert "| paper_regime | shapes | 128x128 | 3024 | 3.2 | 1:945 | 93.0% | 7.0% | 0.710 " \
+           "(saturation) |" in markdown
+    assert verdicts.RULE in markdown
+    for picture in ("table1.png", "ap_vs_step.png"):
+        assert (tmp_path / picture).stat().st_size > 0
     saved = json.loads((tmp_path / "study.json").read_text())
-    assert saved["runs"]["paper_regime/alpha_ce_a0.9_s0"]["eval"]["AP"] == 0.35
+    assert saved["runs"]["paper_regime/alpha_ce_a0.9_s0"]["eval"]["AP"] == pytest.approx(0.35)
+
+
+def test_a_quick_study_says_it_is_not_converged(tmp_path):
+    bases = default_bases(["table1"])
+    runs = grid.expand_grid(["table1"], bases, preset=grid.PRESETS["quick"],
+                            positives_per_image=POSITIVES)
+    header = {"studies": ["table1"], "preset": "quick", "converged": False, "seeds": 1,
+              "full_grid": False, "base_configs": ["x"]}
+    runner.write_study(str(tmp_path), runs, ["table1"], header, {"paper_regime": SETTING_FIGURES},
+                       {}, {}, full_grid=False)
+    assert "**NOT CONVERGED" in (tmp_path / "study.md").read_text()
 
 
 # ----------------------------------------------------------------------------------------------
 # Interrupted and resumed: the same study.json as an uninterrupted study.
 
-TINY_PRESET = study.Preset(
-    "tiny", {"retinanet": {"num_train_steps": 3, "checkpoint_every_steps": 3,
-                           "eval_every_steps": 0}},
-    seconds_per_run=10.0,
+TINY_PRESET = grid.Preset(
+    "tiny", {"retinanet": {"num_train_steps": 4, "checkpoint_every_steps": 2,
+                           "eval_every_steps": 2}},
+    seeds=1, converged=False, seconds_per_run=10.0,
 )
 TINY_RUNS = ["alpha_ce_a0.75_s0", "focal_g2_a0.25_s0"]
 
@@ -241,8 +332,8 @@ TINY_RUNS = ["alpha_ce_a0.75_s0", "focal_g2_a0.25_s0"]
 def _tiny_study(workdir, data_dir, echo=lambda line: None):
     config = tiny_config(data_dir)
     bases = {"table1": ("tiny", config), "figure4": ("tiny", config)}
-    return study.run_study(["table1", "figure4"], workdir, bases=bases, preset=TINY_PRESET,
-                           setting="base", seeds=1, runs=TINY_RUNS, echo=echo)
+    return runner.run_study(["table1", "figure4"], workdir, bases=bases, preset=TINY_PRESET,
+                            setting="base", runs=TINY_RUNS, echo=echo)
 
 
 def _sigterm_at_step(stop_step: int):
@@ -284,7 +375,10 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     assert lines[0].startswith("[study] run 1/2 base/alpha_ce_a0.75_s0: 0 finished, about ")
     assert lines[1].startswith("[study] run 2/2 base/focal_g2_a0.25_s0: 1 finished, about ")
     assert [r["status"] for r in reference["runs"].values()] == ["finished", "finished"]
+    assert sorted(reference["runs"]["base/focal_g2_a0.25_s0"]["curve"]) == ["2", "4"]
     assert reference["figure4"]["run"] == "base/focal_g2_a0.25_s0"
+    assert 0.0 <= reference["figure4"]["negatives_above_0.05"] <= 1.0
+    assert reference["settings"]["base"]["anchors_per_image"] > 0
     assert (tmp_path / "uninterrupted" / "figure4.png").stat().st_size > 0
 
     workdir = str(tmp_path / "interrupted")
@@ -309,19 +403,3 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     assert lines[0] == "[study] run 1/2 base/alpha_ce_a0.75_s0: finished before, skipped"
 
     _assert_same_content(resumed, reference)
-
-
-def test_tied_rows_do_not_count_as_the_papers_ordering():
-    rows = (study.Row("a", "va", 3.0), study.Row("b", "vb", 2.0), study.Row("c", "vc", 1.0))
-
-    def claim(aps):
-        stats = {f"v{k}": {"AP": study.Stats((v,))} for k, v in aps.items()}
-        return study._ordering_claim(stats, None, rows=rows)
-
-    assert claim({"a": 0.3, "b": 0.2, "c": 0.1}).startswith(
-        "**Paper's ordering** holds: paper a > b > c; here a > b > c")
-    # Two runs that found nothing (AP 0) are tied, not ordered as the paper orders them.
-    assert claim({"a": 0.3, "b": 0.0, "c": 0.0}).startswith(
-        "**Paper's ordering** holds for the best row only: paper a > b > c; here a > b = c")
-    assert claim({"a": 0.0, "b": 0.0, "c": 0.0}).startswith(
-        "**Paper's ordering** does not hold: paper a > b > c; here a = b = c")

@@ -1,0 +1,228 @@
+"""The grid: settings (the data and anchors a study trains on), presets (schedules), and the
+expansion of studies into runs, each a base config plus dotted overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+
+from train import cli
+from train.study import studies as studies_lib
+
+
+class StudyError(cli.ConfigError):
+    """A request the study cannot run: unknown study, preset or setting, a bad flag value, or a
+    workdir whose runs were made with another config. The message says what was expected."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings: config overrides, each key a dotted field of the base config.
+
+# Every setting evaluates at score 0.001 and again over the scores >= 0.05, the paper's
+# inference threshold: a model still unsure of its scores ranks well below 0.05, and AP at 0.05
+# alone would call it blind. faster-coco-eval gives pycocotools' AP (to 1e-4, tested) in a
+# fraction of the time, which matters with 100 detections an image at score 0.001.
+EVALUATION = {"model.postprocess.score_threshold": 0.001, "eval_min_scores": (0.05,),
+              "eval_backend": "faster_coco_eval"}
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "base": {},
+    # The paper's regime on the shapes data with hard negatives (focaljax.data.shapes, negatives
+    # "hard"): 128x128 images, the paper's 9 anchors a location on P3-P5 (3024 anchors), about 3
+    # positives an image (1:1000), objects sized so that nearly all have an anchor at IoU >= 0.5;
+    # study.md reports the measured figures.
+    "paper_regime": {
+        "dataset.builder_kwargs": {
+            "name": "paper_regime_hard_128", "image_size": 128, "num_train": 4000,
+            "num_validation": 500, "negatives": "hard",
+        },
+        "dataset.image_size": (128, 128),
+        "model.aspect_ratios": (0.5, 1.0, 2.0),
+        "eval_batch_size": 50,
+    },
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A schedule: config overrides for each detector (`model.name`), the seeds a study row gets
+    by default, whether the runs are converged (said in study.md), and the seconds a run is
+    expected to take before one has been measured (for the first estimate of the time left)."""
+
+    name: str
+    overrides: Mapping[str, Mapping[str, Any]]
+    seeds: int
+    converged: bool
+    seconds_per_run: float
+
+
+def _schedule(steps: int, evaluations: int, warmup: int) -> dict[str, Any]:
+    return {"num_train_steps": steps, "num_epochs": 0.0, "schedule.warmup_steps": warmup,
+            "checkpoint_every_steps": steps // evaluations,
+            "eval_every_steps": steps // evaluations}
+
+
+PRESETS = {
+    # Measured on the paper regime: see train/study/__init__.py for the AP-against-step curves
+    # that chose these lengths.
+    "full": Preset("full", {"retinanet": _schedule(2400, 6, 100),
+                            "faster_rcnn": _schedule(1500, 5, 100)},
+                   seeds=3, converged=True, seconds_per_run=260.0),
+    "quick": Preset("quick", {"retinanet": _schedule(600, 3, 50),
+                              "faster_rcnn": _schedule(600, 3, 50)},
+                    seeds=1, converged=False, seconds_per_run=80.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One training run: `overrides` are everything applied to the base config `base`
+    (setting, evaluation, preset, recipe, study, variant, seed, in this order)."""
+
+    setting: str
+    variant: str
+    seed: int
+    base: str
+    detector: str
+    overrides: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}_s{self.seed}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.setting}/{self.name}"
+
+
+def resolve_setting(study: studies_lib.Study, requested: str,
+                    base: ml_collections.ConfigDict) -> str:
+    """`requested` (or the study's default, for a shapes base config) as a `SETTINGS` name."""
+    is_shapes = base.dataset.name == "shapes"
+    if not requested:
+        return study.default_setting if is_shapes else "base"
+    if requested not in SETTINGS:
+        raise StudyError(f"unknown setting {requested!r}; valid settings: {', '.join(SETTINGS)}")
+    if requested != "base" and not is_shapes:
+        raise StudyError(
+            f"setting {requested!r} builds its own shapes data set, but the base config of "
+            f"study {study.name} uses {base.dataset.name!r}; use --setting=base"
+        )
+    return requested
+
+
+def recipe_overrides(recipe: str, preset_overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The config overrides of a variant's recipe for a preset of `num_train_steps`."""
+    if recipe == "grid":
+        return {}
+    steps = int(preset_overrides.get("num_train_steps", 0))
+    decay = tuple(round(f * steps) for f in studies_lib.SGD_DECAY_FRACTIONS) if steps else ()
+    return {**studies_lib.SGD_RECIPE, "schedule.decay_steps": decay,
+            "schedule.decay_epochs": ()}
+
+
+def ohem_batch(per_positive: float, positives_per_image: float) -> int:
+    """An OHEM batch of about `per_positive` anchors per positive of an image."""
+    return max(1, round(per_positive * positives_per_image))
+
+
+def expand_grid(
+    studies: Sequence[str],
+    bases: Mapping[str, tuple[str, ml_collections.ConfigDict]],
+    *,
+    preset: Preset,
+    setting: str = "",
+    full_grid: bool = False,
+    seeds: int | None = None,
+    runs: Sequence[str] = (),
+    positives_per_image: Mapping[str, float] | None = None,
+) -> list[Run]:
+    """The runs of `studies` in training order: every variant's first seed, then the second
+    seeds, and so on, so that a study cut short has every row; a run shared by two studies
+    (figure4's model is table1's) appears once.
+
+    Args:
+      bases: study name -> (label, base config) of that study.
+      seeds: the seeds of a row that enters a verdict; None for the preset's.
+      runs: shell patterns; when given, only the runs whose name or key matches one are kept.
+      positives_per_image: setting -> the positive anchors of an image (`data_report`), which
+        sizes the OHEM batches; needed when a study has OHEM variants.
+    """
+    seeds = preset.seeds if seeds is None else seeds
+    if seeds < 1:
+        raise StudyError(f"--seeds is {seeds}, expected >= 1")
+    grid: dict[str, Run] = {}
+    for seed_index in range(seeds):
+        for name in studies:
+            study = studies_lib.STUDIES[name]
+            label, base = bases[name]
+            chosen = resolve_setting(study, setting, base)
+            preset_overrides = preset.overrides[study.detector]
+            for variant in study.variants(full_grid):
+                if seed_index >= (variant.seeds or seeds):
+                    continue
+                overrides = {
+                    **SETTINGS[chosen], **EVALUATION, **preset_overrides,
+                    **recipe_overrides(variant.recipe, preset_overrides), **study.overrides,
+                    **variant.overrides, "seed": int(base.seed) + seed_index,
+                }
+                if variant.ohem_per_positive is not None:
+                    if not positives_per_image or chosen not in positives_per_image:
+                        raise StudyError(f"variant {variant.name} sizes its OHEM batch by the "
+                                         f"positives an image of setting {chosen}, not given")
+                    overrides["model.loss.ohem_num_samples"] = ohem_batch(
+                        variant.ohem_per_positive, positives_per_image[chosen])
+                run = Run(chosen, variant.name, int(base.seed) + seed_index, label,
+                          study.detector, overrides)
+                grid.setdefault(run.key, run)
+    selected = list(grid.values())
+    if runs:
+        selected = [r for r in selected if any(fnmatch.fnmatchcase(r.name, p)
+                                               or fnmatch.fnmatchcase(r.key, p) for p in runs)]
+        if not selected:
+            raise StudyError(f"--runs {','.join(runs)} matches none of the runs: "
+                             f"{', '.join(r.name for r in grid.values())}")
+    return selected
+
+
+def needs_positives(studies: Sequence[str], full_grid: bool) -> bool:
+    """Whether the grid of `studies` sizes anything by the positives an image."""
+    return any(v.ohem_per_positive is not None for name in studies
+               for v in studies_lib.STUDIES[name].variants(full_grid))
+
+
+def settings_of(studies: Sequence[str], bases: Mapping[str, tuple[str, ml_collections.ConfigDict]],
+                setting: str) -> dict[str, tuple[str, ml_collections.ConfigDict]]:
+    """setting -> (detector, the base config with the setting's and the evaluation's overrides)
+    of each setting the studies train under."""
+    chosen = {}
+    for name in studies:
+        study = studies_lib.STUDIES[name]
+        _, base = bases[name]
+        key = resolve_setting(study, setting, base)
+        chosen.setdefault(key, (study.detector, setting_config(base, key)))
+    return chosen
+
+
+def setting_config(base: ml_collections.ConfigDict, setting: str) -> ml_collections.ConfigDict:
+    return apply_overrides(base, {**SETTINGS[setting], **EVALUATION})
+
+
+def run_config(run: Run, base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    return apply_overrides(base, run.overrides)
+
+
+def apply_overrides(
+    base: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """`base` with the dotted `overrides` set (`cli.set_fields`); `StudyError` for a field the
+    base config lacks."""
+    try:
+        return cli.set_fields(base, overrides)
+    except cli.ConfigError as error:
+        raise StudyError(str(error)) from None

@@ -1,0 +1,297 @@
+"""The report: study.md (the regime, the tables beside the paper's, each claim's verdict by the
+rule of `verdicts`), and the plots (Table 1, AP against step, Figure 4, the RPN losses)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from train.study import runs as runs_lib
+from train.study import studies as studies_lib
+from train.study import verdicts
+from train.study.grid import Run
+
+# The rows of the AP-against-step plot: label -> the variants it may pick from (the best on the
+# seed mean when several).
+CURVE_ROWS = {
+    "FL (gamma 2, alpha 0.25)": (studies_lib.BEST_FOCAL.name,),
+    "best alpha-CE": tuple(studies_lib.alpha_ce(a).name for a in studies_lib.TABLE1A_ALPHAS),
+    "best OHEM": tuple(v.name for v in studies_lib.OHEM_VARIANTS),
+    "CE (alpha-CE, alpha 0.5)": (studies_lib.alpha_ce(0.5).name,),
+}
+
+
+def build_report(
+    grid: Sequence[Run],
+    records: Mapping[str, Mapping[str, Any]],
+    studies: Sequence[str],
+    *,
+    full_grid: bool,
+    settings: Mapping[str, Mapping[str, Any]],
+    figure4: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The tables of `studies` from the runs' `records`: each row's `Stats` per metric as
+    cells, and each table's verdict line."""
+    tables = {}
+    for name in studies:
+        detector = studies_lib.STUDIES[name].detector
+        setting = next((r.setting for r in grid if r.detector == detector), None)
+        for table in studies_lib.STUDIES[name].tables(full_grid):
+            stats = {row.variant: {m: runs_lib.variant_stats(records, setting, row.variant, m)
+                                   for m in table.metrics} for row in table.rows}
+            tables[table.key] = {
+                "title": table.title, "source": table.source, "setting": setting,
+                "metrics": list(table.metrics),
+                "rows": [{"label": row.label, "variant": row.variant,
+                          "ours": {m: {"mean": stats[row.variant][m].mean,
+                                       "values": list(stats[row.variant][m].values),
+                                       "diverged": stats[row.variant][m].diverged,
+                                       "cell": stats[row.variant][m].cell()}
+                                   for m in table.metrics},
+                          "paper": row.paper, "paper_note": row.note} for row in table.rows],
+                "claim": table.claim(stats, table.rows),
+            }
+    if figure4 is not None:
+        tables["figure4"] = {"title": "Figure 4",
+                             "claim": verdicts.figure4_claim(figure4, studies_lib.FIGURE4_GAMMAS)}
+    return {"tables": tables, "settings": dict(settings), "curves": ap_curves(grid, records)}
+
+
+def ap_curves(grid: Sequence[Run], records: Mapping[str, Mapping[str, Any]]
+              ) -> dict[str, dict[str, Any]]:
+    """For each row of `CURVE_ROWS` that has finished runs: its variant (the best on the seed
+    mean's final AP) and AP / AP@0.05 against the step, mean and range over its seeds."""
+    curves = {}
+    for label, candidates in CURVE_ROWS.items():
+        finished = {}
+        for variant in candidates:
+            runs = [records[r.key] for r in grid
+                    if r.variant == variant and records[r.key]["status"] == "finished"]
+            if runs:
+                finished[variant] = runs
+        if not finished:
+            continue
+        variant = max(finished, key=lambda v: np.mean([r["eval"]["AP"] for r in finished[v]]))
+        points = {}
+        for metric in ("AP", "AP@0.05"):
+            steps = sorted({int(s) for r in finished[variant] for s in r["curve"]})
+            rows = []
+            for step in steps:
+                values = [r["curve"][str(step)][metric] for r in finished[variant]
+                          if str(step) in r["curve"] and r["curve"][str(step)].get(metric)
+                          is not None]
+                if values:
+                    rows.append([step, float(np.mean(values)), float(min(values)),
+                                 float(max(values))])
+            points[metric] = rows
+        curves[label] = {"variant": variant, "seeds": len(finished[variant]), **points}
+    return curves
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
+                    figure4: Mapping[str, Any] | None, timings: Mapping[str, float]) -> str:
+    converged = header["converged"]
+    lines = [
+        f"# Study: {', '.join(header['studies'])}", "",
+        f"Preset `{header['preset']}` ("
+        + ("the converged schedule" if converged else
+           "**NOT CONVERGED: a quick look; its orderings rank how fast each loss learns, not "
+           "where it ends**")
+        + f"), {header['seeds']} seeds a row, base configs "
+        f"{', '.join(f'`{b}`' for b in header['base_configs'])}. Paper numbers: "
+        f"{studies_lib.PAPER_SOURCE} (AP in percent; ours in [0, 1] on our data, so compare "
+        "orderings, not values). Cells: mean (min–max, seeds). AP is at score >= 0.001, AP@0.05 "
+        "over the detections scoring >= 0.05 (the paper's inference threshold).", "",
+        f"**Verdict rule.** {verdicts.RULE}", "",
+        "## The regime each setting trains under", "",
+        "| setting | data | image | anchors / image | positives / image | fg:bg | objects with "
+        "an anchor at IoU >= 0.5 | positive only by low-quality match | best single-pixel "
+        "threshold (balanced accuracy) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for setting, figures in report["settings"].items():
+        hardness = figures.get("pixel_threshold_accuracy")
+        best_pixel = (f"{hardness['best']:.3f} ({hardness['best_statistic']})"
+                      if hardness else "— (needs pixel masks)")
+        ratio = figures.get("negatives_per_positive")
+        lines.append(
+            f"| {setting} | {figures['dataset']} | {figures['image_size'][0]}x"
+            f"{figures['image_size'][1]} | {figures['anchors_per_image']} | "
+            f"{figures['positives_per_image']:.1f} | "
+            + (f"1:{ratio:.0f}" if ratio else "—")
+            + f" | {_percent(figures['objects_with_anchor_iou_0.5'])} | "
+            f"{_percent(figures['objects_positive_only_by_low_quality_match'])} | {best_pixel} |")
+    lines += ["", f"Measured on the first {max((f['images'] for f in report['settings'].values()), default=0)} "
+              "evaluation images with the detector's anchors and matcher (positives: IoU >= its "
+              f"foreground threshold, plus each object's best anchors). The paper: "
+              f"{studies_lib.PAPER_IMBALANCE}.", ""]
+    if figure4 is not None and figure4.get("negatives_above_0.05") is not None:
+        lines += [f"At the end of training, {_percent(figure4['negatives_above_0.05'])} of the "
+                  f"negative anchors of `{figure4['run']}` still score above 0.05 on some class "
+                  f"({figure4['num_images']} evaluation images).", ""]
+    for key, table in report["tables"].items():
+        if key == "figure4":
+            continue
+        metrics = table["metrics"]
+        lines += [f"## {table['title']}", "",
+                  f"Setting `{table['setting']}`. Paper: {table['source']}.", "",
+                  "| run | " + " | ".join(f"ours {m}" for m in metrics) + " | paper AP |",
+                  "|---|" + "---:|" * (len(metrics) + 1)]
+        for row in table["rows"]:
+            paper = f"{row['paper']:.1f}" if row["paper"] is not None else ""
+            paper = " ".join(p for p in (paper, row["paper_note"]) if p) or "—"
+            lines.append(f"| {row['label']} (`{row['variant']}`) | "
+                         + " | ".join(row["ours"][m]["cell"] for m in metrics)
+                         + f" | {paper} |")
+        lines += ["", table["claim"], ""]
+    if report["curves"]:
+        lines += ["## AP against step (`ap_vs_step.png`)", "",
+                  "| row | variant | seeds | " + "AP at steps "
+                  + ", ".join(str(p[0]) for p in next(iter(report["curves"].values()))["AP"])
+                  + " |", "|---|---|---:|---|"]
+        for label, curve in report["curves"].items():
+            lines.append(f"| {label} | `{curve['variant']}` | {curve['seeds']} | "
+                         + ", ".join(f"{p[1]:.3f}" for p in curve["AP"]) + " |")
+        lines.append("")
+    if figure4 is not None:
+        lines += ["## Figure 4: cumulative normalised loss (`figure4.png`)", "",
+                  f"Run `{figure4['run']}` at the end of its schedule, {figure4['num_images']} "
+                  f"evaluation images: {figure4['num_positives']} positive and "
+                  f"{figure4['num_negatives']} negative anchors; a positive is scored on its "
+                  f"ground-truth class's term. Paper: {studies_lib.PAPER_FIGURE4}.", "",
+                  "| gamma | positives: loss of the hardest 10% | hardest 1% | "
+                  "negatives: hardest 10% | hardest 1% |", "|---:|---:|---:|---:|---:|"]
+        for gamma, groups in figure4["gammas"].items():
+            pos, neg = groups["positive"], groups["negative"]
+            lines.append(f"| {gamma} | {pos['hardest_10%']:.3f} | {pos['hardest_1%']:.3f} | "
+                         f"{neg['hardest_10%']:.3f} | {neg['hardest_1%']:.3f} |")
+        lines += ["", report["tables"]["figure4"]["claim"], ""]
+    if timings:
+        total = sum(timings.values())
+        lines += ["## Time", "", f"{len(timings)} runs trained by this invocation, "
+                  f"{total / 60:.1f} min (wall-clock of the runs; a resumed run counts its last "
+                  "part only).", ""]
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_table1(report: Mapping[str, Any], path: str) -> bool:
+    """AP against alpha (Table 1a) and gamma (Table 1b), ours (seed mean and range) and the
+    paper's."""
+    panels = [(k, x) for k, x in (("table1a", "alpha"), ("table1b", "gamma"))
+              if k in report["tables"]]
+    if not panels:
+        return False
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (key, name) in zip(axes[0], panels, strict=True):
+        table = report["tables"][key]
+        xs = [float(row["label"].split(",")[0].split()[1]) for row in table["rows"]]
+        points = [(x, row["ours"]["AP"]) for x, row in zip(xs, table["rows"], strict=True)
+                  if row["ours"]["AP"]["mean"] is not None]
+        if points:
+            x = [p[0] for p in points]
+            mean = [p[1]["mean"] for p in points]
+            low = [m - min(p[1]["values"] + [0.0] * p[1]["diverged"]) for m, p in zip(mean, points, strict=True)]
+            high = [max(p[1]["values"] + [0.0] * p[1]["diverged"]) - m for m, p in zip(mean, points, strict=True)]
+            ax.errorbar(x, mean, yerr=[low, high], fmt="o-", capsize=3,
+                        label="ours (AP, seed mean and range; left)")
+            ax.legend(loc="lower left", fontsize=8)
+        ax.set_xlabel(name)
+        ax.set_ylabel("our AP")
+        ax.set_title(table["title"], fontsize=9)
+        twin = ax.twinx()
+        twin.plot(xs, [row["paper"] for row in table["rows"]], "s--", color="grey",
+                  label="paper (AP %, right)")
+        twin.set_ylabel("paper AP (%)")
+        twin.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def plot_ap_vs_step(report: Mapping[str, Any], path: str) -> bool:
+    """AP and AP@0.05 against the step for FL, the best alpha-CE, the best OHEM and CE: seed
+    mean, with the seeds' range shaded."""
+    curves = report["curves"]
+    if not curves:
+        return False
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("AP", "AP@0.05"), strict=True):
+        for label, curve in curves.items():
+            points = np.asarray(curve[metric], np.float64).reshape(-1, 4)
+            if not len(points):
+                continue
+            line, = ax.plot(points[:, 0], points[:, 1], "o-",
+                            label=f"{label}: {curve['variant']} ({curve['seeds']} seeds)")
+            ax.fill_between(points[:, 0], points[:, 2], points[:, 3], alpha=0.2,
+                            color=line.get_color())
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric} against step", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def plot_figure4(figure4: Mapping[str, Any], path: str) -> None:
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, group, title in zip(axes, ("positive", "negative"),
+                                ("positive samples", "negative samples"), strict=True):
+        for gamma, groups in figure4["gammas"].items():
+            curve = groups[group]["curve"]
+            ax.plot(np.linspace(0, 1, len(curve)), curve, label=f"gamma = {gamma}")
+        ax.set_xlabel(f"fraction of {group} anchors (sorted by loss)")
+        ax.set_ylabel("cumulative normalized loss")
+        ax.set_title(f"Cumulative loss of {title} ({figure4['run']})", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_rpn_losses(grid: Sequence[Run], runs_dir: str, path: str) -> bool:
+    """train/loss_rpn_cls and train/loss_rpn_box against the step, one line per RPN run."""
+    series = []
+    for run in grid:
+        if run.detector != "faster_rcnn":
+            continue
+        records, _ = runs_lib.read_metrics(os.path.join(runs_dir, run.key))
+        if records:
+            series.append((run.name, records))
+    if not series:
+        return False
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, term in zip(axes, ("rpn_cls", "rpn_box"), strict=True):
+        for name, records in series:
+            steps = [s for s, r in records.items() if f"train/loss_{term}" in r]
+            ax.plot(steps, [records[s][f"train/loss_{term}"] for s in steps], label=name, lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"train/loss_{term}")
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True

@@ -1,0 +1,246 @@
+"""Running a study: each run of the grid trained (or resumed, or skipped when finished) in its own
+sub-workdir, and the outputs written after every run from the runs' own files."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from train import cli
+from train import train as trainer
+from train.study import data_report, figure4 as figure4_lib, grid as grid_lib, report as report_lib
+from train.study import runs as runs_lib
+from train.study import studies as studies_lib
+from train.study.grid import Preset, Run, StudyError
+
+
+def resolve_request(study: str, preset: str, base_config: str | None):
+    """The command line's `--study`, `--preset` and `--base_config` as `run_study` arguments;
+    `StudyError` with the valid values for anything else."""
+    names = [s.strip() for s in study.split(",") if s.strip()]
+    unknown = [s for s in names if s not in studies_lib.STUDIES]
+    if unknown or not names:
+        raise StudyError(f"unknown study {','.join(unknown) or repr(study)}; valid studies: "
+                         f"{', '.join(studies_lib.STUDIES)} (several: comma-separated)")
+    if preset not in grid_lib.PRESETS:
+        raise StudyError(f"unknown preset {preset!r}; valid presets: "
+                         f"{', '.join(grid_lib.PRESETS)}")
+    bases = {}
+    for name in names:
+        path = base_config or studies_lib.STUDIES[name].default_base_config
+        try:
+            config = cli.load_config(path, flag="--base_config")
+        except cli.ConfigError as error:
+            raise StudyError(str(error)) from None
+        detector = studies_lib.STUDIES[name].detector
+        if config.get("model", {}).get("name") != detector:
+            raise StudyError(
+                f"--base_config {path} trains {config.get('model', {}).get('name')!r}, but study "
+                f"{name} needs a {detector} config (default "
+                f"{studies_lib.STUDIES[name].default_base_config}); run the studies separately"
+            )
+        bases[name] = (path, config)
+    return names, grid_lib.PRESETS[preset], bases
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes `value` to `path` atomically: a reader sees the old file or the whole new one."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+    os.replace(temporary, path)
+
+
+def _write_text(path: str, text: str) -> None:
+    temporary = f"{path}.tmp"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
+def _config_json(config: ml_collections.ConfigDict) -> Any:
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def check_spec(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> None:
+    """Refuses a run directory made from another config (another preset, base config or
+    version), which resuming would silently mix."""
+    path = os.path.join(run_dir, runs_lib.SPEC_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        spec = json.load(f)
+    if spec["config"] != _config_json(config):
+        raise StudyError(
+            f"{run_dir} was made from another config than run {run.key} of this study (another "
+            "--preset, --base_config or setting?); use another --workdir, or delete that run"
+        )
+
+
+def train_run(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> float:
+    """Trains (or resumes) one run and writes its result file; returns the seconds it took.
+
+    Raises:
+      trainer.TrainingInterruptedError: on SIGTERM or Ctrl-C, after the trainer saved the step.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    if not os.path.exists(os.path.join(run_dir, runs_lib.SPEC_FILE)):
+        write_json(os.path.join(run_dir, runs_lib.SPEC_FILE), {
+            "run": run.key, "overrides": runs_lib.jsonable(run.overrides),
+            "config": _config_json(config),
+        })
+    start = time.perf_counter()
+    result: dict[str, Any] = {"run": run.key}
+    try:
+        trainer.train_and_evaluate(config, run_dir)
+        result["status"] = "finished"
+    except trainer.TrainingDivergedError as error:
+        result.update(status="diverged", error=str(error))
+    except ValueError as error:
+        raise StudyError(f"run {run.key}: {error}") from None
+    seconds = time.perf_counter() - start
+    write_json(os.path.join(run_dir, runs_lib.RESULT_FILE), {**result, "seconds": seconds})
+    return seconds
+
+
+def _format_minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def plan(
+    studies: Sequence[str],
+    workdir: str,
+    *,
+    bases: Mapping[str, tuple[str, ml_collections.ConfigDict]],
+    preset: Preset,
+    setting: str = "",
+    full_grid: bool = False,
+    seeds: int | None = None,
+    runs: Sequence[str] = (),
+) -> tuple[list[Run], dict[str, dict[str, Any]]]:
+    """The grid of the request and the measured figures of each of its settings (measured once
+    and kept in `workdir`: the OHEM batches are sized by their positives an image)."""
+    unknown = [s for s in studies if s not in studies_lib.STUDIES]
+    if unknown or not studies:
+        raise StudyError(f"unknown study {','.join(unknown) or '(none)'}; valid studies: "
+                         f"{', '.join(studies_lib.STUDIES)}")
+    settings = {
+        name: data_report.setting_figures(workdir, name, config)
+        for name, (_, config) in grid_lib.settings_of(studies, bases, setting).items()
+    }
+    grid = grid_lib.expand_grid(
+        studies, bases, preset=preset, setting=setting, full_grid=full_grid, seeds=seeds,
+        runs=runs,
+        positives_per_image={k: v["positives_per_image"] for k, v in settings.items()},
+    )
+    return grid, settings
+
+
+def run_study(
+    studies: Sequence[str],
+    workdir: str,
+    *,
+    bases: Mapping[str, tuple[str, ml_collections.ConfigDict]],
+    preset: Preset,
+    setting: str = "",
+    full_grid: bool = False,
+    seeds: int | None = None,
+    runs: Sequence[str] = (),
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Trains every run of `studies` not finished yet in `workdir`, writing the outputs after
+    each one and at the end; returns the content of study.json.
+
+    Args:
+      studies: names in `studies.STUDIES`.
+      bases: study name -> (label, base config); see `grid.expand_grid` for the rest.
+
+    Raises:
+      StudyError: for an unknown study or a workdir made from other configs.
+      trainer.TrainingInterruptedError: on SIGTERM or Ctrl-C, once the running run's step is
+        saved and the outputs written; the same call resumes.
+    """
+    grid, settings = plan(studies, workdir, bases=bases, preset=preset, setting=setting,
+                          full_grid=full_grid, seeds=seeds, runs=runs)
+    base_configs = {label: config for label, config in bases.values()}
+    runs_dir = os.path.join(workdir, "runs")
+    configs = {run.key: grid_lib.run_config(run, base_configs[run.base]) for run in grid}
+    for run in grid:  # Before anything trains: a mixed-up workdir fails at once.
+        check_spec(run, os.path.join(runs_dir, run.key), configs[run.key])
+    header = {"studies": list(studies), "preset": preset.name, "converged": preset.converged,
+              "seeds": preset.seeds if seeds is None else seeds, "full_grid": full_grid,
+              "base_configs": sorted(base_configs)}
+    timings: dict[str, float] = {}
+
+    def finished(run: Run) -> bool:
+        return os.path.exists(os.path.join(runs_dir, run.key, runs_lib.RESULT_FILE))
+
+    def write_outputs() -> dict[str, Any]:
+        return write_study(workdir, grid, studies, header, settings, configs, timings,
+                           full_grid=full_grid)
+
+    try:
+        for index, run in enumerate(grid, start=1):
+            if finished(run):
+                echo(f"[study] run {index}/{len(grid)} {run.key}: finished before, skipped")
+                continue
+            left = sum(not finished(r) for r in grid)
+            per_run = np.mean(list(timings.values())) if timings else preset.seconds_per_run
+            estimate = "measured" if timings else "preset's estimate"
+            echo(f"[study] run {index}/{len(grid)} {run.key}: {len(grid) - left} finished, "
+                 f"about {_format_minutes(left * per_run)} left ({estimate} of "
+                 f"{_format_minutes(per_run)} a run)")
+            timings[run.key] = train_run(run, os.path.join(runs_dir, run.key), configs[run.key])
+            write_outputs()
+    except trainer.TrainingInterruptedError:
+        write_outputs()
+        raise
+    content = write_outputs()
+    with open(os.path.join(workdir, "study.md")) as f:
+        echo(f.read())
+    return content
+
+
+def write_study(
+    workdir: str,
+    grid: Sequence[Run],
+    studies: Sequence[str],
+    header: Mapping[str, Any],
+    settings: Mapping[str, Mapping[str, Any]],
+    configs: Mapping[str, ml_collections.ConfigDict],
+    timings: Mapping[str, float],
+    *,
+    full_grid: bool,
+) -> dict[str, Any]:
+    """study.json (no timings, so that a resumed study writes the one an uninterrupted study
+    writes), study.md and the plots, from the runs' own files."""
+    runs_dir = os.path.join(workdir, "runs")
+    records = {run.key: runs_lib.collect_run(run, os.path.join(runs_dir, run.key))
+               for run in grid}
+    figure4 = None
+    if "figure4" in studies:
+        first_seed = min(r.seed for r in grid)
+        run = next((r for r in grid if r.variant == studies_lib.FIGURE4_VARIANT
+                    and r.seed == first_seed), None)
+        if run is not None and records[run.key]["status"] == "finished":
+            figure4 = figure4_lib.figure4_result(configs[run.key], run.key,
+                                                 os.path.join(runs_dir, run.key))
+    report = report_lib.build_report(grid, records, studies, full_grid=full_grid,
+                                     settings=settings, figure4=figure4)
+    content = {**header, "runs": records, **report, "figure4": figure4}
+    os.makedirs(workdir, exist_ok=True)
+    write_json(os.path.join(workdir, "study.json"), runs_lib.jsonable(content))
+    _write_text(os.path.join(workdir, "study.md"),
+                report_lib.render_markdown(report, header, figure4, timings))
+    report_lib.plot_table1(report, os.path.join(workdir, "table1.png"))
+    report_lib.plot_ap_vs_step(report, os.path.join(workdir, "ap_vs_step.png"))
+    if figure4 is not None:
+        report_lib.plot_figure4(figure4, os.path.join(workdir, "figure4.png"))
+    report_lib.plot_rpn_losses(grid, runs_dir, os.path.join(workdir, "rpn_losses.png"))
+    return content

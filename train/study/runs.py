@@ -1,0 +1,115 @@
+"""Reading a run's own files: its status, its training log and every evaluation it logged.
+
+A run directory holds what the trainer writes (`metrics.jsonl`, checkpoints) and what the study
+adds: `study_run.json` (its overrides and config, written before it trains) and
+`study_result.json` (written atomically once it has ended).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from train.study import verdicts
+from train.study.grid import Run
+
+RESULT_FILE = "study_result.json"
+SPEC_FILE = "study_run.json"
+# The loss's count of positive anchors per image, as the trainer logs it, per detector.
+POSITIVES_METRIC = {"retinanet": "train/num_positives", "faster_rcnn": "train/rpn_num_positives"}
+
+
+def jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda v: v.to_dict() if hasattr(v, "to_dict")
+                                 else list(v)))
+
+
+def read_metrics(
+    run_dir: str,
+) -> tuple[dict[int, dict[str, float]], dict[int, dict[str, float]]]:
+    """`({step: train scalars}, {step: evaluation metrics})` of a run's `metrics.jsonl`. A step
+    logged twice (a run resumed from a checkpoint before it) keeps its later record."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    train_records: dict[int, dict[str, float]] = {}
+    evaluations: dict[int, dict[str, float]] = {}
+    if not os.path.exists(path):
+        return train_records, evaluations
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            scalars = {k: (math.nan if v is None else v) for k, v in record.items() if k != "step"}
+            step = int(record["step"])
+            if any(k.startswith("eval/") for k in scalars):
+                evaluations[step] = {k[len("eval/"):]: v for k, v in scalars.items()
+                                     if k.startswith("eval/")}
+            else:
+                train_records[step] = scalars
+    return dict(sorted(train_records.items())), dict(sorted(evaluations.items()))
+
+
+def loss_noise(values: Sequence[float]) -> float:
+    """How noisy a logged loss is: the standard deviation of the differences between consecutive
+    values over the second half of the log, divided by their mean there (scale-free, so that
+    RPN losses normalised differently compare)."""
+    half = np.asarray(values[len(values) // 2:], np.float64)
+    if len(half) < 3 or not np.mean(half) > 0:
+        return math.nan
+    return float(np.std(np.diff(half)) / np.mean(half))
+
+
+def collect_run(run: Run, run_dir: str) -> dict[str, Any]:
+    """What study.json keeps of one run: its status, overrides, final evaluation, AP at every
+    evaluated step and a summary of its training log, all from the run's own files."""
+    status = "pending"
+    result = None
+    if os.path.exists(os.path.join(run_dir, RESULT_FILE)):
+        with open(os.path.join(run_dir, RESULT_FILE)) as f:
+            result = json.load(f)
+        status = result["status"]
+    train_records, evaluations = read_metrics(run_dir)
+    summary: dict[str, Any] = {}
+    if train_records:
+        steps = list(train_records)
+        summary["last_step"] = steps[-1]
+        summary["loss"] = train_records[steps[-1]].get("train/loss")
+        positives = [r[POSITIVES_METRIC[run.detector]] for r in train_records.values()
+                     if POSITIVES_METRIC[run.detector] in r]
+        summary["positives_per_image"] = float(np.mean(positives)) if positives else None
+        for name in ("rpn_box", "rpn_cls"):
+            values = [r[f"train/loss_{name}"] for r in train_records.values()
+                      if f"train/loss_{name}" in r]
+            if values:
+                summary[f"{name}_noise"] = loss_noise(values)
+    final = evaluations[max(evaluations)] if evaluations and status == "finished" else None
+    return {
+        "setting": run.setting, "variant": run.variant, "seed": run.seed, "base_config": run.base,
+        "overrides": jsonable(run.overrides), "status": status, "eval": final,
+        "curve": {str(step): {k: m.get(k) for k in ("AP", "AP@0.05")}
+                  for step, m in evaluations.items()},
+        "train": summary, "error": result.get("error") if result else None,
+    }
+
+
+def variant_stats(records: Mapping[str, Mapping[str, Any]], setting: str, variant: str,
+                  metric: str) -> verdicts.Stats:
+    """`metric` over the finished seeds of `variant` in `setting` (a `*_noise` metric from the
+    training log, the others from the final evaluation), and its diverged seeds."""
+    values, diverged = [], 0
+    for record in records.values():
+        if record["setting"] != setting or record["variant"] != variant:
+            continue
+        if record["status"] == "diverged":
+            diverged += 1
+        elif record["status"] == "finished":
+            source = record["train"] if metric.endswith("_noise") else record["eval"]
+            value = source.get(metric)
+            if value is not None and math.isfinite(value):
+                values.append(float(value))
+    return verdicts.Stats(tuple(values), diverged)

@@ -1,0 +1,205 @@
+"""Deciding the paper's claims from the runs' seeds, by one stated rule.
+
+THE RULE. A claim "row A scores above row B" is decided on the rows' AP over their seeds (a
+seed whose loss became NaN counts as AP 0: it detects nothing). It needs at least `MIN_SEEDS`
+seeds in each row. It *holds* when A's seed mean exceeds B's by more than the noise, the larger
+of the two rows' seed ranges (max - min); it is *reversed* when B's mean exceeds A's by more than
+the noise; otherwise it is *not resolved*. A "best" row is picked on its seed mean. A claim that
+two rows are equal (FL* against FL) holds when no difference is resolved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from train.study.studies import Row
+
+MIN_SEEDS = 3
+RULE = (
+    f"A claim \"A > B\" needs at least {MIN_SEEDS} seeds in each row. It **holds** when A's seed "
+    "mean exceeds B's by more than the noise (the larger of the two rows' seed ranges, max - "
+    "min), is **reversed** when B's mean exceeds A's by more than the noise, and is otherwise "
+    "**not resolved**. A diverged seed counts as AP 0. A best row is picked on its seed mean; a "
+    "claim of no difference (FL* against FL) holds when no difference is resolved."
+)
+HOLDS, REVERSED, NOT_RESOLVED = "holds", "reversed", "not resolved"
+VERDICT_METRIC = "AP"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stats:
+    """A metric over the seeds of a variant: `values` of the finished seeds, `diverged` seeds."""
+
+    values: tuple[float, ...]
+    diverged: int = 0
+
+    @property
+    def scores(self) -> tuple[float, ...]:
+        """What the verdicts compare: the finished seeds' values and 0 for each diverged seed."""
+        return self.values + (0.0,) * self.diverged
+
+    @property
+    def mean(self) -> float | None:
+        return float(np.mean(self.scores)) if self.scores else None
+
+    @property
+    def range(self) -> float:
+        return float(max(self.scores) - min(self.scores)) if self.scores else math.nan
+
+    @property
+    def seeds(self) -> int:
+        return len(self.scores)
+
+    def cell(self, digits: int = 3) -> str:
+        if not self.scores:
+            return "—"
+        if not self.values:
+            return "diverged" + (f" ({self.diverged} seeds)" if self.diverged > 1 else "")
+        text = f"{self.mean:.{digits}f}"
+        if self.seeds > 1:
+            text += (f" ({min(self.scores):.{digits}f}–{max(self.scores):.{digits}f}, "
+                     f"{self.seeds} seeds)")
+        if self.diverged:
+            text += f", {self.diverged} diverged"
+        return text
+
+
+def compare(a: Stats, b: Stats) -> str:
+    """The rule's verdict on "a > b": `HOLDS`, `REVERSED` or `NOT_RESOLVED`.
+
+    Examples:
+      >>> compare(Stats((0.40, 0.41, 0.42)), Stats((0.30, 0.31, 0.33)))
+      'holds'
+      >>> compare(Stats((0.40, 0.41, 0.42)), Stats((0.35, 0.41, 0.45)))  # Inside the noise.
+      'not resolved'
+      >>> compare(Stats((0.40, 0.41)), Stats((0.10, 0.11)))  # Two seeds are too few.
+      'not resolved'
+    """
+    if a.seeds < MIN_SEEDS or b.seeds < MIN_SEEDS:
+        return NOT_RESOLVED
+    gap = a.mean - b.mean
+    noise = max(a.range, b.range)
+    if gap > noise:
+        return HOLDS
+    if -gap > noise:
+        return REVERSED
+    return NOT_RESOLVED
+
+
+def _why(a: Stats, b: Stats) -> str:
+    if a.seeds < MIN_SEEDS or b.seeds < MIN_SEEDS:
+        return f"{min(a.seeds, b.seeds)} of {MIN_SEEDS} seeds"
+    return f"gap {a.mean - b.mean:+.3f}, noise {max(a.range, b.range):.3f}"
+
+
+def _overall(verdicts: Sequence[str]) -> str:
+    if verdicts and all(v == HOLDS for v in verdicts):
+        return HOLDS
+    if any(v == REVERSED for v in verdicts):
+        return REVERSED
+    return NOT_RESOLVED
+
+
+def _ap(stats: Mapping[str, Mapping[str, Stats]], row: Row) -> Stats:
+    return stats[row.variant][VERDICT_METRIC]
+
+
+def best_row_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
+    """The paper's best row (largest paper AP) against each other row; and which row is best
+    here on the seed mean."""
+    compared = [row for row in rows if row.paper is not None]
+    paper_best = max(compared, key=lambda r: r.paper)
+    pairs = [(row, compare(_ap(stats, paper_best), _ap(stats, row)))
+             for row in compared if row is not paper_best]
+    done = [row for row in compared if _ap(stats, row).mean is not None]
+    ours = (max(done, key=lambda r: _ap(stats, r).mean).label if done else "none finished")
+    details = "; ".join(f"> {row.label}: {verdict} ({_why(_ap(stats, paper_best), _ap(stats, row))})"
+                        for row, verdict in pairs)
+    return (f"**Paper's best row ({paper_best.label}) above every other**: "
+            f"{_overall([v for _, v in pairs])}. {details}. Best here on the seed mean: {ours}.")
+
+
+def first_beats_best_of_rest_claim(stats: Mapping[str, Mapping[str, Stats]],
+                                   rows: Sequence[Row]) -> str:
+    """The first row (FL) against the best of the others on the seed mean (best alpha-CE, best
+    OHEM), and against each of them."""
+    first, rest = rows[0], rows[1:]
+    done = [row for row in rest if _ap(stats, row).mean is not None]
+    if _ap(stats, first).mean is None or not done:
+        return f"**{first.label} above every other row**: {NOT_RESOLVED} (runs missing)."
+    best = max(done, key=lambda r: _ap(stats, r).mean)
+    headline = compare(_ap(stats, first), _ap(stats, best))
+    each = [compare(_ap(stats, first), _ap(stats, row)) for row in rest]
+    return (f"**{first.label} above the best other row ({best.label}, picked on its seed "
+            f"mean)**: {headline} ({_why(_ap(stats, first), _ap(stats, best))}). Against each "
+            f"row: {sum(v == HOLDS for v in each)} hold, {sum(v == REVERSED for v in each)} "
+            f"reversed, {sum(v == NOT_RESOLVED for v in each)} not resolved.")
+
+
+def no_difference_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
+    """The paper finds the other rows (FL*) about as good as the first (FL)."""
+    first = rows[0]
+    parts, verdicts = [], []
+    for row in rows[1:]:
+        verdict = compare(_ap(stats, row), _ap(stats, first))
+        enough = min(_ap(stats, row).seeds, _ap(stats, first).seeds) >= MIN_SEEDS
+        same = HOLDS if verdict == NOT_RESOLVED and enough else (
+            NOT_RESOLVED if not enough else REVERSED)
+        verdicts.append(same)
+        parts.append(f"{row.label}: {same} ({_why(_ap(stats, row), _ap(stats, first))})")
+    return (f"**Paper's finding (no difference between FL* and FL)**: {_overall(verdicts)}. "
+            + "; ".join(parts) + ".")
+
+
+def init_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
+    """Section 3.3: from the prior CE trains; from a zero bias it diverges."""
+    prior, zero = _ap(stats, rows[0]), _ap(stats, rows[1])
+    if prior.seeds < MIN_SEEDS or zero.seeds < MIN_SEEDS:
+        return f"**Paper's finding ({rows[1].label} diverges, {rows[0].label} trains)**: " \
+               f"{NOT_RESOLVED} ({min(prior.seeds, zero.seeds)} of {MIN_SEEDS} seeds)."
+    diverged = f"{zero.diverged} of {zero.seeds} zero-bias seeds diverged"
+    if zero.diverged == zero.seeds and not prior.diverged:
+        verdict = HOLDS
+    else:
+        verdict = compare(prior, zero)
+    return (f"**Paper's finding ({PAPER_INIT_SHORT})**: {verdict}: {diverged}, "
+            f"{prior.diverged} of {prior.seeds} from the prior ({_why(prior, zero)}).")
+
+
+PAPER_INIT_SHORT = "CE from a zero bias diverges, from the prior it trains"
+
+
+def rpn_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
+    """FL-RPN: focal above sampled; softmax above sigmoid."""
+    by_name = {row.label: _ap(stats, row) for row in rows}
+    focal = compare(by_name["focal_sigmoid"], by_name["sampled"])
+    softmax = compare(by_name["focal_softmax"], by_name["focal_sigmoid"])
+    return (f"**FL-RPN's findings**: focal_sigmoid > sampled {focal} "
+            f"({_why(by_name['focal_sigmoid'], by_name['sampled'])}); focal_softmax > "
+            f"focal_sigmoid {softmax} ({_why(by_name['focal_softmax'], by_name['focal_sigmoid'])}).")
+
+
+def no_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
+    del stats, rows
+    return "One seed a row: no verdict (the rows that enter a verdict are in the tables above)."
+
+
+def figure4_claim(figure4: Mapping[str, object], gammas: Sequence[float]) -> str:
+    """Figure 4: the hardest 10% of negatives carry more of the loss as gamma grows, far more
+    than for the positives."""
+    by_gamma = figure4["gammas"]
+    neg = [by_gamma[f"{g:g}"]["negative"]["hardest_10%"] for g in gammas]
+    pos = [by_gamma[f"{g:g}"]["positive"]["hardest_10%"] for g in gammas]
+    rising = all(b >= a for a, b in zip(neg, neg[1:], strict=False))
+    holds = rising and (neg[-1] - neg[0]) > abs(pos[-1] - pos[0])
+    return (f"**Paper's finding**: {HOLDS if holds else REVERSED}: the hardest 10% of negatives "
+            f"carry {neg[0]:.2f} of the negatives' loss at gamma {gammas[0]:g} and {neg[-1]:.2f} "
+            f"at gamma {gammas[-1]:g}{' (rising with gamma)' if rising else ' (not rising)'}; "
+            f"of the positives {pos[0]:.2f} and {pos[-1]:.2f} (one model: a description, no "
+            "seeds).")
