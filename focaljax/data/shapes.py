@@ -11,6 +11,14 @@ Objects may overlap, but a placement is rejected when it would leave less than
 `min_visible_fraction` of an earlier object visible. Boxes and areas describe the visible pixels of
 each object, as in COCO.
 
+With `negatives="easy"` (the default) one pixel's saturation tells object from background without
+error. With `negatives="hard"` the background also holds, beneath the objects, saturated
+distractors in the objects' own palette (stars, pentagons and hexagons, rings, crescents, outlines
+of the classes' shapes, and target shapes cut by a half-plane), saturated lines and blobs, and
+textured regions (stripes, checkers, coloured noise), so that no single-pixel statistic separates
+objects from background (`pixel_threshold_accuracy` measures it) and a detector must learn shape,
+as on real images with hard negatives.
+
 Every example is a pure function of `(config.seed, split, index)` (see `generate_example`), so any
 one example can be regenerated on its own, and generation is bit-for-bit reproducible.
 
@@ -50,6 +58,20 @@ _PALETTE = np.array(
 _MAX_CLUTTER_TINT = 30  # Per-channel offset from grey: saturation of clutter <= 2 * 30.
 _SPLITS = ("train", "validation")
 _MAX_PLACEMENT_TRIES = 20
+_NEGATIVES = ("easy", "hard")
+# Hard negatives: shapes of no class, outlines of the classes' shapes, and parts of them.
+_DISTRACTOR_KINDS = ("star", "polygon", "ring", "crescent", "outline", "partial")
+# A "partial" keeps this fraction of a target shape, scaled down where needed to stay below
+# `min_visible_fraction`: less of a shape than a labelled object ever shows.
+_PARTIAL_KEPT = (0.3, 0.6)
+# No hard negative takes the colour of an object it comes this close to (in pixels), so that every
+# object stands out from what surrounds it and its box is what one sees.
+_OBJECT_MARGIN = 2
+_MAX_TEXTURE_REGIONS = 8
+# The single-pixel statistics of `pixel_threshold_accuracy`, each an integer in [0, bins).
+PIXEL_STATISTICS = {
+    "saturation": 256, "red": 256, "green": 256, "blue": 256, "grey": 766, "value": 256, "hue": 360,
+}
 
 
 @dataclasses.dataclass(eq=False)
@@ -66,8 +88,18 @@ class ShapesConfig(tfds.core.BuilderConfig):
       min_object_size: smallest object extent, in pixels.
       max_object_fraction: largest object extent, as a fraction of the shorter image side.
       min_visible_fraction: an object may be covered by later ones, but at least this fraction of
-        its pixels stays visible.
+        its pixels stays visible (and the partial shapes of "hard" negatives show less than this).
       class_weights: relative frequency of each class in `CLASS_NAMES`; None for uniform.
+      negatives: "easy": the background and its clutter are far less saturated than any object
+        (saturation <= 60 against >= 145), so one pixel tells object from background. "hard": the
+        hard negatives of the module docstring are painted beneath the objects as well (the
+        objects are never covered by them, so boxes stay the objects' visible pixels).
+      max_distractors: "hard" only: every image holds between half of this (rounded up) and this
+        many distractor shapes, sized as the objects are.
+      max_clutter: "hard" only: every image holds between half of this (rounded up) and this many
+        saturated lines and blobs (blobs smaller than `min_object_size`).
+      texture_fraction: "hard" only: the mean fraction of an image under textured regions (each
+        image draws a target between 0.5 and 1.5 times this).
     """
 
     image_size: tuple[int, int] = (128, 128)
@@ -80,6 +112,10 @@ class ShapesConfig(tfds.core.BuilderConfig):
     max_object_fraction: float = 0.5
     min_visible_fraction: float = 0.5
     class_weights: tuple[float, ...] | None = None
+    negatives: str = "easy"
+    max_distractors: int = 8
+    max_clutter: int = 12
+    texture_fraction: float = 0.3
 
     def __post_init__(self):
         self.image_size = tuple(int(s) for s in self.image_size)
@@ -115,6 +151,14 @@ class ShapesConfig(tfds.core.BuilderConfig):
                 f"class_weights {self.class_weights}: expected {len(CLASS_NAMES)} non-negative "
                 f"weights, one per class of {CLASS_NAMES}"
             )
+        if self.negatives not in _NEGATIVES:
+            raise ValueError(f"negatives is {self.negatives!r}, expected one of {_NEGATIVES}")
+        if self.max_distractors < 0:
+            raise ValueError(f"max_distractors is {self.max_distractors}, expected >= 0")
+        if self.max_clutter < 0:
+            raise ValueError(f"max_clutter is {self.max_clutter}, expected >= 0")
+        if not 0 <= self.texture_fraction <= 1:
+            raise ValueError(f"texture_fraction is {self.texture_fraction}, expected in [0, 1]")
 
 
 def shapes_config(
@@ -180,8 +224,10 @@ def generate_example(config: ShapesConfig, split: str, index: int) -> dict[str, 
     height, width = config.image_size
     image = _background(rng, height, width)
     owner, labels, colours, _ = _place_objects(rng, config)
+    if config.negatives == "hard":
+        _paint_hard_negatives(rng, config, image, owner, colours)
     for i, colour in enumerate(colours):
-        image[owner == i] = colour
+        image[owner == i] = _PALETTE[colour]
     # Grey noise, identical on the three channels, leaves the saturation of every pixel unchanged.
     image += rng.uniform(2.0, 10.0) * rng.standard_normal((height, width, 1), dtype=np.float32)
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
@@ -246,7 +292,7 @@ def _clutter_colours(rng: np.random.Generator, num: int) -> np.ndarray:
 
 def _place_objects(rng: np.random.Generator, config: ShapesConfig):
     """Chooses and places the objects; returns the owner map [H, W] (-1: background) and per object
-    its label, colour and full (unoccluded) pixel count."""
+    its label, colour (index in `_PALETTE`) and full (unoccluded) pixel count."""
     height, width = config.image_size
     owner = np.full((height, width), -1, np.int32)
     labels, colours, full_areas = [], [], []
@@ -254,12 +300,11 @@ def _place_objects(rng: np.random.Generator, config: ShapesConfig):
         return owner, labels, colours, full_areas
     weights = np.ones(len(CLASS_NAMES)) if config.class_weights is None else config.class_weights
     probs = np.asarray(weights, np.float64) / np.sum(weights)
-    max_size = max(config.min_object_size, config.max_object_fraction * min(height, width))
     for _ in range(rng.integers(1, config.max_objects + 1)):
         label = int(rng.choice(len(CLASS_NAMES), p=probs))
-        colour = _PALETTE[rng.integers(len(_PALETTE))]
+        colour = int(rng.integers(len(_PALETTE)))
         for _ in range(_MAX_PLACEMENT_TRIES):
-            size = math.exp(rng.uniform(math.log(config.min_object_size), math.log(max_size)))
+            size = _object_size(rng, config)
             mask = _shape_mask(rng, label, size, height, width)
             new_owner = np.where(mask, len(labels), owner)
             visible = np.bincount(new_owner[new_owner >= 0], minlength=len(labels) + 1)
@@ -273,6 +318,13 @@ def _place_objects(rng: np.random.Generator, config: ShapesConfig):
                 full_areas.append(int(mask.sum()))
                 break
     return owner, labels, colours, full_areas
+
+
+def _object_size(rng: np.random.Generator, config: ShapesConfig) -> float:
+    """An extent in pixels, log-uniform from `min_object_size` to `max_object_fraction` of the
+    shorter image side."""
+    max_size = max(config.min_object_size, config.max_object_fraction * min(config.image_size))
+    return math.exp(rng.uniform(math.log(config.min_object_size), math.log(max_size)))
 
 
 def _shape_mask(
@@ -309,6 +361,304 @@ def _shape_mask(
     return np.asarray(canvas, bool)
 
 
+def _paint_hard_negatives(
+    rng: np.random.Generator,
+    config: ShapesConfig,
+    image: np.ndarray,
+    owner: np.ndarray,
+    colours: list[int],
+) -> None:
+    """Paints the hard negatives on `image` (float32 [H, W, 3], in place), beneath the objects of
+    `owner` that are painted after them: textured regions, then saturated lines and blobs, then
+    distractor shapes, each in palette colours other than those of the objects it comes within
+    `_OBJECT_MARGIN` pixels of."""
+    height, width = config.image_size
+    # Bit c of near[y, x] is set when an object of palette colour c is close to pixel (y, x).
+    near = np.zeros((height, width), np.uint8)
+    for i, colour in enumerate(colours):
+        near |= _dilate(owner == i, _OBJECT_MARGIN).astype(np.uint8) << colour
+    palette_bits = 1 << np.arange(len(_PALETTE))
+
+    def allowed_colours(mask: np.ndarray) -> np.ndarray:
+        return np.flatnonzero((palette_bits & np.bitwise_or.reduce(near[mask], initial=0)) == 0)
+
+    def paint(mask: np.ndarray) -> None:
+        allowed = allowed_colours(mask)
+        if len(allowed):
+            image[mask] = _PALETTE[allowed[rng.integers(len(allowed))]]
+
+    side = min(height, width)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    target = min(1.0, config.texture_fraction * rng.uniform(0.5, 1.5))
+    covered = np.zeros((height, width), bool)
+    for _ in range(_MAX_TEXTURE_REGIONS):
+        if covered.mean() >= target:
+            break
+        centre = rng.uniform((0, 0), (width, height))
+        half_sides = rng.uniform(0.1, 0.3, size=2) * side
+        region = _polygon_mask(_rotated_rectangle(centre, half_sides, rng.uniform(0, math.pi)),
+                               height, width)
+        covered |= region
+        _paint_texture(rng, config, image, region, xs, ys, allowed_colours(region))
+
+    for _ in range(_count(rng, config.max_clutter)):
+        if rng.uniform() < 0.5:
+            start = rng.uniform((0, 0), (width, height))
+            angle = rng.uniform(0, 2 * math.pi)
+            length = rng.uniform(0.2, 1.0) * side
+            end = start + length * np.array([math.cos(angle), math.sin(angle)])
+            canvas = Image.new("L", (width, height), 0)
+            ImageDraw.Draw(canvas).line(
+                [*start.tolist(), *end.tolist()], fill=1, width=int(rng.integers(1, 4))
+            )
+            paint(np.asarray(canvas, bool))
+        else:
+            centre = rng.uniform((0, 0), (width, height))
+            radius = rng.uniform(1.0, config.min_object_size / 2)
+            paint(_polygon_mask(_blob(rng, centre, radius), height, width))
+
+    for _ in range(_count(rng, config.max_distractors)):
+        kind = _DISTRACTOR_KINDS[rng.integers(len(_DISTRACTOR_KINDS))]
+        mask = _distractor_mask(rng, kind, _object_size(rng, config), height, width,
+                                max_kept=config.min_visible_fraction)
+        if mask.any():
+            paint(mask)
+
+
+def _count(rng: np.random.Generator, maximum: int) -> int:
+    """Uniform from half of `maximum` (rounded up) to `maximum`."""
+    return int(rng.integers((maximum + 1) // 2, maximum + 1))
+
+
+def _paint_texture(
+    rng: np.random.Generator,
+    config: ShapesConfig,
+    image: np.ndarray,
+    region: np.ndarray,
+    xs: np.ndarray,
+    ys: np.ndarray,
+    allowed: np.ndarray,
+) -> None:
+    """Stripes, a checker or coloured noise over `region` of `image`, in the `allowed` colours.
+    Their period stays below a third of `min_object_size`, so that no cell reads as an object."""
+    if not len(allowed) or not region.any():
+        return
+    kind = rng.integers(3)
+    period = rng.uniform(2.0, max(3.0, config.min_object_size / 3))
+    angle = rng.uniform(0, math.pi)
+    u = xs * math.cos(angle) + ys * math.sin(angle)
+    if kind == 2:  # Coloured noise: square cells of `period` pixels, each of a random colour.
+        rows, cols = (np.floor(ys[region] / period).astype(np.int64),
+                      np.floor(xs[region] / period).astype(np.int64))
+        picks = rng.integers(len(allowed), size=(rows.max() + 1, cols.max() + 1))
+        image[region] = _PALETTE[allowed[picks[rows, cols]]]
+        return
+    if kind == 0:
+        on = (u % period) < period / 2
+    else:
+        v = -xs * math.sin(angle) + ys * math.cos(angle)
+        on = (np.floor(u / period) + np.floor(v / period)) % 2 == 0
+    colours = rng.permutation(allowed)
+    image[region & on] = _PALETTE[colours[0]]
+    # Half of the textures alternate with the background rather than with a second colour.
+    if len(colours) > 1 and rng.uniform() < 0.5:
+        image[region & ~on] = _PALETTE[colours[1]]
+
+
+def _distractor_mask(
+    rng: np.random.Generator, kind: str, size: float, height: int, width: int, *, max_kept: float
+) -> np.ndarray:
+    """A bool [H, W] mask of one distractor of `kind` and extent `size`, wholly inside the image;
+    a "partial" keeps at most `max_kept` of its shape's pixels."""
+    if kind in ("outline", "partial"):
+        label = int(rng.integers(len(CLASS_NAMES)))
+        mask = _shape_mask(rng, label, size, height, width)
+        if kind == "outline":
+            # At most an eighth of the extent thick, so that an outline never looks filled.
+            thickness = min(int(rng.integers(1, 4)), max(1, int(size // 8)))
+            return mask & _dilate(~mask, thickness, outside=True)
+        kept = rng.uniform(*_PARTIAL_KEPT) * min(1.0, max_kept / _PARTIAL_KEPT[1])
+        angle = rng.uniform(0, 2 * math.pi)
+        ys, xs = np.nonzero(mask)
+        along = xs * math.cos(angle) + ys * math.sin(angle)
+        cut = np.sort(along)[max(0, int(kept * len(along)) - 1)]
+        partial = np.zeros_like(mask)
+        partial[ys[along <= cut], xs[along <= cut]] = True
+        return partial
+    size = max(4.0, min(size, height, width))
+    radius = (size - 1) / 2
+    cx = rng.uniform(0.0, width - size) + radius
+    cy = rng.uniform(0.0, height - size) + radius
+    theta = rng.uniform(0, 2 * math.pi)
+    canvas = Image.new("L", (width, height), 0)
+    draw = ImageDraw.Draw(canvas)
+    if kind in ("star", "polygon"):
+        if kind == "star":
+            points = int(rng.integers(5, 8))
+            radii = np.tile([radius, radius * rng.uniform(0.4, 0.55)], points)
+        else:  # A pentagon or a hexagon.
+            points = int(rng.integers(5, 7))
+            radii = np.full(points, radius)
+        angles = theta + np.arange(len(radii)) * 2 * math.pi / len(radii)
+        draw.polygon(list(zip(cx + radii * np.cos(angles), cy + radii * np.sin(angles),
+                              strict=True)), fill=1)
+    else:
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=1)
+        if kind == "ring":
+            inner = radius * rng.uniform(0.45, 0.7)
+            ox, oy = cx, cy
+        else:  # crescent: the disc less a slightly smaller disc, shifted.
+            inner = radius * rng.uniform(0.8, 1.0)
+            shift = radius * rng.uniform(0.35, 0.7)
+            ox, oy = cx + shift * math.cos(theta), cy + shift * math.sin(theta)
+        draw.ellipse((ox - inner, oy - inner, ox + inner, oy + inner), fill=0)
+    return np.asarray(canvas, bool)
+
+
+def _rotated_rectangle(
+    centre: np.ndarray, half_sides: np.ndarray, angle: float
+) -> list[tuple[float, float]]:
+    """The 4 corners (x, y) of a rectangle with these half side lengths, turned by `angle`."""
+    c, s = math.cos(angle), math.sin(angle)
+    return [
+        (centre[0] + a * half_sides[0] * c - b * half_sides[1] * s,
+         centre[1] + a * half_sides[0] * s + b * half_sides[1] * c)
+        for a, b in ((-1, -1), (1, -1), (1, 1), (-1, 1))
+    ]
+
+
+def _blob(rng: np.random.Generator, centre: np.ndarray, radius: float) -> list[tuple[float, float]]:
+    """An irregular star-shaped polygon: 6 to 11 vertices at 40-100% of `radius`."""
+    points = int(rng.integers(6, 12))
+    angles = np.sort(rng.uniform(0, 2 * math.pi, size=points))
+    radii = radius * rng.uniform(0.4, 1.0, size=points)
+    return list(zip(centre[0] + radii * np.cos(angles), centre[1] + radii * np.sin(angles),
+                    strict=True))
+
+
+def _polygon_mask(points: list[tuple[float, float]], height: int, width: int) -> np.ndarray:
+    canvas = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(canvas).polygon([(float(x), float(y)) for x, y in points], fill=1)
+    return np.asarray(canvas, bool)
+
+
+def _dilate(mask: np.ndarray, radius: int, *, outside: bool = False) -> np.ndarray:
+    """`mask` [H, W] grown by `radius` pixels in all 8 directions; pixels beyond the border count
+    as `outside`."""
+    grown = mask
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        padded = np.pad(grown, pad, constant_values=outside)
+        length = grown.shape[axis]
+        grown = np.logical_or.reduce(
+            [np.take(padded, range(k, k + length), axis=axis) for k in range(2 * radius + 1)]
+        )
+    return grown
+
+
+def pixel_threshold_accuracy(
+    config: ShapesConfig, *, split: str = "validation", num_images: int = 200
+) -> dict:
+    """How well a single pixel tells object from background: for each single-pixel statistic, the
+    balanced accuracy of the best threshold on it.
+
+    Over the object pixels `O` (those of the objects' masks) and the background pixels `B` (all
+    others) of the first `num_images` images of `split`, pooled, a statistic `s` and a threshold
+    `t` call a pixel an object's when `s >= t` (or, the other direction, when `s < t`), and
+
+        balanced_accuracy(t) = (|{p in O : s(p) >= t}| / |O| + |{p in B : s(p) < t}| / |B|) / 2,
+
+    the mean of the object and the background recall (its other direction scores 1 minus it). The
+    best over every `t` and both directions is 0.5 for a statistic that says nothing, 1 for one
+    that separates the two without error. The statistics (`PIXEL_STATISTICS`) are integers of the
+    uint8 RGB pixel: `saturation` (max - min channel), `red`, `green`, `blue`, `grey` (the sum of
+    the channels: 3 times their mean), `value` (max channel) and `hue` (HSV hue in whole degrees,
+    floored, in [0, 360); 0 for a grey pixel).
+
+    Args:
+      config: the data set's settings.
+      split: "train" or "validation".
+      num_images: how many of the split's first images to pool (all of them if it has fewer).
+
+    Returns:
+      `{"statistics": {name: best balanced accuracy}, "best": the highest of them,
+      "best_statistic": its name, "images": images pooled, "object_pixels": |O|,
+      "background_pixels": |B|}`.
+
+    Raises:
+      ValueError: for an unknown split, `num_images` < 1, or images without object pixels or
+        without background pixels.
+
+    Examples:
+      >>> easy = shapes_config(image_size=32, name="doc", min_object_size=8, empty_fraction=0.0)
+      >>> hard = shapes_config(image_size=32, name="doc_hard", min_object_size=8,
+      ...                      empty_fraction=0.0, negatives="hard")
+      >>> result = pixel_threshold_accuracy(easy, num_images=4)
+      >>> result["best_statistic"], result["best"]
+      ('saturation', 1.0)
+      >>> pixel_threshold_accuracy(hard, num_images=4)["best"] < 0.9
+      True
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split is {split!r}, expected one of {_SPLITS}")
+    if num_images < 1:
+        raise ValueError(f"num_images is {num_images}, expected >= 1")
+    num_images = min(num_images, config.num_train if split == "train" else config.num_validation)
+    counts = {name: np.zeros((2, bins), np.int64) for name, bins in PIXEL_STATISTICS.items()}
+    for index in range(num_images):
+        example = generate_example(config, split, index)
+        is_object = example["mask"].any(axis=0).ravel()
+        for name, values in _pixel_statistics(example["image"].reshape(-1, 3)).items():
+            bins = PIXEL_STATISTICS[name]
+            counts[name][0] += np.bincount(values[~is_object], minlength=bins)
+            counts[name][1] += np.bincount(values[is_object], minlength=bins)
+    num_background, num_objects = (int(n) for n in counts["red"].sum(axis=1))
+    if not num_objects or not num_background:
+        raise ValueError(
+            f"the first {num_images} {split} images of {config.name!r} have {num_objects} object "
+            f"and {num_background} background pixels, expected both > 0"
+        )
+    statistics = {}
+    for name, (background, objects) in counts.items():
+        # Threshold t = 0..bins: background recall P(s < t), object recall P(s >= t).
+        background_recall = np.concatenate([[0], np.cumsum(background)]) / num_background
+        object_recall = 1 - np.concatenate([[0], np.cumsum(objects)]) / num_objects
+        balanced = (background_recall + object_recall) / 2
+        statistics[name] = float(max(balanced.max(), 1 - balanced.min()))
+    best_statistic = max(statistics, key=statistics.get)
+    return {
+        "statistics": statistics,
+        "best": statistics[best_statistic],
+        "best_statistic": best_statistic,
+        "images": num_images,
+        "object_pixels": num_objects,
+        "background_pixels": num_background,
+    }
+
+
+def _pixel_statistics(pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """`PIXEL_STATISTICS` of uint8 [N, 3] RGB pixels, each int64 [N]."""
+    red, green, blue = pixels.astype(np.int64).T
+    high = pixels.max(axis=1).astype(np.int64)
+    spread = high - pixels.min(axis=1)
+    # HSV hue in sixths of the circle, as colorsys computes it (red first, then green, when two
+    # channels tie for the maximum), floored to whole degrees with integer arithmetic.
+    sector = np.where(red == high, 0, np.where(green == high, 120, 240))
+    difference = np.where(red == high, green - blue,
+                          np.where(green == high, blue - red, red - green))
+    hue = (sector + (60 * difference) // np.maximum(spread, 1)) % 360
+    return {
+        "saturation": spread,
+        "red": red,
+        "green": green,
+        "blue": blue,
+        "grey": red + green + blue,
+        "value": high,
+        "hue": np.where(spread > 0, hue, 0),
+    }
+
+
 def _encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
@@ -341,11 +691,15 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         height, width = self.builder_config.image_size
+        hard = (
+            " With hard negatives: saturated distractors, clutter and textures beneath the objects."
+            if self.builder_config.negatives == "hard" else ""
+        )
         return self.dataset_info_from_configs(
             description=(
                 "Synthetic detection data set: filled circles, squares, triangles and crosses in "
                 "saturated colours on cluttered low-saturation backgrounds; 0 to max_objects "
-                "objects per image, from min_object_size pixels to half the image."
+                "objects per image, from min_object_size pixels to half the image." + hard
             ),
             features=tfds.features.FeaturesDict(
                 {

@@ -9,19 +9,35 @@ crowd boxes are ignore regions:
 * `"sampled"`, the standard RPN (Ren et al. 2015; detectron2): per image, 256 anchors drawn at
   random with at most half objects (`focaljax.losses.balanced_sample_mask`, from the loss `rng`),
   sigmoid cross-entropy and the box loss over them, both divided by 256 x images.
-* `"focal_sigmoid"` and `"focal_softmax"`, FL-RPN (Chen, Song, Jiang, "Focal Loss for Region
-  Proposal Network", PRCV 2018): no sampling, every non-ignored anchor::
+* `"focal_sigmoid"`, `"focal_softmax"` and `"focal_softmax_shared"`, FL-RPN (Chen, Song, Jiang,
+  "Focal Loss for Region Proposal Network", PRCV 2018): no sampling, every non-ignored anchor::
 
       L_rpn = (lambda / N) sum_{anchors not ignored} FL(p_t) + (1 / (2 N)) sum_{objects} L_reg,
 
   `N = max(1, #object anchors)` counted over the global batch, lambda 0.1 (`focal_lambda`), alpha
-  0.25, gamma 2. The sigmoid form is `sigmoid_focal_loss` on one logit per anchor; the softmax form
-  is the 2-way (background, object) `softmax_focal_loss` with the Detectron alpha convention
-  (alpha for objects, 1 - alpha for background). Both start from the prior object probability
-  `prior_prob` (0.01): see :class:`focaljax.models.faster_rcnn.RPNHead` for why.
-* `"ce_all"`, the ablation: the FL-RPN formula with plain cross-entropy (gamma 0, no alpha) and
-  the standard zero bias, so every easy background anchor weighs in, as in the RetinaNet paper's
-  cross-entropy baseline.
+  0.25, gamma 2. The sigmoid form is `sigmoid_focal_loss` on one logit per anchor. The softmax
+  forms are the 2-way (background, object) `softmax_focal_loss`: `"focal_softmax"` with the
+  Detectron alpha convention (alpha for objects, 1 - alpha for background), `"focal_softmax_shared"`
+  with one alpha for both classes (an ablation, not in the paper), which only scales the term (by
+  alpha, as lambda does), so that the classes are not balanced at all.
+* `"ce_all"`, the ablation: the FL-RPN formula with plain cross-entropy (gamma 0, no alpha), so
+  every easy background anchor weighs in, as in the RetinaNet paper's cross-entropy baseline.
+
+Every unsampled mode (`"ce_all"` and the focal ones) starts from the prior object probability
+`prior_prob` (0.01; see :class:`focaljax.models.faster_rcnn.RPNHead` for why), so that between them
+only the loss varies; `"sampled"` keeps the standard RPN's zero bias.
+
+Softmax against sigmoid: with the Detectron alpha convention, the 2-way softmax focal loss on the
+logits `(x_bg, x_obj)` is exactly the sigmoid focal loss, same alpha and gamma, on the single logit
+`x_obj - x_bg`, since `softmax(x_bg, x_obj)[1] = sigmoid(x_obj - x_bg)` and alpha_t is the same
+weight. In float32 the two computations agree to rounding (the softmax form, through
+`log p = x - logsumexp(x)`, only rounds the tiny losses of confidently right anchors coarser);
+tests/detectors/test_faster_rcnn.py checks both the losses and their gradients.
+`"focal_softmax"` against `"focal_sigmoid"` therefore compares two parameterisations of one loss,
+not two losses: the softmax head has one redundant output per anchor. They still train apart: the
+two outputs' parameters get opposite gradients, so a gradient step moves `x_obj - x_bg` twice as
+far as the sigmoid head's logit (for SGD), and the difference of two initial weights has sqrt(2)
+times the spread.
 
 `L_reg` is the smooth-L1 loss (`box_beta`, 0 = L1 as detectron2) summed over the four deltas.
 
@@ -48,7 +64,9 @@ from focaljax.detectors.detector import DTYPES, Batch, Detector, LossOutput, opt
 from focaljax.models import FasterRCNN
 from focaljax.models.faster_rcnn import ProposalSettings, RoISamplingSettings
 
-RPN_LOSSES = ("sampled", "ce_all", "focal_sigmoid", "focal_softmax")
+RPN_LOSSES = ("sampled", "ce_all", "focal_sigmoid", "focal_softmax", "focal_softmax_shared")
+# The modes with a 2-way (background, object) softmax objectness.
+SOFTMAX_RPN_LOSSES = ("focal_softmax", "focal_softmax_shared")
 PROPOSAL_MAX_DETS = (100, 300, 1000)
 
 
@@ -87,8 +105,8 @@ def check_config(config: Any, image_size: tuple[int, ...]) -> None:
             raise ValueError(f"model.rpn.gamma is {rpn.gamma}, expected >= 0")
         if not 0 <= rpn.alpha <= 1:
             raise ValueError(f"model.rpn.alpha is {rpn.alpha}, expected a value in [0, 1]")
-        if not 0 < rpn.prior_prob < 1:
-            raise ValueError(f"model.rpn.prior_prob is {rpn.prior_prob}, expected (0, 1)")
+    if rpn.loss != "sampled" and not 0 < rpn.prior_prob < 1:
+        raise ValueError(f"model.rpn.prior_prob is {rpn.prior_prob}, expected (0, 1)")
     if rpn.focal_lambda <= 0:
         raise ValueError(f"model.rpn.focal_lambda is {rpn.focal_lambda}, expected > 0")
 
@@ -108,13 +126,12 @@ def build_faster_rcnn(
 
     Raises ValueError, before anything is traced, for an unknown RPN loss or dtype, a post-NMS
     top-k larger than what the pyramid levels can give, a sampling fraction outside (0, 1], bad
-    thresholds or focal-loss hyper-parameters, an invalid `freeze_at` or `stride_in_1x1`.
+    thresholds, focal-loss hyper-parameters or prior, an invalid `freeze_at` or `stride_in_1x1`.
     """
     image_size = tuple(int(s) for s in image_size)
     check_config(config, image_size)
     rpn, roi = config.rpn, config.roi
-    softmax = rpn.loss == "focal_softmax"
-    focal = rpn.loss.startswith("focal")
+    softmax = rpn.loss in SOFTMAX_RPN_LOSSES
 
     def proposal_settings(mode: str) -> ProposalSettings:
         return ProposalSettings(
@@ -133,7 +150,7 @@ def build_faster_rcnn(
         anchor_sizes=tuple(float(s) for s in config.anchor_sizes),
         aspect_ratios=tuple(float(r) for r in config.aspect_ratios),
         rpn_objectness="softmax" if softmax else "sigmoid",
-        rpn_prior_prob=rpn.prior_prob if focal else None,
+        rpn_prior_prob=None if rpn.loss == "sampled" else rpn.prior_prob,
         rpn_box_coder_weights=tuple(rpn.box_coder_weights),
         train_proposals=proposal_settings("train"),
         test_proposals=proposal_settings("test"),
@@ -229,12 +246,15 @@ def make_loss_fn(config: Any, *, anchors: Any, num_classes: int):
     rpn_beta, roi_beta = float(rpn.box_beta), float(roi.box_beta)
     num_rpn_samples = int(rpn.batch_size_per_image)
     focal_lambda = float(rpn.focal_lambda)
+    # Detectron's scalar alpha (1 - alpha for background, alpha for objects) or one alpha shared
+    # by both classes, as a per-class array.
+    softmax_alpha = jnp.full((2,), rpn.alpha) if mode == "focal_softmax_shared" else rpn.alpha
 
     def objectness_losses(objectness: jax.Array, is_object: jax.Array) -> jax.Array:
         """`[A, k], [A] -> [A]` the mode's classification loss of each anchor."""
-        if mode == "focal_softmax":
+        if mode in SOFTMAX_RPN_LOSSES:
             return losses.softmax_focal_loss(
-                objectness, is_object.astype(jnp.int32), alpha=rpn.alpha, gamma=rpn.gamma,
+                objectness, is_object.astype(jnp.int32), alpha=softmax_alpha, gamma=rpn.gamma,
                 background_class=0,
             )
         logit, target = objectness[:, 0], is_object.astype(jnp.float32)

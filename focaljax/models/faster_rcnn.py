@@ -66,11 +66,12 @@ class RPNHead(nn.Module):
     objectness and 2 (background, object) for the 2-way softmax form.
 
     Weights start from a gaussian with sigma 0.01 (detectron2). The objectness bias starts at 0
-    for the standard, cross-entropy-trained RPN. With ``prior_prob`` set (the focal-loss RPNs),
-    it starts so that every anchor is an object with probability ``prior_prob``: the RetinaNet
-    paper's remedy (section 3.3) for the flood of background loss in the first iterations, which
-    is what users putting focal loss on an RPN without it reported as losses in the thousands
-    and NaNs (mmdetection issues #3107 and #7920; mmdetection's RPN head has no such init).
+    for the standard, sampled RPN. With ``prior_prob`` set (the RPNs trained on every anchor, by
+    focal loss or cross-entropy), it starts so that every anchor is an object with probability
+    ``prior_prob``: the RetinaNet paper's remedy (section 3.3) for the flood of background loss
+    in the first iterations, which is what users putting focal loss on an RPN without it
+    reported as losses in the thousands and NaNs (mmdetection issues #3107 and #7920;
+    mmdetection's RPN head has no such init).
 
     Attributes:
       num_anchors: anchors per location.

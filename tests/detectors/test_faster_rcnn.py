@@ -1,6 +1,7 @@
-"""Faster R-CNN detector: the four RPN losses and the RoI head loss against independent float64
-NumPy formulas on a hand-made anchor set, the detector's outputs, initial objectness prior and
-config errors, images without boxes, four devices against one, and overfitting four images."""
+"""Faster R-CNN detector: the five RPN losses and the RoI head loss against independent float64
+NumPy formulas on a hand-made anchor set, the 2-way softmax focal loss against the sigmoid one on
+the logit difference, the detector's outputs, initial objectness prior and config errors, images
+without boxes, four devices against one, and overfitting four images."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 
 from configs import default
 from focaljax import data as data_lib
-from focaljax import detectors, evaluation
+from focaljax import detectors, evaluation, losses
 from focaljax.detectors import faster_rcnn
 from tests.detectors.test_retinanet import _np_box_deltas, _np_iou, _np_log_sigmoid
 from tests.train.conftest import compilation_cache, tiny_config, tiny_data_dir  # noqa: F401
@@ -26,7 +27,9 @@ from tests.train.test_train_step import (
 # initial states) into look-ups.
 
 NUM_CLASSES = 4  # The shapes data sets' classes, which `pmapped_steps` builds for.
-RPN_MODES = ("sampled", "ce_all", "focal_sigmoid", "focal_softmax")
+RPN_MODES = ("sampled", "ce_all", "focal_sigmoid", "focal_softmax", "focal_softmax_shared")
+UNSAMPLED_MODES = RPN_MODES[1:]
+SOFTMAX_MODES = ("focal_softmax", "focal_softmax_shared")
 
 
 def tiny_model_config(rpn_loss="focal_softmax"):
@@ -128,7 +131,7 @@ def _np_assignments(is_crowd):
 
 def _np_objectness_loss(mode, objectness, is_object, *, alpha, gamma):
     """Per-anchor classification loss of each RPN mode, from p_t, float64."""
-    if mode == "focal_softmax":  # p = softmax([background, object])
+    if mode in SOFTMAX_MODES:  # p = softmax([background, object])
         log_p_obj = objectness[..., 1] - np.logaddexp(objectness[..., 0], objectness[..., 1])
         log_p_bg = objectness[..., 0] - np.logaddexp(objectness[..., 0], objectness[..., 1])
         log_p_t = np.where(is_object, log_p_obj, log_p_bg)
@@ -137,7 +140,8 @@ def _np_objectness_loss(mode, objectness, is_object, *, alpha, gamma):
         log_p_t = np.where(is_object, _np_log_sigmoid(x), _np_log_sigmoid(-x))
     if mode in ("sampled", "ce_all"):
         return -log_p_t
-    alpha_t = np.where(is_object, alpha, 1 - alpha)
+    # Detectron's convention, or one alpha for both classes.
+    alpha_t = alpha if mode == "focal_softmax_shared" else np.where(is_object, alpha, 1 - alpha)
     return -alpha_t * (1 - np.exp(log_p_t)) ** gamma * log_p_t
 
 
@@ -174,7 +178,7 @@ def _outputs(mode, seed=0):
     """Random RPN outputs over ANCHORS (2 objectness values per anchor for the softmax form) and
     RoI head outputs, as NumPy float32."""
     rng = np.random.default_rng(seed)
-    k = 2 if mode == "focal_softmax" else 1
+    k = 2 if mode in SOFTMAX_MODES else 1
     return {
         "rpn_objectness": rng.normal(0, 2, (2, len(ANCHORS), k)).astype(np.float32),
         "rpn_deltas": rng.normal(0, 0.3, (2, len(ANCHORS), 4)).astype(np.float32),
@@ -212,7 +216,7 @@ def test_hand_made_anchor_labels_are_what_the_numpy_reference_assumes():
     assert _np_iou(GT_BOXES[0, 1], ANCHORS[9:10])[0] < 0.7
 
 
-@pytest.mark.parametrize("mode", ["ce_all", "focal_sigmoid", "focal_softmax"])
+@pytest.mark.parametrize("mode", UNSAMPLED_MODES)
 def test_unsampled_rpn_losses_equal_numpy_fl_rpn_formula(mode):
     outputs = _outputs(mode)
     terms, metrics, _ = _run(_loss_fn(mode), outputs)
@@ -224,7 +228,7 @@ def test_unsampled_rpn_losses_equal_numpy_fl_rpn_formula(mode):
     np.testing.assert_allclose(metrics["rpn_num_positives"], (4 + 1) / 2)
 
 
-@pytest.mark.parametrize("mode", ["ce_all", "focal_sigmoid", "focal_softmax"])
+@pytest.mark.parametrize("mode", UNSAMPLED_MODES)
 @pytest.mark.parametrize(
     "hyper",
     [{"focal_lambda": 1.0}, {"alpha": 0.75}, {"gamma": 0.0}, {"gamma": 1.5}],
@@ -239,6 +243,106 @@ def test_rpn_lambda_alpha_and_gamma_are_honoured(mode, hyper):
     cls, box = _np_focal_rpn(mode, outputs, labels, targets, **settings)
     np.testing.assert_allclose(terms["rpn_cls"], cls, rtol=1e-5)
     np.testing.assert_allclose(terms["rpn_box"], box, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# The 2-way softmax focal loss is the sigmoid one on the logit difference.
+
+FOCAL_SETTINGS = [(gamma, alpha) for gamma in (0.0, 0.5, 2.0, 5.0) for alpha in (0.25, 0.5, 0.9)]
+
+
+def _random_objectness(dtype, seed=0, n=2048):
+    """`(objectness [n, 2], labels [n])`: (background, object) logits spread over +-12, so easy,
+    hard and confidently wrong anchors of both classes, half of them objects."""
+    rng = np.random.default_rng(seed)
+    return rng.normal(0, 4, (n, 2)).astype(dtype), rng.integers(0, 2, n).astype(np.int32)
+
+
+def _softmax_and_sigmoid_focal(x, y, *, alpha, gamma):
+    """`(loss, d loss / d x)` of the 2-way softmax focal loss (Detectron alpha) on `x [n, 2]`
+    and of the sigmoid focal loss on `x_obj - x_bg` (gradient with respect to that logit)."""
+    def softmax(x):
+        return losses.softmax_focal_loss(x, y, alpha=alpha, gamma=gamma, background_class=0)
+
+    def sigmoid(z):
+        return losses.sigmoid_focal_loss(z, y.astype(z.dtype), alpha=alpha, gamma=gamma)
+
+    x = jnp.asarray(x)
+    z = x[:, 1] - x[:, 0]
+    d_softmax = jax.grad(lambda x: jnp.sum(softmax(x)))(x)
+    d_sigmoid = jax.grad(lambda z: jnp.sum(sigmoid(z)))(z)
+    return (softmax(x), d_softmax), (sigmoid(z), d_sigmoid)
+
+
+@pytest.mark.parametrize(("gamma", "alpha"), FOCAL_SETTINGS)
+def test_softmax_focal_loss_with_detectron_alpha_is_the_sigmoid_one_on_the_logit_difference(
+    gamma, alpha,
+):
+    x, y = _random_objectness(np.float32)
+    (softmax, d_softmax), (sigmoid, d_sigmoid) = _softmax_and_sigmoid_focal(
+        x, y, alpha=alpha, gamma=gamma)
+    # float32 rounding: log p = x - logsumexp(x) in the softmax form rounds at the scale of the
+    # logits (|x| up to ~16, ulp ~1e-6), which is all that separates the two on easy anchors.
+    np.testing.assert_allclose(softmax, sigmoid, rtol=1e-5, atol=1e-5)
+    # The redundant direction (x_bg + x_obj) gets no gradient: d/dx_obj = -d/dx_bg = d/dz.
+    np.testing.assert_allclose(d_softmax[:, 1], d_sigmoid, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d_softmax[:, 0], -d_sigmoid, rtol=1e-5, atol=1e-5)
+    assert np.max(sigmoid) > 1.0  # Confidently wrong anchors are in the sample.
+
+
+@pytest.mark.parametrize(("gamma", "alpha"), [(0.0, 0.25), (2.0, 0.25), (5.0, 0.9)])
+def test_softmax_focal_loss_equals_the_sigmoid_one_to_float64_rounding(gamma, alpha):
+    with jax.enable_x64(True):
+        x, y = _random_objectness(np.float64, seed=1)
+        (softmax, d_softmax), (sigmoid, d_sigmoid) = _softmax_and_sigmoid_focal(
+            x, y, alpha=alpha, gamma=gamma)
+        assert softmax.dtype == sigmoid.dtype == jnp.float64
+        np.testing.assert_allclose(softmax, sigmoid, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(d_softmax[:, 1], d_sigmoid, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(d_softmax[:, 0], -d_sigmoid, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "hyper",
+    [{}, {"alpha": 0.75}, {"gamma": 0.0}, {"gamma": 1.5, "alpha": 0.5}],
+    ids=lambda hyper: "-".join(f"{k}={v}" for k, v in hyper.items()) or "defaults",
+)
+def test_focal_softmax_rpn_loss_is_the_focal_sigmoid_one_on_the_logit_difference(hyper):
+    outputs = _outputs("focal_softmax", seed=8)
+    objectness = outputs["rpn_objectness"]
+    difference = objectness[..., 1:] - objectness[..., :1]
+
+    def rpn_terms(mode, objectness):
+        return _run(_loss_fn(mode, **hyper), {**outputs, "rpn_objectness": objectness}).terms
+
+    def rpn_cls(mode):
+        return lambda objectness: rpn_terms(mode, objectness)["rpn_cls"]
+
+    softmax, d_softmax = jax.value_and_grad(rpn_cls("focal_softmax"))(objectness)
+    sigmoid, d_sigmoid = jax.value_and_grad(rpn_cls("focal_sigmoid"))(difference)
+    np.testing.assert_allclose(softmax, sigmoid, rtol=1e-6)
+    np.testing.assert_allclose(d_softmax[..., 1:], d_sigmoid, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(d_softmax[..., :1], -d_sigmoid, rtol=1e-5, atol=1e-8)
+    assert np.any(np.asarray(d_sigmoid) != 0)
+    assert float(rpn_terms("focal_softmax", objectness)["rpn_box"]) == float(
+        rpn_terms("focal_sigmoid", difference)["rpn_box"])
+
+
+@pytest.mark.parametrize("alpha", [0.25, 0.5, 0.9])
+def test_shared_alpha_softmax_rpn_loss_is_alpha_times_the_unweighted_focal_loss(alpha):
+    outputs = _outputs("focal_softmax_shared", seed=9)
+    shared = _run(_loss_fn("focal_softmax_shared", alpha=alpha), outputs).terms["rpn_cls"]
+    labels, _ = _np_assignments(np.zeros(GT_LABELS.shape, bool))
+    x = outputs["rpn_objectness"].astype(np.float64)
+    log_p = x - np.logaddexp(x[..., :1], x[..., 1:])  # [background, object]
+    log_p_t = np.where(labels == 1, log_p[..., 1], log_p[..., 0])
+    unweighted = -((1 - np.exp(log_p_t)) ** 2) * log_p_t
+    num_objects = (labels == 1).sum()
+    np.testing.assert_allclose(
+        shared, alpha * 0.1 / num_objects * unweighted[labels >= 0].sum(), rtol=1e-5)
+    # Detectron's convention weighs the classes apart, except at alpha 0.5.
+    detectron = _run(_loss_fn("focal_softmax", alpha=alpha), outputs).terms["rpn_cls"]
+    assert np.isclose(shared, detectron, rtol=1e-5) == (alpha == 0.5)
 
 
 def test_sampled_rpn_loss_counts_the_sampled_anchors_with_at_most_a_fraction_of_objects():
@@ -484,17 +588,17 @@ def test_rpn_objectness_channels_and_initial_bias_follow_the_rpn_loss(mode):
     objectness = jax.eval_shape(
         lambda v: detector.apply(v, batch, train=False)[0]["rpn_objectness"], variables
     )
-    k = 2 if mode == "focal_softmax" else 1
+    k = 2 if mode in SOFTMAX_MODES else 1
     assert objectness.shape == (2, 3 * (16 * 16 + 8 * 8 + 4 * 4), k)
     assert bias.shape == (3 * k,)  # (anchor, value) per position
     per_anchor = bias.reshape(3, k)
-    if mode == "focal_softmax":  # (background, object): p(object) = softmax(...)[1]
+    if mode in SOFTMAX_MODES:  # (background, object): p(object) = softmax(...)[1]
         p_object = np.exp(per_anchor[:, 1]) / np.exp(per_anchor).sum(axis=1)
         np.testing.assert_allclose(p_object, 0.01, rtol=1e-5)
-    elif mode == "focal_sigmoid":
-        np.testing.assert_allclose(1 / (1 + np.exp(-per_anchor[:, 0])), 0.01, rtol=1e-5)
-    else:  # Cross-entropy RPNs start from the standard zero bias.
+    elif mode == "sampled":  # The standard RPN starts from a zero bias.
         np.testing.assert_array_equal(per_anchor, 0.0)
+    else:  # "ce_all" starts from the focal modes' prior: only the loss differs between them.
+        np.testing.assert_allclose(1 / (1 + np.exp(-per_anchor[:, 0])), 0.01, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -502,7 +606,7 @@ def test_rpn_objectness_channels_and_initial_bias_follow_the_rpn_loss(mode):
     [
         ("rpn", "loss", "hinge",
          r"model.rpn.loss is 'hinge', expected one of \('sampled', 'ce_all', 'focal_sigmoid', "
-         r"'focal_softmax'\)"),
+         r"'focal_softmax', 'focal_softmax_shared'\)"),
         ("rpn", "train_post_nms_topk", 200,
          r"model.rpn.train_post_nms_topk is 200, but for \(64, 64\) images the levels give at "
          r"most 144 candidates"),
@@ -525,6 +629,17 @@ def test_build_rejects_a_bad_config_with_a_clear_message(section, field, value, 
     model[section][field] = value
     with pytest.raises(ValueError, match=message):
         detectors.build(model, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE)
+
+
+@pytest.mark.parametrize("mode", RPN_MODES)
+def test_prior_prob_is_checked_for_every_mode_that_starts_from_it(mode):
+    model = tiny_model_config(mode)
+    model.rpn.prior_prob = 0.0
+    if mode == "sampled":  # The standard zero bias: the prior is not used.
+        detectors.build(model, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE)
+    else:
+        with pytest.raises(ValueError, match=r"model.rpn.prior_prob is 0.0, expected \(0, 1\)"):
+            detectors.build(model, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE)
 
 
 def test_post_nms_topk_equal_to_what_the_levels_give_is_accepted():

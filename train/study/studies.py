@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from focaljax.detectors.faster_rcnn import RPN_LOSSES
 from train.study import verdicts
 
 # ----------------------------------------------------------------------------------------------
@@ -50,7 +51,6 @@ TABLE1A_ALPHAS = (0.25, 0.5, 0.75, 0.9, 0.99)
 OHEM_ANCHORS_PER_POSITIVE = (1.3, 5.0)
 OHEM_NMS_THRESHOLDS = (0.5, 0.7)
 FIGURE4_GAMMAS = (0.0, 0.5, 1.0, 2.0)
-RPN_LOSSES = ("sampled", "ce_all", "focal_sigmoid", "focal_softmax")
 
 # The recipes a variant trains with. "grid" is the base config's own (for the shapes configs
 # AdamW, cosine); "sgd" is the paper's (section 4.1: SGD, momentum 0.9, lr 0.01 for 16 images,

@@ -176,13 +176,16 @@ PAPER_INIT_SHORT = "CE from a zero bias diverges, from the prior it trains"
 
 
 def rpn_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
-    """FL-RPN: focal above sampled; softmax above sigmoid."""
+    """FL-RPN: focal above sampled; softmax above sigmoid (with Detectron's alpha the 2-way
+    softmax focal loss is the sigmoid one on the logit difference: the two compare
+    parameterisations of one loss); the shared-alpha softmax beside them."""
     by_name = {row.label: _ap(stats, row) for row in rows}
-    focal = compare(by_name["focal_sigmoid"], by_name["sampled"])
-    softmax = compare(by_name["focal_softmax"], by_name["focal_sigmoid"])
-    return (f"**FL-RPN's findings**: focal_sigmoid > sampled {focal} "
-            f"({_why(by_name['focal_sigmoid'], by_name['sampled'])}); focal_softmax > "
-            f"focal_sigmoid {softmax} ({_why(by_name['focal_softmax'], by_name['focal_sigmoid'])}).")
+    pairs = [("focal_sigmoid", "sampled"), ("focal_softmax", "sampled"),
+             ("focal_sigmoid", "ce_all"), ("focal_softmax", "focal_sigmoid"),
+             ("focal_softmax_shared", "focal_softmax")]
+    parts = [f"{a} > {b}: {compare(by_name[a], by_name[b])} ({_why(by_name[a], by_name[b])})"
+             for a, b in pairs if a in by_name and b in by_name]
+    return "**FL-RPN's findings**: " + "; ".join(parts) + "."
 
 
 def no_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
