@@ -85,8 +85,7 @@ def retinanet_model(weights: str = "") -> ml_collections.ConfigDict:
 
     loss = model.loss = ml_collections.ConfigDict()
     # The classification loss: "focal" (alpha, gamma), "ce", "alpha_ce" (alpha), "fl_star"
-    # (gamma, fl_star_beta) or "ohem" (ohem_num_samples, ohem_positive_fraction); see
-    # focaljax/detectors/retinanet.py.
+    # (gamma, fl_star_beta) or "ohem" (the ohem_* fields); see focaljax/detectors/retinanet.py.
     loss.cls = "focal"
     loss.alpha = 0.25
     loss.gamma = 2.0
@@ -98,6 +97,16 @@ def retinanet_model(weights: str = "") -> ml_collections.ConfigDict:
     # "ohem": the highest-loss anchors per image, at most this fraction of them positives.
     loss.ohem_num_samples = 128
     loss.ohem_positive_fraction = 0.25
+    # "ohem": instead of a positive fraction (set it to 0), SSD's rule: every positive and at most
+    # this many hardest negatives per positive (3.0 is the paper's "OHEM 1:3"); 0.0 is off.
+    loss.ohem_negative_ratio = 0.0
+    # "ohem": NMS by loss over the anchors before they are picked, at this IoU (the paper's OHEM:
+    # 0.5 or 0.7); 0.0 is no NMS. Over the ohem_pre_nms_topk highest-loss anchors (0: all; with a
+    # positive rule, NMS over all of tens of thousands of anchors is slow), comparing the
+    # "anchors" themselves or the boxes the box head predicts for them ("decoded").
+    loss.ohem_nms_iou_threshold = 0.0
+    loss.ohem_pre_nms_topk = 0
+    loss.ohem_nms_boxes = "anchors"
     # N of the loss: "num_positives" (the paper's max(1, #positive anchors) of the batch) or
     # "ema" (detectron2's moving average of it, momentum ema_momentum, starting at 100).
     loss.normalizer = "num_positives"
@@ -133,7 +142,8 @@ def faster_rcnn_model(weights: str = "") -> ml_collections.ConfigDict:
     model.aspect_ratios = (0.5, 1.0, 2.0)
 
     rpn = model.rpn = ml_collections.ConfigDict()
-    rpn.loss = "focal_softmax"  # or "sampled", "focal_sigmoid", "ce_all"
+    # or "sampled", "focal_sigmoid", "ce_all", "focal_softmax_shared" (focaljax.detectors.faster_rcnn)
+    rpn.loss = "focal_softmax"
     rpn.fg_iou_threshold = 0.7
     rpn.bg_iou_threshold = 0.3
     rpn.allow_low_quality_matches = True
@@ -142,8 +152,9 @@ def faster_rcnn_model(weights: str = "") -> ml_collections.ConfigDict:
     # "sampled": anchors per image and their largest object fraction.
     rpn.batch_size_per_image = 256
     rpn.positive_fraction = 0.5
-    # The focal modes (FL-RPN): lambda of the classification term, alpha, gamma, and the prior
-    # object probability the objectness bias starts from.
+    # The modes on every anchor (FL-RPN's focal ones and ce_all): lambda of the classification
+    # term, alpha, gamma (focal only), and the prior object probability the objectness bias
+    # starts from (every mode but "sampled", which starts from a zero bias).
     rpn.focal_lambda = 0.1
     rpn.alpha = 0.25
     rpn.gamma = 2.0
@@ -251,6 +262,10 @@ def get_config() -> ml_collections.ConfigDict:
     # Also PASCAL VOC's mAP@0.5 (needs a data set with "difficult" flags such as "voc"): "voc07"
     # (11-point, logged as VOC07_mAP50), "voc" (all-point, VOC_mAP50) or "" (off).
     config.voc_metric = ""
+    # Also COCO's metrics over only the detections scoring at least each of these, logged with
+    # the score as suffix (e.g. AP@0.05): with model.postprocess.score_threshold 0.001, the AP at
+    # the paper's 0.05 beside the AP at (nearly) every score, from one evaluation. () for none.
+    config.eval_min_scores = ()
     # XLA options for the train and evaluation steps (fields of XLA's DebugOptions, name ->
     # value); none by default.
     config.compiler_options = ml_collections.ConfigDict()

@@ -17,10 +17,16 @@ state between steps. The loss terms are `{"cls": ..., "box": ...}`. `L_cls` is c
 * `"focal"`: `sigmoid_focal_loss(alpha, gamma)`, the paper's loss (alpha 0.25, gamma 2).
 * `"ce"`: plain sigmoid cross-entropy; `"alpha_ce"`: alpha-balanced cross-entropy (Table 1a).
 * `"fl_star"`: `focal_loss_star(gamma, fl_star_beta)` (appendix A).
-* `"ohem"`: cross-entropy on the `ohem_num_samples` highest-loss non-ignored anchors of each
-  image, at most `ohem_positive_fraction` of them positives (0.25 is the paper's "OHEM 1:3"; 0
-  takes the top anchors whatever their label). As for every loss here, the sum is divided by the
-  number of positives, and the paper's NMS over anchors before ranking is not applied.
+* `"ohem"`: cross-entropy on the anchors `focaljax.losses.ohem_mask` picks in each image by
+  their loss summed over classes, at most `ohem_num_samples` of the non-ignored anchors. With a
+  nonzero `ohem_nms_iou_threshold` (the paper's OHEM, Table 1d: 0.5 or 0.7), greedy NMS by loss
+  first thins the `ohem_pre_nms_topk` highest-loss anchors (0: all of them), comparing the
+  anchors themselves (`ohem_nms_boxes = "anchors"`) or the boxes predicted for them
+  (`"decoded"`, without gradient). Of the anchors left, with a nonzero `ohem_negative_ratio`:
+  SSD's rule, every positive and at most that many hardest negatives per positive (3 is the
+  paper's "OHEM 1:3"); with a nonzero `ohem_positive_fraction` instead: at most that fraction of
+  positives, the rest the hardest negatives; with both 0: the top anchors whatever their label.
+  As for every loss here, the sum is divided by the number of positives.
 
 `L_box` (`config.loss.box`), summed over the four deltas: `"l1"` (detectron2's default),
 `"smooth_l1"` with `box_beta`, or `"giou"` on the decoded predicted and ground-truth boxes.
@@ -47,6 +53,7 @@ from focaljax.ops.postprocess import retinanet_postprocess
 CLS_LOSSES = ("focal", "ce", "alpha_ce", "fl_star", "ohem")
 NORMALIZERS = ("num_positives", "ema")
 BOX_LOSSES = ("l1", "smooth_l1", "giou")
+OHEM_NMS_BOXES = ("anchors", "decoded")
 
 
 def classification_loss(loss_config: Any):
@@ -99,6 +106,21 @@ def _check_loss_config(loss: Any) -> None:
                 f"model.loss.ohem_num_samples is {num_samples!r}, expected a positive int"
             )
         number("ohem_positive_fraction", 0, 1)
+        number("ohem_negative_ratio", 0, np.inf, open_high=True)
+        if loss.ohem_negative_ratio and loss.ohem_positive_fraction:
+            raise ValueError(
+                f"model.loss.ohem_negative_ratio is {loss.ohem_negative_ratio!r} and "
+                f"model.loss.ohem_positive_fraction is {loss.ohem_positive_fraction!r}, expected "
+                "at most one of them nonzero (SSD's rule or a cap on the positives)"
+            )
+        number("ohem_nms_iou_threshold", 0, 1)
+        topk = loss.ohem_pre_nms_topk
+        if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
+            raise ValueError(f"model.loss.ohem_pre_nms_topk is {topk!r}, expected an int >= 0 "
+                             "(0: all anchors)")
+        if loss.ohem_nms_boxes not in OHEM_NMS_BOXES:
+            raise ValueError(f"model.loss.ohem_nms_boxes is {loss.ohem_nms_boxes!r}, expected one "
+                             f"of {OHEM_NMS_BOXES}")
     if loss.box == "smooth_l1":
         number("box_beta", 0, np.inf, open_high=True)
     number("box_weight", 0, np.inf, open_high=True)
@@ -252,10 +274,19 @@ def make_loss_fn(
     targets_of = anchor_targets(config, anchors, box_coder=box_coder)
     use_ema = loss_config.normalizer == "ema"
     ema_momentum = float(loss_config.ema_momentum)
-    if use_ohem:
-        ohem_fraction = float(loss_config.ohem_positive_fraction) or None
-        ohem_samples = int(loss_config.ohem_num_samples)
     anchors = jnp.asarray(anchors)
+    if use_ohem:
+        # 0 turns each option off (a config cannot hold None).
+        ohem_options = {
+            "num_samples": int(loss_config.ohem_num_samples),
+            "positive_fraction": float(loss_config.ohem_positive_fraction) or None,
+            "negative_ratio": float(loss_config.ohem_negative_ratio) or None,
+        }
+        ohem_nms = float(loss_config.ohem_nms_iou_threshold) > 0
+        if ohem_nms:
+            ohem_options["nms_iou_threshold"] = float(loss_config.ohem_nms_iou_threshold)
+            ohem_options["pre_nms_topk"] = int(loss_config.ohem_pre_nms_topk) or None
+        ohem_decoded = loss_config.ohem_nms_boxes == "decoded"
 
     def image_loss(logits, deltas, gt_boxes, gt_labels, gt_is_crowd):
         """Unnormalized (cls_sum, box_sum, num_positives) of one image."""
@@ -265,12 +296,18 @@ def make_loss_fn(
         cls_losses = cls_loss(logits, onehot)
         cls_weights = targets["cls_weights"]
         if use_ohem:
+            nms_boxes = None
+            if ohem_nms:
+                nms_boxes = (
+                    box_coder.decode(jax.lax.stop_gradient(deltas), anchors) if ohem_decoded
+                    else anchors
+                )
             cls_weights = losses.ohem_mask(
                 jnp.sum(cls_losses, axis=-1),
-                num_samples=ohem_samples,
                 valid=cls_weights > 0,
                 positive_mask=labels >= 0,
-                positive_fraction=ohem_fraction,
+                boxes=nms_boxes,
+                **ohem_options,
             )
         cls_sum = losses.weighted_sum(cls_losses, cls_weights[:, None])
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from focaljax import detectors
+from focaljax import detectors, losses
 from focaljax.detectors import retinanet
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -88,6 +88,14 @@ def test_build_rejects_unknown_losses(field, value, message):
         ("ohem", "ohem_num_samples", 0, r"model.loss.ohem_num_samples is 0, expected a positive "
          r"int"),
         ("ohem", "ohem_positive_fraction", 1.5, r"model.loss.ohem_positive_fraction is 1.5"),
+        ("ohem", "ohem_negative_ratio", -1.0, r"model.loss.ohem_negative_ratio is -1.0, expected "
+         r"a number in \[0, inf\)"),
+        ("ohem", "ohem_nms_iou_threshold", 1.5, r"model.loss.ohem_nms_iou_threshold is 1.5, "
+         r"expected a number in \[0, 1\]"),
+        ("ohem", "ohem_pre_nms_topk", -1, r"model.loss.ohem_pre_nms_topk is -1, expected an int "
+         r">= 0 \(0: all anchors\)"),
+        ("ohem", "ohem_nms_boxes", "predicted", r"model.loss.ohem_nms_boxes is 'predicted', "
+         r"expected one of \('anchors', 'decoded'\)"),
         ("focal", "box_weight", -2.0, r"model.loss.box_weight is -2.0"),
         ("focal", "ema_momentum", 1.5, r"model.loss.ema_momentum is 1.5, .* \[0, 1\]"),
     ],
@@ -108,13 +116,27 @@ def test_build_rejects_every_bad_loss_hyper_parameter_by_name(cls, field, value,
     [("focal", "gamma", 0.0), ("focal", "alpha", 1.0), ("alpha_ce", "alpha", 0.0),
      ("focal", "label_smoothing", 0.99), ("focal", "soft_target_mode", "quality"),
      ("fl_star", "fl_star_beta", -1.0), ("ohem", "ohem_positive_fraction", 0.0),
+     ("ohem", "ohem_nms_iou_threshold", 1.0), ("ohem", "ohem_pre_nms_topk", 0),
+     ("ohem", "ohem_nms_boxes", "decoded"),
      # A field the chosen loss does not read is not checked.
-     ("ce", "gamma", -1.0), ("focal", "ohem_num_samples", 0)],
+     ("ce", "gamma", -1.0), ("focal", "ohem_num_samples", 0), ("focal", "ohem_nms_boxes", "x")],
 )
 def test_build_accepts_the_edges_of_every_range(cls, field, value):
     model = tiny_model_config()
     model.loss.cls = cls
     model.loss[field] = value
+    detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
+
+
+def test_build_rejects_ssds_rule_together_with_a_positive_fraction_naming_both_fields():
+    model = tiny_model_config()
+    model.loss.cls = "ohem"
+    model.loss.ohem_negative_ratio, model.loss.ohem_positive_fraction = 3.0, 0.25
+    with pytest.raises(ValueError, match=r"model.loss.ohem_negative_ratio is 3.0 and "
+                       r"model.loss.ohem_positive_fraction is 0.25, expected at most one of them "
+                       r"nonzero"):
+        detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
+    model.loss.ohem_positive_fraction = 0.0
     detectors.build(model, num_classes=NUM_CLASSES, image_size=(64, 64))
 
 
@@ -345,11 +367,53 @@ def test_ohem_keeps_the_highest_loss_anchors_with_at_most_a_quarter_positives():
     np.testing.assert_allclose(terms["cls"], expected, rtol=1e-5)
 
 
+def _np_decoded_boxes(deltas):
+    wa, ha = ANCHORS[:, 2] - ANCHORS[:, 0], ANCHORS[:, 3] - ANCHORS[:, 1]
+    cx, cy = ANCHORS[:, 0] + wa / 2 + deltas[:, 0] * wa, ANCHORS[:, 1] + ha / 2 + deltas[:, 1] * ha
+    w, h = wa * np.exp(deltas[:, 2]), ha * np.exp(deltas[:, 3])
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
+
+
+@pytest.mark.parametrize("nms_boxes", ["anchors", "decoded"])
+def test_ohem_with_nms_and_ssds_rule_weights_the_anchors_ohem_mask_picks(nms_boxes):
+    outputs = _hand_set_outputs(seed=5)
+    # Decoded, the positives 1-3 move apart (by 5, 10, 15 heights) and the negative 7 lands on
+    # the negative 6; the negative 5 is the easiest.
+    deltas = np.zeros((1, len(ANCHORS), 4), np.float32)
+    deltas[0, 1:4, 1] = [5, 10, 15]
+    deltas[0, 7, :2] = [1, 3]
+    outputs["box_deltas"] = jnp.asarray(deltas)
+    outputs["cls_logits"] = outputs["cls_logits"].at[0, 5].set(-8.0)
+    terms = _loss_fn(cls="ohem", ohem_num_samples=6, ohem_positive_fraction=0.0,
+                     ohem_negative_ratio=1.0, ohem_nms_iou_threshold=0.5,
+                     ohem_nms_boxes=nms_boxes)(outputs, _batch(), state={}).terms
+    logits = np.asarray(outputs["cls_logits"][0], np.float64)
+    targets = (NP_LABELS[:, None] == np.arange(NUM_CLASSES)).astype(np.float64)
+    per_anchor = _np_cls_loss("ce", logits, targets, alpha=0, gamma=0, beta=0).sum(-1)
+    deltas = np.asarray(outputs["box_deltas"][0], np.float64)
+    boxes = {"anchors": ANCHORS, "decoded": _np_decoded_boxes(deltas)}
+
+    def mask(boxes):
+        nms = {} if boxes is None else {"boxes": boxes.astype(np.float32), "nms_iou_threshold": 0.5}
+        return np.asarray(losses.ohem_mask(
+            per_anchor.astype(np.float32), num_samples=6, valid=NP_LABELS != -2,
+            positive_mask=NP_LABELS >= 0, negative_ratio=1.0, **nms,
+        ))
+
+    expected = mask(boxes[nms_boxes])
+    # The other boxes, and no NMS, pick differently, so the term tells the three apart.
+    other = "decoded" if nms_boxes == "anchors" else "anchors"
+    assert (expected != mask(boxes[other])).any() and (expected != mask(None)).any()
+    np.testing.assert_allclose(terms["cls"], (per_anchor * expected).sum() / 4, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
         {"cls": "focal"}, {"cls": "ce"}, {"cls": "alpha_ce"},
         {"cls": "fl_star", "fl_star_beta": 1.0}, {"cls": "ohem", "ohem_num_samples": 4},
+        {"cls": "ohem", "ohem_num_samples": 4, "ohem_positive_fraction": 0.0,
+         "ohem_negative_ratio": 3.0, "ohem_nms_iou_threshold": 0.5, "ohem_nms_boxes": "decoded"},
         {"box": "giou"}, {"box": "smooth_l1", "box_beta": 0.1},
     ],
     ids=lambda overrides: "-".join(str(v) for v in overrides.values()),
