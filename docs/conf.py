@@ -34,7 +34,7 @@ extensions = [
     "myst_parser",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "study_results"]  # The study's own outputs (README links them).
 # The docstrings write code in single backticks, Markdown-style.
 default_role = "code"
 

@@ -35,18 +35,19 @@ def default_bases(names):
 TABLE1_VARIANTS = [
     "alpha_ce_a0.25", "alpha_ce_a0.5", "alpha_ce_a0.75", "alpha_ce_a0.9", "alpha_ce_a0.99",
     "focal_g0.5_a0.5", "focal_g1_a0.25", "focal_g2_a0.25", "focal_g5_a0.25",
-    "ohem_x1.3_nms0.5", "ohem_x1.3_nms0.7", "ohem_x5_nms0.5", "ohem_x5_nms0.7",
-    "ohem_x1.3_nms0.5_1to3", "ohem_x5_nms0.5_1to3",
+    "ohem_x1.3_nms0.5", "ohem_x1.3_nms0.7", "ohem_x5_nms0.5", "ohem_x5_nms0.5_1to3",
     "flstar_g2_b1", "flstar_g4_b0", "ce_prior_sgd", "ce_bias0_sgd",
 ]
+LONG = "focal_g2_a0.25_2x"
 
 
 def test_table1_and_figure4_expand_to_every_variant_at_every_seed_in_seed_order():
     runs = grid.expand_grid(["table1", "figure4"], default_bases(["table1", "figure4"]),
                             preset=FULL, positives_per_image=POSITIVES)
-    # Every row enters a verdict: all three seeds, the first seed of every row first; figure4's
-    # model is table1's focal run.
-    assert [run.name for run in runs] == [f"{v}_s{s}" for s in range(3) for v in TABLE1_VARIANTS]
+    # Every row enters a verdict: all three seeds, the first seed of every row first; the
+    # schedule check (figure4's model) has one seed.
+    assert [run.name for run in runs] == [f"{v}_s0" for v in TABLE1_VARIANTS] + [f"{LONG}_s0"] + [
+        f"{v}_s{s}" for s in (1, 2) for v in TABLE1_VARIANTS]
     assert {run.setting for run in runs} == {"paper_regime"}
     by_name = {run.name: run.overrides for run in runs}
     focal = by_name["focal_g5_a0.25_s0"]
@@ -54,8 +55,13 @@ def test_table1_and_figure4_expand_to_every_variant_at_every_seed_in_seed_order(
         "focal", 5.0, 0.25)
     # OHEM batches of about 1.3 and 5 anchors per positive of the setting (3.2 an image).
     assert by_name["ohem_x1.3_nms0.5_s0"]["model.loss.ohem_num_samples"] == 4
-    assert by_name["ohem_x5_nms0.7_s0"]["model.loss.ohem_num_samples"] == 16
-    assert by_name["ohem_x5_nms0.7_s0"]["model.loss.ohem_nms_iou_threshold"] == 0.7
+    assert by_name["ohem_x5_nms0.5_s0"]["model.loss.ohem_num_samples"] == 16
+    assert by_name["ohem_x1.3_nms0.7_s0"]["model.loss.ohem_nms_iou_threshold"] == 0.7
+    assert by_name["ohem_x5_nms0.5_s0"]["model.loss.ohem_pre_nms_topk"] == 512
+    # The schedule check: twice the steps, evaluated as often relative to them.
+    long, short = by_name[f"{LONG}_s0"], by_name["focal_g2_a0.25_s0"]
+    assert long["num_train_steps"] == 2 * short["num_train_steps"]
+    assert long["eval_every_steps"] == 2 * short["eval_every_steps"]
     assert by_name["ohem_x5_nms0.5_1to3_s0"]["model.loss.ohem_negative_ratio"] == 3.0
     assert by_name["ohem_x5_nms0.5_s0"]["model.loss.ohem_negative_ratio"] == 0.0
     # The initialisation rows: the paper's SGD, decays at 2/3 and 8/9 of the run; only the prior
@@ -71,20 +77,20 @@ def test_table1_and_figure4_expand_to_every_variant_at_every_seed_in_seed_order(
     # Every run evaluates at 0.001 and again over the scores >= 0.05.
     assert all(r.overrides["model.postprocess.score_threshold"] == 0.001
                and r.overrides["eval_min_scores"] == (0.05,) for r in runs)
-    assert by_name["ohem_x5_nms0.7_s2"]["seed"] == 2
+    assert by_name["ohem_x5_nms0.5_s2"]["seed"] == 2
 
 
 def test_the_quick_preset_has_one_seed_and_the_full_grid_adds_single_seed_alphas():
     bases = default_bases(["table1"])
     quick = grid.expand_grid(["table1"], bases, preset=grid.PRESETS["quick"],
                              positives_per_image=POSITIVES)
-    assert len(quick) == len(TABLE1_VARIANTS)
+    assert len(quick) == len(TABLE1_VARIANTS) + 1
     assert not grid.PRESETS["quick"].converged and FULL.converged
     full_grid = grid.expand_grid(["table1"], bases, preset=FULL, full_grid=True,
                                  positives_per_image=POSITIVES)
-    extra = [r for r in full_grid if r.variant not in TABLE1_VARIANTS]
+    extra = [r for r in full_grid if r.variant not in TABLE1_VARIANTS + [LONG]]
     assert len(extra) == 4 * 4 and {r.seed for r in extra} == {0}
-    assert len(full_grid) == 3 * len(TABLE1_VARIANTS) + 16
+    assert len(full_grid) == 3 * len(TABLE1_VARIANTS) + 1 + 16
 
 
 def test_ohem_rows_need_the_settings_positives():
@@ -326,7 +332,7 @@ TINY_PRESET = grid.Preset(
                            "eval_every_steps": 2}},
     seeds=1, converged=False, seconds_per_run=10.0,
 )
-TINY_RUNS = ["alpha_ce_a0.75_s0", "focal_g2_a0.25_s0"]
+TINY_RUNS = ["alpha_ce_a0.75_s0", "focal_g2_a0.25_2x_s0"]
 
 
 def _tiny_study(workdir, data_dir, echo=lambda line: None):
@@ -373,10 +379,11 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     lines = []
     reference = _tiny_study(reference_dir, tiny_data_dir, echo=lines.append)
     assert lines[0].startswith("[study] run 1/2 base/alpha_ce_a0.75_s0: 0 finished, about ")
-    assert lines[1].startswith("[study] run 2/2 base/focal_g2_a0.25_s0: 1 finished, about ")
+    assert lines[1].startswith("[study] run 2/2 base/focal_g2_a0.25_2x_s0: 1 finished, about ")
     assert [r["status"] for r in reference["runs"].values()] == ["finished", "finished"]
-    assert sorted(reference["runs"]["base/focal_g2_a0.25_s0"]["curve"]) == ["2", "4"]
-    assert reference["figure4"]["run"] == "base/focal_g2_a0.25_s0"
+    # Twice the tiny preset's 4 steps, evaluated every 4.
+    assert sorted(reference["runs"]["base/focal_g2_a0.25_2x_s0"]["curve"]) == ["4", "8"]
+    assert reference["figure4"]["run"] == "base/focal_g2_a0.25_2x_s0"
     assert 0.0 <= reference["figure4"]["negatives_above_0.05"] <= 1.0
     assert reference["settings"]["base"]["anchors_per_image"] > 0
     assert (tmp_path / "uninterrupted" / "figure4.png").stat().st_size > 0

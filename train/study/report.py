@@ -18,6 +18,7 @@ from train.study.grid import Run
 # seed mean when several).
 CURVE_ROWS = {
     "FL (gamma 2, alpha 0.25)": (studies_lib.BEST_FOCAL.name,),
+    "FL, twice the steps": (studies_lib.FL_LONG.name,),
     "best alpha-CE": tuple(studies_lib.alpha_ce(a).name for a in studies_lib.TABLE1A_ALPHAS),
     "best OHEM": tuple(v.name for v in studies_lib.OHEM_VARIANTS),
     "CE (alpha-CE, alpha 0.5)": (studies_lib.alpha_ce(0.5).name,),

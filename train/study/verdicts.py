@@ -188,6 +188,20 @@ def rpn_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> 
     return "**FL-RPN's findings**: " + "; ".join(parts) + "."
 
 
+def schedule_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
+    """Whether twice the steps (one seed) moves AP beyond the preset's seeds' range."""
+    base, long = _ap(stats, rows[0]), _ap(stats, rows[1])
+    if base.mean is None or long.mean is None:
+        return f"**Converged at the preset's length**: {NOT_RESOLVED} (runs missing)."
+    low, high = min(base.scores), max(base.scores)
+    inside = low - base.range <= long.mean <= high + base.range
+    verdict = HOLDS if inside else REVERSED
+    return (f"**Converged at the preset's length**: {verdict}: twice the steps gives AP "
+            f"{long.mean:.3f} against {base.mean:.3f} ({low:.3f}-{high:.3f} over {base.seeds} "
+            "seeds); it holds when the longer run lies within the seeds' range widened by that "
+            "range on each side.")
+
+
 def no_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
     del stats, rows
     return "One seed a row: no verdict (the rows that enter a verdict are in the tables above)."
