@@ -46,11 +46,12 @@ from configs import coco_retinanet_r50  # noqa: E402
 from focaljax import detectors  # noqa: E402
 from focaljax.models import build_resnet, load_resnet_weights  # noqa: E402
 from tests.models import weight_files  # noqa: E402
-from train import (
+from train import (  # noqa: E402
     compilation,
     optim,
-    train,  # noqa: E402
+    train,
 )
+from train import state as train_state  # noqa: E402
 
 NUM_CLASSES = 80
 STRIDE_IN_1X1 = {"safetensors": False, "pth": False, "msra_pkl": True, "keras_h5": True}
@@ -100,8 +101,8 @@ def pmapped_step(config, freeze_at: int):
     )
     learning_rate_fn = optim.create_learning_rate_fn(config, config.num_train_steps, ())
     tx = optim.create_optimizer(config, learning_rate_fn)
-    backbone = train.load_backbone_weights(config)
-    initial = train.create_train_state(
+    backbone = train_state.load_backbone_weights(config)
+    initial = train_state.create_train_state(
         jax.random.PRNGKey(0), detector, tx, image_size, backbone=backbone
     )
     step = jax.pmap(
@@ -112,7 +113,7 @@ def pmapped_step(config, freeze_at: int):
         axis_name=train.AXIS_NAME,
     )
     options = compilation.compiler_options(config)
-    return compilation.with_compiler_options(step, options), train.replicate(initial)
+    return compilation.with_compiler_options(step, options), train_state.replicate(initial)
 
 
 def random_batch(num_devices: int, per_device: int, size: int, max_boxes: int) -> dict:

@@ -142,7 +142,8 @@ def faster_rcnn_model(weights: str = "") -> ml_collections.ConfigDict:
     model.aspect_ratios = (0.5, 1.0, 2.0)
 
     rpn = model.rpn = ml_collections.ConfigDict()
-    # or "sampled", "focal_sigmoid", "ce_all", "focal_softmax_shared" (focaljax.detectors.faster_rcnn)
+    # FL-RPN's softmax form, or "sampled", "focal_sigmoid", "ce_all", "focal_softmax_shared"
+    # (focaljax/detectors/faster_rcnn.py says what each is).
     rpn.loss = "focal_softmax"
     rpn.fg_iou_threshold = 0.7
     rpn.bg_iou_threshold = 0.3

@@ -22,7 +22,7 @@ from focaljax.evaluation.visualize import save_detection_grid
 from train import distributed
 
 if TYPE_CHECKING:
-    from train.train import TrainState
+    from train.state import TrainState
 
 EVAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # config.voc_metric -> the name of PASCAL VOC's mAP at IoU 0.5 among the evaluation metrics:

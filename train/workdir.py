@@ -25,7 +25,7 @@ from focaljax.models import pretrained as pretrained_lib
 from train import distributed
 
 if TYPE_CHECKING:
-    from train.train import TrainState
+    from train.state import TrainState
 
 CONFIG_FILE = "config.json"
 DATASET_INFO_FILE = "dataset_info.json"

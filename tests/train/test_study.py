@@ -25,6 +25,11 @@ FULL = grid.PRESETS["full"]
 POSITIVES = {"paper_regime": 3.2, "base": 9.0}
 
 
+def request(names, preset=None, **options):
+    """A request of `names` on their default base configs."""
+    return grid.Request(tuple(names), default_bases(names), preset or FULL, **options)
+
+
 def default_bases(names):
     """Each study's (label, default base config), as the command line resolves them."""
     return {name: (studies.STUDIES[name].default_base_config,
@@ -42,8 +47,7 @@ LONG = "focal_g2_a0.25_2x"
 
 
 def test_table1_and_figure4_expand_to_every_variant_at_every_seed_in_seed_order():
-    runs = grid.expand_grid(["table1", "figure4"], default_bases(["table1", "figure4"]),
-                            preset=FULL, positives_per_image=POSITIVES)
+    runs = grid.expand_grid(request(["table1", "figure4"]), POSITIVES)
     # Every row enters a verdict: all three seeds, the first seed of every row first; the
     # schedule check (figure4's model) has one seed.
     assert [run.name for run in runs] == [f"{v}_s0" for v in TABLE1_VARIANTS] + [f"{LONG}_s0"] + [
@@ -81,13 +85,10 @@ def test_table1_and_figure4_expand_to_every_variant_at_every_seed_in_seed_order(
 
 
 def test_the_quick_preset_has_one_seed_and_the_full_grid_adds_single_seed_alphas():
-    bases = default_bases(["table1"])
-    quick = grid.expand_grid(["table1"], bases, preset=grid.PRESETS["quick"],
-                             positives_per_image=POSITIVES)
+    quick = grid.expand_grid(request(["table1"], grid.PRESETS["quick"]), POSITIVES)
     assert len(quick) == len(TABLE1_VARIANTS) + 1
     assert not grid.PRESETS["quick"].converged and FULL.converged
-    full_grid = grid.expand_grid(["table1"], bases, preset=FULL, full_grid=True,
-                                 positives_per_image=POSITIVES)
+    full_grid = grid.expand_grid(request(["table1"], full_grid=True), POSITIVES)
     extra = [r for r in full_grid if r.variant not in TABLE1_VARIANTS + [LONG]]
     assert len(extra) == 4 * 4 and {r.seed for r in extra} == {0}
     assert len(full_grid) == 3 * len(TABLE1_VARIANTS) + 1 + 16
@@ -96,7 +97,7 @@ def test_the_quick_preset_has_one_seed_and_the_full_grid_adds_single_seed_alphas
 def test_ohem_rows_need_the_settings_positives():
     with pytest.raises(grid.StudyError, match="sizes its OHEM batch by the positives an image "
                                               "of setting paper_regime, not given"):
-        grid.expand_grid(["table1"], default_bases(["table1"]), preset=FULL)
+        grid.expand_grid(request(["table1"]))
 
 
 def _field(config: ml_collections.ConfigDict, dotted: str):
@@ -109,8 +110,8 @@ def _field(config: ml_collections.ConfigDict, dotted: str):
 def test_every_override_sets_a_field_the_trainer_accepts(names):
     bases = default_bases(names)
     for preset in grid.PRESETS.values():
-        for run in grid.expand_grid(names, bases, preset=preset, full_grid=True,
-                                    positives_per_image=POSITIVES):
+        for run in grid.expand_grid(grid.Request(tuple(names), bases, preset, full_grid=True),
+                                    POSITIVES):
             config = grid.run_config(run, bases[names[0]][1])
             for key, value in run.overrides.items():
                 got = _field(config, key)
@@ -135,11 +136,9 @@ def test_unknown_studies_presets_and_settings_are_refused_with_the_valid_ones():
         runner.resolve_request("tabel1", "full", None)
     with pytest.raises(grid.StudyError, match="unknown preset 'fast'; valid presets: full, quick"):
         runner.resolve_request("table1", "fast", None)
-    bases = default_bases(["table1"])
     with pytest.raises(grid.StudyError, match="unknown setting 'paper'; valid settings: base, "
-                                              "paper_regime"):
-        grid.expand_grid(["table1"], bases, preset=FULL, setting="paper",
-                         positives_per_image=POSITIVES)
+                                              "paper_regime, rpn_regime"):
+        grid.expand_grid(request(["table1"], setting="paper"), POSITIVES)
     with pytest.raises(grid.StudyError, match="needs a faster_rcnn config"):
         runner.resolve_request("rpn", "full", os.path.join(ROOT, "configs/shapes_retinanet.py"))
     with pytest.raises(grid.StudyError, match="--base_config nope.py: no such file"):
@@ -190,8 +189,8 @@ def _stats(**rows):
 
 
 def test_claims_pick_the_best_row_on_its_seed_mean_and_report_each_pair():
-    rows = (studies.Row("a", "va", 3.0), studies.Row("b", "vb", 2.0),
-            studies.Row("c", "vc", 1.0))
+    rows = (verdicts.Row("a", "va", 3.0), verdicts.Row("b", "vb", 2.0),
+            verdicts.Row("c", "vc", 1.0))
     claim = verdicts.best_row_claim(
         _stats(va=(0.5, 0.51, 0.52), vb=(0.3, 0.31, 0.32), vc=(0.48, 0.53, 0.58)), rows)
     assert claim.startswith("**Paper's best row (a) above every other**: not resolved. "
@@ -262,7 +261,7 @@ def _write_run(runs_dir, key, ap_values, *, status="finished", positives=10.0):
 
 def test_tables_are_built_from_the_runs_metrics_files(tmp_path):
     bases = default_bases(["table1"])
-    runs = grid.expand_grid(["table1"], bases, preset=FULL, positives_per_image=POSITIVES)
+    runs = grid.expand_grid(request(["table1"]), POSITIVES)
     runs_dir = str(tmp_path / "runs")
     aps = {"alpha_ce_a0.25": 0.10, "alpha_ce_a0.5": 0.30, "alpha_ce_a0.75": 0.31,
            "alpha_ce_a0.9": 0.35, "alpha_ce_a0.99": 0.28, "focal_g2_a0.25": 0.45}
@@ -314,9 +313,7 @@ def test_tables_are_built_from_the_runs_metrics_files(tmp_path):
 
 
 def test_a_quick_study_says_it_is_not_converged(tmp_path):
-    bases = default_bases(["table1"])
-    runs = grid.expand_grid(["table1"], bases, preset=grid.PRESETS["quick"],
-                            positives_per_image=POSITIVES)
+    runs = grid.expand_grid(request(["table1"], grid.PRESETS["quick"]), POSITIVES)
     header = {"studies": ["table1"], "preset": "quick", "converged": False, "seeds": 1,
               "full_grid": False, "base_configs": ["x"]}
     runner.write_study(str(tmp_path), runs, ["table1"], header, {"paper_regime": SETTING_FIGURES},
@@ -338,8 +335,9 @@ TINY_RUNS = ["alpha_ce_a0.75_s0", "focal_g2_a0.25_2x_s0"]
 def _tiny_study(workdir, data_dir, echo=lambda line: None):
     config = tiny_config(data_dir)
     bases = {"table1": ("tiny", config), "figure4": ("tiny", config)}
-    return runner.run_study(["table1", "figure4"], workdir, bases=bases, preset=TINY_PRESET,
-                            setting="base", runs=TINY_RUNS, echo=echo)
+    tiny = grid.Request(("table1", "figure4"), bases, TINY_PRESET, setting="base",
+                        runs=tuple(TINY_RUNS))
+    return runner.run_study(tiny, workdir, echo=echo)
 
 
 def _sigterm_at_step(stop_step: int):

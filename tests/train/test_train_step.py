@@ -12,6 +12,7 @@ from focaljax import detectors
 from focaljax.ops import boxes as box_ops
 from tests.train.conftest import tiny_config
 from train import optim, train
+from train import state as train_state
 
 IMAGE_SIZE = (64, 64)
 
@@ -23,7 +24,7 @@ def pmapped_steps(config, devices):
     )
     learning_rate_fn = optim.create_learning_rate_fn(config, 100, ())
     tx = optim.create_optimizer(config, learning_rate_fn)
-    state = train.create_train_state(jax.random.PRNGKey(0), detector, tx, IMAGE_SIZE)
+    state = train_state.create_train_state(jax.random.PRNGKey(0), detector, tx, IMAGE_SIZE)
     step = jax.pmap(
         functools.partial(
             train.train_step, detector=detector, tx=tx, learning_rate_fn=learning_rate_fn,
@@ -36,7 +37,7 @@ def pmapped_steps(config, devices):
         functools.partial(train.eval_step, detector=detector), axis_name=train.AXIS_NAME,
         devices=devices,
     )
-    return step, evaluate, train.replicate(state, devices)
+    return step, evaluate, train_state.replicate(state, devices)
 
 
 def steps_on_four_and_one_device(config, batch, num_steps: int = 2):

@@ -24,6 +24,7 @@ from focaljax import detectors
 from tests.data.fake_sources import write_voc_source
 from tests.train.conftest import bare_model_config, tiny_config
 from train import evaluate as evaluate_lib
+from train import state as train_state
 from train import train
 
 LABELS = data_lib.VocDetection(config="2007").info.features["objects"]["label"].names
@@ -104,10 +105,11 @@ def oracle(*, missed: tuple[int, int] | None = None) -> detectors.Detector:
 
 
 def _evaluate(detector: detectors.Detector, config: ml_collections.ConfigDict) -> dict:
-    state = train.create_train_state(jax.random.PRNGKey(0), detector, optax.identity(), IMAGE_SIZE)
+    state = train_state.create_train_state(jax.random.PRNGKey(0), detector, optax.identity(),
+                                           IMAGE_SIZE)
     p_eval_step = jax.pmap(functools.partial(train.eval_step, detector=detector),
                            axis_name=train.AXIS_NAME)
-    metrics, _ = evaluate_lib.evaluate(p_eval_step, train.replicate(state),
+    metrics, _ = evaluate_lib.evaluate(p_eval_step, train_state.replicate(state),
                                        data_lib.build(config.dataset), config, detector=detector)
     return metrics
 

@@ -36,16 +36,15 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments {argv[1:]}")
     cli.quiet_libraries()
     try:
-        studies, preset, bases = runner.resolve_request(FLAGS.study, FLAGS.preset, FLAGS.base_config)
-        request = {"bases": bases, "preset": preset, "setting": FLAGS.setting,
-                   "full_grid": FLAGS.full_grid, "seeds": FLAGS.seeds, "runs": FLAGS.runs}
+        request = runner.resolve_request(
+            FLAGS.study, FLAGS.preset, FLAGS.base_config, setting=FLAGS.setting,
+            full_grid=FLAGS.full_grid, seeds=FLAGS.seeds, runs=FLAGS.runs)
         if FLAGS.list_runs:
-            grid, _ = runner.plan(studies, FLAGS.workdir, **request)
+            grid, _ = runner.plan(request, FLAGS.workdir)
             for run in grid:
                 print(f"{run.key}: {json.dumps(runs.jsonable(run.overrides))}")
             return
-        runner.run_study(studies, FLAGS.workdir, **request,
-                         echo=lambda line: print(line, flush=True))
+        runner.run_study(request, FLAGS.workdir, echo=lambda line: print(line, flush=True))
     except StudyError as error:
         cli.fail(str(error))
     except trainer.TrainingInterruptedError as stop:

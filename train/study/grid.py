@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -157,37 +157,45 @@ def ohem_batch(per_positive: float, positives_per_image: float) -> int:
     return max(1, round(per_positive * positives_per_image))
 
 
-def expand_grid(
-    studies: Sequence[str],
-    bases: Mapping[str, tuple[str, ml_collections.ConfigDict]],
-    *,
-    preset: Preset,
-    setting: str = "",
-    full_grid: bool = False,
-    seeds: int | None = None,
-    runs: Sequence[str] = (),
-    positives_per_image: Mapping[str, float] | None = None,
-) -> list[Run]:
-    """The runs of `studies` in training order: every variant's first seed, then the second
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """What a study invocation runs: the `studies`, each one's `(label, base config)` in
+    `bases`, the `preset`, the `setting` ("" for each study's default), `full_grid`, the `seeds`
+    of a row that enters a verdict (None for the preset's) and `runs`, shell patterns: when
+    given, only the runs whose name or key matches one are kept."""
+
+    studies: tuple[str, ...]
+    bases: Mapping[str, tuple[str, ml_collections.ConfigDict]]
+    preset: Preset
+    setting: str = ""
+    full_grid: bool = False
+    seeds: int | None = None
+    runs: tuple[str, ...] = ()
+
+    @property
+    def num_seeds(self) -> int:
+        return self.preset.seeds if self.seeds is None else self.seeds
+
+
+def expand_grid(request: Request,
+                positives_per_image: Mapping[str, float] | None = None) -> list[Run]:
+    """The runs of the request in training order: every variant's first seed, then the second
     seeds, and so on, so that a study cut short has every row; a run shared by two studies
     (figure4's model is table1's) appears once.
 
     Args:
-      bases: study name -> (label, base config) of that study.
-      seeds: the seeds of a row that enters a verdict; None for the preset's.
-      runs: shell patterns; when given, only the runs whose name or key matches one are kept.
       positives_per_image: setting -> the positive anchors of an image (`data_report`), which
         sizes the OHEM batches; needed when a study has OHEM variants.
     """
-    seeds = preset.seeds if seeds is None else seeds
+    seeds, preset, full_grid = request.num_seeds, request.preset, request.full_grid
     if seeds < 1:
         raise StudyError(f"--seeds is {seeds}, expected >= 1")
     grid: dict[str, Run] = {}
     for seed_index in range(seeds):
-        for name in studies:
+        for name in request.studies:
             study = studies_lib.STUDIES[name]
-            label, base = bases[name]
-            chosen = resolve_setting(study, setting, base)
+            label, base = request.bases[name]
+            chosen = resolve_setting(study, request.setting, base)
             preset_overrides = preset.overrides[study.detector]
             for variant in study.variants(full_grid):
                 if seed_index >= (variant.seeds or seeds):
@@ -210,30 +218,24 @@ def expand_grid(
                           study.detector, overrides)
                 grid.setdefault(run.key, run)
     selected = list(grid.values())
-    if runs:
+    if request.runs:
         selected = [r for r in selected if any(fnmatch.fnmatchcase(r.name, p)
-                                               or fnmatch.fnmatchcase(r.key, p) for p in runs)]
+                                               or fnmatch.fnmatchcase(r.key, p)
+                                               for p in request.runs)]
         if not selected:
-            raise StudyError(f"--runs {','.join(runs)} matches none of the runs: "
+            raise StudyError(f"--runs {','.join(request.runs)} matches none of the runs: "
                              f"{', '.join(r.name for r in grid.values())}")
     return selected
 
 
-def needs_positives(studies: Sequence[str], full_grid: bool) -> bool:
-    """Whether the grid of `studies` sizes anything by the positives an image."""
-    return any(v.ohem_per_positive is not None for name in studies
-               for v in studies_lib.STUDIES[name].variants(full_grid))
-
-
-def settings_of(studies: Sequence[str], bases: Mapping[str, tuple[str, ml_collections.ConfigDict]],
-                setting: str) -> dict[str, tuple[str, ml_collections.ConfigDict]]:
+def settings_of(request: Request) -> dict[str, tuple[str, ml_collections.ConfigDict]]:
     """setting -> (detector, the base config with the setting's and the evaluation's overrides)
-    of each setting the studies train under."""
+    of each setting the request's studies train under."""
     chosen = {}
-    for name in studies:
+    for name in request.studies:
         study = studies_lib.STUDIES[name]
-        _, base = bases[name]
-        key = resolve_setting(study, setting, base)
+        _, base = request.bases[name]
+        key = resolve_setting(study, request.setting, base)
         chosen.setdefault(key, (study.detector, setting_config(base, key)))
     return chosen
 

@@ -129,7 +129,8 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
             + (f"1:{ratio:.0f}" if ratio else "—")
             + f" | {_percent(figures['objects_with_anchor_iou_0.5'])} | "
             f"{_percent(figures['objects_positive_only_by_low_quality_match'])} | {best_pixel} |")
-    lines += ["", f"Measured on the first {max((f['images'] for f in report['settings'].values()), default=0)} "
+    images = max((f["images"] for f in report["settings"].values()), default=0)
+    lines += ["", f"Measured on the first {images} "
               "evaluation images with the detector's anchors and matcher (positives: IoU >= its "
               f"foreground threshold, plus each object's best anchors). The paper: "
               f"{studies_lib.PAPER_IMBALANCE}.", ""]
@@ -206,8 +207,9 @@ def plot_table1(report: Mapping[str, Any], path: str) -> bool:
         if points:
             x = [p[0] for p in points]
             mean = [p[1]["mean"] for p in points]
-            low = [m - min(p[1]["values"] + [0.0] * p[1]["diverged"]) for m, p in zip(mean, points, strict=True)]
-            high = [max(p[1]["values"] + [0.0] * p[1]["diverged"]) - m for m, p in zip(mean, points, strict=True)]
+            scores = [p[1]["values"] + [0.0] * p[1]["diverged"] for p in points]
+            low = [m - min(v) for m, v in zip(mean, scores, strict=True)]
+            high = [max(v) - m for m, v in zip(mean, scores, strict=True)]
             ax.errorbar(x, mean, yerr=[low, high], fmt="o-", capsize=3,
                         label="ours (AP, seed mean and range; left)")
             ax.legend(loc="lower left", fontsize=8)

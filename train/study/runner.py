@@ -14,15 +14,21 @@ import numpy as np
 
 from train import cli
 from train import train as trainer
-from train.study import data_report, figure4 as figure4_lib, grid as grid_lib, report as report_lib
+from train.study import data_report
+from train.study import figure4 as figure4_lib
+from train.study import grid as grid_lib
+from train.study import report as report_lib
 from train.study import runs as runs_lib
 from train.study import studies as studies_lib
-from train.study.grid import Preset, Run, StudyError
+from train.study.grid import Request, Run, StudyError
 
 
-def resolve_request(study: str, preset: str, base_config: str | None):
-    """The command line's `--study`, `--preset` and `--base_config` as `run_study` arguments;
-    `StudyError` with the valid values for anything else."""
+def resolve_request(study: str, preset: str, base_config: str | None, *, setting: str = "",
+                    full_grid: bool = False, seeds: int | None = None,
+                    runs: Sequence[str] = ()) -> Request:
+    """The command line's flags as a `Request`; `StudyError` with the valid values for an
+    unknown study or preset, and for a base config that is missing, broken or of another
+    detector."""
     names = [s.strip() for s in study.split(",") if s.strip()]
     unknown = [s for s in names if s not in studies_lib.STUDIES]
     if unknown or not names:
@@ -46,7 +52,8 @@ def resolve_request(study: str, preset: str, base_config: str | None):
                 f"{studies_lib.STUDIES[name].default_base_config}); run the studies separately"
             )
         bases[name] = (path, config)
-    return names, grid_lib.PRESETS[preset], bases
+    return Request(tuple(names), bases, grid_lib.PRESETS[preset], setting, full_grid, seeds,
+                   tuple(runs))
 
 
 def write_json(path: str, value: Any) -> None:
@@ -113,77 +120,44 @@ def _format_minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def plan(
-    studies: Sequence[str],
-    workdir: str,
-    *,
-    bases: Mapping[str, tuple[str, ml_collections.ConfigDict]],
-    preset: Preset,
-    setting: str = "",
-    full_grid: bool = False,
-    seeds: int | None = None,
-    runs: Sequence[str] = (),
-) -> tuple[list[Run], dict[str, dict[str, Any]]]:
+def plan(request: Request, workdir: str) -> tuple[list[Run], dict[str, dict[str, Any]]]:
     """The grid of the request and the measured figures of each of its settings (measured once
     and kept in `workdir`: the OHEM batches are sized by their positives an image)."""
-    unknown = [s for s in studies if s not in studies_lib.STUDIES]
-    if unknown or not studies:
-        raise StudyError(f"unknown study {','.join(unknown) or '(none)'}; valid studies: "
-                         f"{', '.join(studies_lib.STUDIES)}")
-    settings = {
-        name: data_report.setting_figures(workdir, name, config)
-        for name, (_, config) in grid_lib.settings_of(studies, bases, setting).items()
-    }
+    settings = {name: data_report.setting_figures(workdir, name, config)
+                for name, (_, config) in grid_lib.settings_of(request).items()}
     grid = grid_lib.expand_grid(
-        studies, bases, preset=preset, setting=setting, full_grid=full_grid, seeds=seeds,
-        runs=runs,
-        positives_per_image={k: v["positives_per_image"] for k, v in settings.items()},
-    )
+        request, {name: figures["positives_per_image"] for name, figures in settings.items()})
     return grid, settings
 
 
-def run_study(
-    studies: Sequence[str],
-    workdir: str,
-    *,
-    bases: Mapping[str, tuple[str, ml_collections.ConfigDict]],
-    preset: Preset,
-    setting: str = "",
-    full_grid: bool = False,
-    seeds: int | None = None,
-    runs: Sequence[str] = (),
-    echo: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Trains every run of `studies` not finished yet in `workdir`, writing the outputs after
+def run_study(request: Request, workdir: str, *,
+              echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Trains every run of the request not finished yet in `workdir`, writing the outputs after
     each one and at the end; returns the content of study.json.
 
-    Args:
-      studies: names in `studies.STUDIES`.
-      bases: study name -> (label, base config); see `grid.expand_grid` for the rest.
-
     Raises:
-      StudyError: for an unknown study or a workdir made from other configs.
+      StudyError: for a workdir made from other configs.
       trainer.TrainingInterruptedError: on SIGTERM or Ctrl-C, once the running run's step is
         saved and the outputs written; the same call resumes.
     """
-    grid, settings = plan(studies, workdir, bases=bases, preset=preset, setting=setting,
-                          full_grid=full_grid, seeds=seeds, runs=runs)
-    base_configs = {label: config for label, config in bases.values()}
+    grid, settings = plan(request, workdir)
+    base_configs = {label: config for label, config in request.bases.values()}
     runs_dir = os.path.join(workdir, "runs")
     configs = {run.key: grid_lib.run_config(run, base_configs[run.base]) for run in grid}
     for run in grid:  # Before anything trains: a mixed-up workdir fails at once.
         check_spec(run, os.path.join(runs_dir, run.key), configs[run.key])
-    header = {"studies": list(studies), "preset": preset.name, "converged": preset.converged,
-              "seeds": preset.seeds if seeds is None else seeds, "full_grid": full_grid,
-              "base_configs": sorted(base_configs)}
+    preset = request.preset
+    header = {"studies": list(request.studies), "preset": preset.name,
+              "converged": preset.converged, "seeds": request.num_seeds,
+              "full_grid": request.full_grid, "base_configs": sorted(base_configs)}
     timings: dict[str, float] = {}
 
     def finished(run: Run) -> bool:
         return os.path.exists(os.path.join(runs_dir, run.key, runs_lib.RESULT_FILE))
 
     def write_outputs() -> dict[str, Any]:
-        return write_study(workdir, grid, studies, header, settings, configs, timings,
-                           full_grid=full_grid)
+        return write_study(workdir, grid, request.studies, header, settings, configs, timings,
+                           full_grid=request.full_grid)
 
     try:
         for index, run in enumerate(grid, start=1):

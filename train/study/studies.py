@@ -13,6 +13,7 @@ from typing import Any
 
 from focaljax.detectors.faster_rcnn import RPN_LOSSES
 from train.study import verdicts
+from train.study.verdicts import Row
 
 # ----------------------------------------------------------------------------------------------
 # The papers' numbers (AP in percent).
@@ -79,16 +80,6 @@ class Variant:
 
 
 @dataclasses.dataclass(frozen=True)
-class Row:
-    """A table row: our runs of `variant` beside the paper's `paper` AP (percent) or `note`."""
-
-    label: str
-    variant: str
-    paper: float | None = None
-    note: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
 class Table:
     """`claim(stats, rows) -> str` is the table's verdict line, from each row's `Stats` per
     metric (`stats[variant][metric]`)."""
@@ -117,7 +108,8 @@ def _g(value: float) -> str:
 
 
 def alpha_ce(alpha: float) -> Variant:
-    return Variant(f"alpha_ce_a{_g(alpha)}", {"model.loss.cls": "alpha_ce", "model.loss.alpha": alpha})
+    return Variant(f"alpha_ce_a{_g(alpha)}",
+                   {"model.loss.cls": "alpha_ce", "model.loss.alpha": alpha})
 
 
 def focal(gamma: float, alpha: float, seeds: int | None = None) -> Variant:

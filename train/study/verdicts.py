@@ -13,12 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from train.study.studies import Row
 
 MIN_SEEDS = 3
 RULE = (
@@ -30,6 +26,16 @@ RULE = (
 )
 HOLDS, REVERSED, NOT_RESOLVED = "holds", "reversed", "not resolved"
 VERDICT_METRIC = "AP"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A table row: our runs of `variant` beside the paper's `paper` AP (percent) or `note`."""
+
+    label: str
+    variant: str
+    paper: float | None = None
+    note: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +125,8 @@ def best_row_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]
              for row in compared if row is not paper_best]
     done = [row for row in compared if _ap(stats, row).mean is not None]
     ours = (max(done, key=lambda r: _ap(stats, r).mean).label if done else "none finished")
-    details = "; ".join(f"> {row.label}: {verdict} ({_why(_ap(stats, paper_best), _ap(stats, row))})"
+    best = _ap(stats, paper_best)
+    details = "; ".join(f"> {row.label}: {verdict} ({_why(best, _ap(stats, row))})"
                         for row, verdict in pairs)
     return (f"**Paper's best row ({paper_best.label}) above every other**: "
             f"{_overall([v for _, v in pairs])}. {details}. Best here on the seed mean: {ours}.")
@@ -164,10 +171,8 @@ def init_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) ->
         return f"**Paper's finding ({rows[1].label} diverges, {rows[0].label} trains)**: " \
                f"{NOT_RESOLVED} ({min(prior.seeds, zero.seeds)} of {MIN_SEEDS} seeds)."
     diverged = f"{zero.diverged} of {zero.seeds} zero-bias seeds diverged"
-    if zero.diverged == zero.seeds and not prior.diverged:
-        verdict = HOLDS
-    else:
-        verdict = compare(prior, zero)
+    all_diverged = zero.diverged == zero.seeds and not prior.diverged
+    verdict = HOLDS if all_diverged else compare(prior, zero)
     return (f"**Paper's finding ({PAPER_INIT_SHORT})**: {verdict}: {diverged}, "
             f"{prior.diverged} of {prior.seeds} from the prior ({_why(prior, zero)}).")
 
