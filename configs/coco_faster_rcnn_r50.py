@@ -39,7 +39,7 @@ then, from detectron2's ImageNet R-50.pkl, or from scratch:
 Hardware, time and result: NOT MEASURED here (no COCO and no accelerator on the project's
 machine). Reference for the weight-file recipe: detectron2's `faster_rcnn_R_50_FPN_1x`
 (ImageNet-pretrained, sampled RPN) 37.9 box AP on val2017, its RPN alone 58.0 AR@1000;
-mmdetection's 37.4 (../shared/reference/paper_tables.md). Expect less from scratch on a 1x
+mmdetection's 37.4 (the two projects' model zoos). Expect less from scratch on a 1x
 schedule.
 """
 

@@ -38,7 +38,7 @@ then train on it, by its name, from ImageNet weights or from scratch:
 
 Hardware, time and result: depend on the data; no reference applies. For scale, the same
 detector on COCO (118k images, 80 classes) reaches 36.5-37.4 AP in 12 epochs from ImageNet
-weights (mmdetection, detectron2; ../shared/reference/paper_tables.md).
+weights (the mmdetection and detectron2 model zoos).
 """
 
 import ml_collections

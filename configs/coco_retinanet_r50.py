@@ -26,7 +26,7 @@ The backbone, by the config argument (the text after ":" in `--config`, `get_con
   checkpoints, so resuming and `python -m train.predict` do not need it; the workdir's
   `backbone_weights.json` records its path, format, size and sha256.
   Reference: 36.5 (mmdetection) and 37.4 (detectron2) AP on val2017 for RetinaNet R50-FPN 1x,
-  35.7 on test-dev in the paper (R50-800, Table 1e; ../shared/reference/paper_tables.md).
+  35.7 on test-dev in the paper (R50-800, Table 1e).
 * None (the default): from scratch, GroupNorm in the backbone and the heads (He et al.,
   "Rethinking ImageNet Pre-training", 2019), nothing frozen. Expect less than the reference
   above from a 1x schedule; longer schedules (`--config.num_train_steps=270000

@@ -28,7 +28,7 @@ then:
 Hardware, time and result: NOT MEASURED here (no VOC and no accelerator on the project's
 machine). Reference: the FL-RPN paper reports that focal loss slightly improves on the sampled
 RPN on VOC2007 and that the softmax form beats the sigmoid one; its exact table values are not
-available to this project (../shared/reference/paper_tables.md), so there is no number to
+available to this project (Chen, Song, Jiang, PRCV 2018), so there is no number to
 compare with.
 """
 

@@ -31,8 +31,8 @@ Command. Prepare once from the official files (nothing is downloaded; about a mi
   (`--config.dataset.builder_kwargs.source_dir=/data/voc` lets the trainer prepare it instead;
   `--config.dataset.data_dir=DIR` if it was prepared outside ~/tensorflow_datasets.)
 
-Hardware, time and result: TO BE MEASURED. No reference result for RetinaNet on VOC is in
-../shared/reference; its only VOC2007 figures are Fast R-CNN VGG16 (67.2 -> 69.9 mAP with OHEM,
+Hardware, time and result: TO BE MEASURED. No reference result for RetinaNet on VOC is known
+to this project; the only VOC2007 figures at hand are Fast R-CNN VGG16 (67.2 -> 69.9 mAP with OHEM,
 OHEM paper), a different detector, so not a target for this config.
 """
 

@@ -40,7 +40,7 @@ MSRA_BGR_MEAN = np.array([103.53, 116.28, 123.675])
 KERAS_BGR_MEAN = np.array([103.939, 116.779, 123.68])
 RESNET50_STAGES = (3, 4, 6, 3)
 # Float32 rounding through a ResNet is ~1e-6 relative; a wrong padding, stride, channel order or
-# a dropped bias is 1e-2 or more (see /work/shared/reference/pretrained_weights.md).
+# a dropped bias is 1e-2 or more.
 TOLERANCE = 1e-4
 
 
