@@ -27,11 +27,15 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import pathlib
 import platform
 import statistics
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# configs/ and train/ run from the checkout; they are not installed.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
 
