@@ -183,6 +183,12 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
     return "\n".join(lines)
 
 
+def _save(figure, path: str) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    _pyplot().close(figure)
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
@@ -221,9 +227,7 @@ def plot_table1(report: Mapping[str, Any], path: str) -> bool:
                   label="paper (AP %, right)")
         twin.set_ylabel("paper AP (%)")
         twin.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, path)
     return True
 
 
@@ -249,9 +253,7 @@ def plot_ap_vs_step(report: Mapping[str, Any], path: str) -> bool:
         ax.set_title(f"{metric} against step", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, path)
     return True
 
 
@@ -268,9 +270,7 @@ def plot_figure4(figure4: Mapping[str, Any], path: str) -> None:
         ax.set_title(f"Cumulative loss of {title} ({figure4['run']})", fontsize=9)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, path)
 
 
 def plot_rpn_losses(grid: Sequence[Run], runs_dir: str, path: str) -> bool:
@@ -294,7 +294,5 @@ def plot_rpn_losses(grid: Sequence[Run], runs_dir: str, path: str) -> bool:
         ax.set_xlabel("step")
         ax.set_ylabel(f"train/loss_{term}")
         ax.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, path)
     return True
