@@ -85,8 +85,9 @@ def _schedule(steps: int, evaluations: int, warmup: int) -> dict[str, Any]:
 
 
 PRESETS = {
-    # The length that fits the grid (17 rows x 3 seeds) in about 4 hours on 2 CPU cores; the
-    # study's FL run at twice this schedule (`focal_g2_a0.25_2x`) says whether it converged.
+    # The length chosen to fit the grid (17 rows x 3 seeds) in about 4 hours on 2 CPU cores
+    # (estimated from a calibration run, not yet measured end to end); the study's FL run at
+    # twice this schedule (`focal_g2_a0.25_2x`) says whether it converged.
     "full": Preset("full", {"retinanet": _schedule(1200, 4, 100),
                             "faster_rcnn": _schedule(1500, 5, 100)},
                    seeds=3, converged=True, seconds_per_run=300.0),
