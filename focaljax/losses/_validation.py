@@ -34,6 +34,16 @@ def check_same_shape(name: str, x: ArrayLike, ref_name: str, ref: ArrayLike) -> 
                                           f"{shape_of(ref)}")
 
 
+def check_broadcasts_to(name: str, x: ArrayLike, ref_name: str, ref: ArrayLike) -> None:
+    try:
+        fits = np.broadcast_shapes(shape_of(x), shape_of(ref)) == shape_of(ref)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"{name} has shape {shape_of(x)}, expected a shape that broadcasts to "
+                         f"the shape of {ref_name} {shape_of(ref)}")
+
+
 def check_static_number(name: str, value: object, *, minimum: float | None = None,
                                                 strictly_positive: bool = False) -> float:
     """Returns `value` as a float; hyper-parameters that shape the computation must be static."""

@@ -4,17 +4,23 @@ All losses here are elementwise in the anchor dimensions: the sigmoid losses act
 independently and the softmax losses on each anchor's class vector, so `loss(x)[i]` only depends on
 anchor `i` and the functions equal their single-anchor form mapped with `jax.vmap` (tested).
 
-The focal losses have a hand-derived gradient (`jax.custom_vjp`), computed in the same pass as the
-loss: the fused forward/backward that Detectron and mmcv wrote as CUDA kernels. Besides speed
-this keeps the gradient finite where autodiff of the textbook formula is not, e.g.
-`(1 - p_t)^(gamma - 1)` for `0 < gamma < 1` as `p_t -> 1`. Integer `gamma` takes a multiply-only
-path (no `exp(gamma * log)`).
+The focal losses have a hand-derived gradient (`jax.custom_vjp`): the fused forward/backward that
+Detectron and mmcv wrote as CUDA kernels. Besides speed this keeps the gradient finite where
+autodiff of the textbook formula is not, e.g. `(1 - p_t)^(gamma - 1)` for `0 < gamma < 1` as
+`p_t -> 1`. Integer `gamma` takes a multiply-only path (no `exp(gamma * log)`). The sigmoid focal
+loss's gradient is computed from the loss itself, which stands in for the cross-entropy term it
+contains: no log1p per element, and the gradient can take over the loss's array once the loss is
+summed (BENCHMARKS.md).
 
 For soft targets the sigmoid focal loss has two modulating factors to choose from
 (`soft_target_mode`): optax's, torchvision's and Keras's `(1 - p_t)^gamma` (the default) and the
 "quality focal" `|t - p|^gamma` of Li et al. 2020; both are the paper's factor for hard targets.
 
-16-bit inputs are computed in float32 and returned in their own dtype.
+16-bit inputs are computed in float32 and returned in their own dtype. For bfloat16 logits the
+sigmoid focal loss's gradient starts from the loss as returned, rounded to bfloat16: it is within
+one unit in the last place of the exact gradient, plus one of the larger of its two terms where
+they cancel (soft targets near the loss's minimum), not always the nearest bfloat16 number to it
+(tested).
 
 Reference: T.-Y. Lin, P. Goyal, R. Girshick, K. He, P. Dollar, "Focal Loss for Dense Object
 Detection", ICCV 2017 (arXiv:1708.02002).
@@ -54,109 +60,151 @@ def _safe_div(num: Array, den: Array) -> Array:
     return jnp.where(positive, num / jnp.where(positive, den, 1), 0)
 
 
+def _sum_to_shape(x: Array, shape: tuple[int, ...]) -> Array:
+    """Sums `x` over the axes along which an array of `shape` was broadcast to `x.shape`."""
+    lead = x.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                      if n == 1 and x.shape[lead + i] != 1)
+    return jnp.sum(x, axis=axes).reshape(shape)
+
+
+def _recomputed(*arrays: Array) -> tuple[Array, ...]:
+    """`arrays`, unchanged; on CPU behind a barrier, so that what is computed from them is not
+    merged with what the caller computed from the originals.
+
+    XLA:CPU has no multi-output fusion: a value that two fusions use (here `exp(-|x|)` and the
+    division of the loss and of its gradient, or a bfloat16 loss converted to float32 both for
+    the gradient and for a caller's sum) is computed once into its own array, written and read
+    again, which costs more than computing it twice (BENCHMARKS.md). Elsewhere the copies are
+    the same values, fused as the compiler likes.
+    """
+    return lax.platform_dependent(*arrays, cpu=lambda *a: lax.optimization_barrier(a),
+                                  default=lambda *a: a)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sigmoid focal loss.
 
 
-def _sigmoid_focal_parts(x: Array, t: Array, e: Array, gamma: float, soft_target_mode: str):
-    """Loss, d loss / d x and d loss / d t of the unweighted sigmoid focal loss, elementwise.
+def _alpha_t(alpha: ArrayLike, t: Array) -> Array:
+    return alpha * t + (1 - alpha) * (1 - t)
 
-    Takes e = exp(-|x|) and uses one more log1p per element:
-        p = sigmoid(x), q = 1 - p = sigmoid(-x), both from e = exp(-|x|) without cancellation;
-        ce = softplus(x) - t x = max(x, 0) - t x + log1p(e);
-        d = t - p = t q - (1 - t) p  (exact for hard targets, even when p rounds to 1);
-        dce/dx = p - t = -d,  dce/dt = -x.
-    The modulating factor m = a^gamma, with a = 1 - p_t = t q + (1 - t) p in mode "pt" and a = |d|
-    in mode "quality" (the same number for hard targets). With w = 2t - 1 and s = sign(d):
-        "pt":       da/dx = -w p q,  da/dt = q - p;
-        "quality":  da/dx = -s p q,  da/dt = s.
-    The factor a^(gamma - 1) is only formed for integer gamma >= 1; otherwise it is folded into
-    m * (p q / a) and m * (ce / a), which stay finite (for hard targets p q / a is p or q; for soft
-    targets in mode "pt" a >= min(t, 1 - t) > 0). For hard targets both modes give the same loss
-    and d loss / d x bit for bit (w = s and t q + (1 - t) p = |d| exactly); d loss / d t differs, as
-    the two factors only agree at t in {0, 1}.
+
+def _sigmoid_focal_inputs(logits: Array, targets: Array, label_smoothing: float):
+    """Logits and smoothed targets in the compute dtype (float32 for 16-bit logits)."""
+    dtype = v.compute_dtype(logits.dtype)
+    t = targets.astype(dtype)
+    if label_smoothing:
+        t = t * (1 - label_smoothing) + label_smoothing / 2
+    return logits.astype(dtype), t
+
+
+def _sigmoid_focal_factors(x: Array, t: Array, gamma: float, soft_target_mode: str):
+    """e = exp(-|x|), p, q, d and the modulating factor's base a and value m = a^gamma.
+
+    p = sigmoid(x) and q = 1 - p = sigmoid(-x), both from e without cancellation;
+    d = t - p = t q - (1 - t) p, exact for hard targets even where p rounds to 1;
+    a = 1 - p_t = t q + (1 - t) p in mode "pt", a = |d| in mode "quality": the same number for
+    hard targets, where one of the two terms is 0.
     """
-    log1p_e = jnp.log1p(e)
+    e = jnp.exp(-jnp.abs(x))
     inv = 1 / (1 + e)
     nonneg = x >= 0
     p = jnp.where(nonneg, inv, e * inv)
     q = jnp.where(nonneg, e * inv, inv)
-    ce = jnp.maximum(x, 0) - t * x + log1p_e
     d = t * q - (1 - t) * p
-    if gamma == 0:
-        return ce, -d, -x
-    integer = float(gamma).is_integer()
-    if soft_target_mode == "pt":
-        a = t * q + (1 - t) * p
-        w = t - (1 - t)  # 2t - 1, sharing 1 - t with d
-        if integer:
-            # a^(gamma - 1), as a a^(gamma - 2) from gamma = 2 on: the quality mode's
-            # d a^(gamma - 2) up to the sign w, so that hard targets round alike in both modes.
-            am1 = 1.0 if gamma == 1 else a * _integer_power(a, int(gamma) - 2)
-            m = _integer_power(a, int(gamma))
-            loss = m * ce
-            dx = -am1 * (w * gamma * p * q * ce + a * d)
-            dt = gamma * am1 * (q - p) * ce - m * x
-            return loss, dx, dt
-        m = jnp.exp(gamma * jnp.log(a))  # log(0) = -inf gives m = 0, the right limit for gamma > 0
-        loss = m * ce
-        dx = -m * (w * gamma * _safe_div(p * q, a) * ce + d)
-        dt = gamma * m * (q - p) * _safe_div(ce, a) - m * x
-        return loss, dx, dt
-    a = jnp.abs(d)
-    if integer:
-        # s a^(gamma - 1), as d a^(gamma - 2) from gamma = 2 on (no sign needed).
-        sm1 = jnp.sign(d) if gamma == 1 else d * _integer_power(a, int(gamma) - 2)
-        m = _integer_power(a, int(gamma))
-        loss = m * ce
-        dx = -sm1 * (gamma * p * q * ce + a * a)
-        dt = gamma * sm1 * ce - m * x
-        return loss, dx, dt
-    s = jnp.sign(d)
-    m = jnp.exp(gamma * jnp.log(a))
-    loss = m * ce
-    dx = -s * m * (gamma * _safe_div(p * q, a) * ce + a)
-    dt = gamma * s * m * _safe_div(ce, a) - m * x
-    return loss, dx, dt
+    a = t * q + (1 - t) * p if soft_target_mode == "pt" else jnp.abs(d)
+    return e, p, q, d, a, _power(a, gamma)
 
 
-def _two_copies(e: Array) -> tuple[Array, Array]:
-    """`(e, e)`; on CPU as two values XLA cannot merge back into one.
+def _power(a: Array, gamma: float) -> Array:
+    """a^gamma: multiplications for integer gamma, else exp(gamma log a)."""
+    if float(gamma).is_integer():
+        return _integer_power(a, int(gamma))
+    return jnp.exp(gamma * jnp.log(a))  # log(0) = -inf gives 0, the limit for gamma > 0
 
-    The loss and its gradient both start from `e = exp(-|x|)`. On XLA:CPU, which has no
-    multi-output fusion, an `exp`, `log1p` or division with consumers in two fusions is computed
-    once into its own array: five arrays written and read again. With its own copy of `e`, each
-    of the two fusions (loss, gradient) computes its own `log1p` and division from one shared
-    array: cheaper here than the memory traffic it saves (BENCHMARKS.md). Elsewhere the two are
-    one value, fused as the compiler likes.
+
+def _cross_entropy(x: Array, t: Array, e: Array) -> Array:
+    """softplus(x) - t x = max(x, 0) - t x + log1p(exp(-|x|)), exact for any finite logit."""
+    return jnp.maximum(x, 0) - t * x + jnp.log1p(e)
+
+
+def _sigmoid_focal_value(x, t, alpha, gamma, soft_target_mode):
+    """The loss alpha_t m ce, elementwise: one exp, one log1p and one division per element."""
+    e, _, _, _, _, m = _sigmoid_focal_factors(x, t, gamma, soft_target_mode)
+    loss = m * _cross_entropy(x, t, e)
+    return loss if alpha is None else _alpha_t(alpha, t) * loss
+
+
+def _sigmoid_focal_derivatives(x, t, alpha, loss, gamma, soft_target_mode):
+    """d loss / d x, d loss / d t and d loss / d alpha, elementwise, given the loss itself.
+
+    With dce/dx = -d, dce/dt = -x, da/dx = -c p q and da/dt = b, where c = 2t - 1 and b = q - p
+    in mode "pt", c = b = sign(d) in mode "quality":
+        d loss / d x = -alpha_t (gamma a^(gamma - 1) c p q ce + m d)
+                     = -(gamma c (p q / a) loss + alpha_t m d),
+        d loss / d t = gamma b (loss / a) - alpha_t m x + (2 alpha - 1) m ce,
+        d loss / d alpha = (2t - 1) m ce.
+    The loss stands in for alpha_t a^gamma ce: the gradient with respect to the logits takes one
+    exp and two divisions per element, no log (integer gamma), and can be written over the
+    loss's array. p q / a and loss / a stay finite where a -> 0: for hard targets p q / a is p
+    or q and the loss vanishes with a; for soft targets in mode "pt" a >= min(t, 1 - t) > 0.
+    Hard targets give the same d loss / d x in both modes, bit for bit (c, a and m are the same
+    numbers). The two other derivatives need ce, computed only when they are used.
     """
-    return lax.platform_dependent(
-        e, cpu=lambda e: lax.optimization_barrier((e, e)), default=lambda e: (e, e)
-    )
+    e, p, q, d, a, m = _sigmoid_focal_factors(x, t, gamma, soft_target_mode)
+    alpha_t = 1 if alpha is None else (1 - alpha) + (2 * alpha - 1) * t  # one product less
+    if soft_target_mode == "pt":
+        c, b = t - (1 - t), q - p
+    else:
+        c = b = jnp.sign(d)
+    if gamma == 0:
+        dx, dt = -(alpha_t * d), -(alpha_t * x)
+    else:
+        # a is 0 only where the loss is 0 too: the smallest normal number keeps 0 / 0 out.
+        p_q_over_a = p * q / jnp.maximum(a, jnp.finfo(a.dtype).smallest_normal)
+        dx = -(gamma * c * p_q_over_a * loss + alpha_t * m * d)
+        dt = gamma * b * _safe_div(loss, a) - alpha_t * m * x
+    ce = _cross_entropy(x, t, e)
+    if alpha is not None:
+        dt = dt + (2 * alpha - 1) * m * ce
+    return dx, dt, (t - (1 - t)) * m * ce
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _sigmoid_focal(x: Array, t: Array, gamma: float, soft_target_mode: str) -> Array:
-    return _sigmoid_focal_parts(x, t, jnp.exp(-jnp.abs(x)), gamma, soft_target_mode)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _sigmoid_focal(logits, targets, alpha, gamma, label_smoothing, soft_target_mode):
+    x, t = _sigmoid_focal_inputs(logits, targets, label_smoothing)
+    loss = _sigmoid_focal_value(x, t, alpha, gamma, soft_target_mode)
+    return _end_fusion(loss).astype(logits.dtype)
 
 
-def _sigmoid_focal_fwd(x, t, gamma, soft_target_mode):
-    e_loss, e_grad = _two_copies(jnp.exp(-jnp.abs(x)))
-    loss = _sigmoid_focal_parts(x, t, e_loss, gamma, soft_target_mode)[0]
-    _, dx, dt = _sigmoid_focal_parts(x, t, e_grad, gamma, soft_target_mode)
-    return loss, (dx, dt)
+def _sigmoid_focal_fwd(logits, targets, alpha, gamma, label_smoothing, soft_target_mode):
+    # Not behind `_end_fusion` here: XLA:CPU would copy the loss into the gradient's fusion,
+    # which then reads exp, log1p and the division from arrays of their own.
+    x, t = _sigmoid_focal_inputs(logits, targets, label_smoothing)
+    loss = _sigmoid_focal_value(x, t, alpha, gamma, soft_target_mode)
+    returned = loss.astype(logits.dtype)
+    # The gradient starts from the loss as returned, whose array it can then take over; not
+    # from float16, which would lose the small losses that gradients of normal size come from.
+    return returned, (logits, targets, alpha, loss if logits.dtype == jnp.float16 else returned)
 
 
-def _sigmoid_focal_bwd(gamma, soft_target_mode, residuals, g):
-    dx, dt = residuals
-    return g * dx, g * dt
+def _sigmoid_focal_bwd(gamma, label_smoothing, soft_target_mode, residuals, g):
+    logits, targets, alpha, loss = residuals
+    logits, targets, loss = _recomputed(logits, targets, loss)
+    x, t = _sigmoid_focal_inputs(logits, targets, label_smoothing)
+    dx, dt, dalpha = _sigmoid_focal_derivatives(x, t, alpha, loss.astype(x.dtype), gamma,
+                                                soft_target_mode)
+    g = g.astype(x.dtype)
+    d_targets = d_alpha = None  # None: no gradient for integer targets or without alpha
+    if jnp.issubdtype(targets.dtype, jnp.floating):
+        d_targets = (g * dt * (1 - label_smoothing)).astype(targets.dtype)
+    if alpha is not None:
+        d_alpha = _sum_to_shape(g * dalpha, alpha.shape)
+    return (g * dx).astype(logits.dtype), d_targets, d_alpha
 
 
 _sigmoid_focal.defvjp(_sigmoid_focal_fwd, _sigmoid_focal_bwd)
-
-
-def _alpha_t(alpha: ArrayLike, t: Array) -> Array:
-    return alpha * t + (1 - alpha) * (1 - t)
 
 
 SOFT_TARGET_MODES = ("pt", "quality")
@@ -244,23 +292,22 @@ def sigmoid_focal_loss(
     if label_smoothing >= 1:
         raise ValueError(f"label_smoothing must be < 1, got {label_smoothing}")
     v.check_alpha(alpha)
+    if alpha is not None:
+        v.check_broadcasts_to("alpha", alpha, "logits", logits)
     if not isinstance(soft_target_mode, str) or soft_target_mode not in SOFT_TARGET_MODES:
         raise ValueError(f"soft_target_mode is {soft_target_mode!r}, expected one of "
                          f"{SOFT_TARGET_MODES}")
     return _sigmoid_focal_loss(logits, targets, alpha, gamma, label_smoothing, soft_target_mode)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+# Inlined into a caller's jit rather than called: XLA:CPU then sums the loss before it writes
+# the gradient over the loss's array, instead of keeping both (BENCHMARKS.md).
+@functools.partial(jax.jit, static_argnums=(3, 4, 5), inline=True)
 def _sigmoid_focal_loss(logits, targets, alpha, gamma, label_smoothing, soft_target_mode):
-    dtype = v.compute_dtype(logits.dtype)
-    x = logits.astype(dtype)
-    t = jnp.asarray(targets).astype(dtype)
-    if label_smoothing:
-        t = t * (1 - label_smoothing) + label_smoothing / 2
-    loss = _sigmoid_focal(x, t, gamma, soft_target_mode)
     if alpha is not None:
-        loss = _alpha_t(jnp.asarray(alpha, dtype), t) * loss
-    return _end_fusion(loss).astype(logits.dtype)
+        alpha = jnp.asarray(alpha, v.compute_dtype(logits.dtype))
+    return _sigmoid_focal(logits, jnp.asarray(targets), alpha, gamma, label_smoothing,
+                          soft_target_mode)
 
 
 def sigmoid_cross_entropy(

@@ -312,6 +312,141 @@ def test_softmax_gradient_matches_autodiff_of_textbook_formula_in_float64(gamma)
         np.testing.assert_allclose(got, jax.grad(textbook)(logits), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "gamma, mode, alpha, smoothing",
+    list(itertools.product([0.0, 0.5, 2.0, 5.0], MODES, [None, 0.25, "per class"], [0.0, 0.1])),
+)
+def test_sigmoid_gradients_for_alpha_and_smoothed_targets_match_autodiff_of_textbook_in_float64(
+        gamma, mode, alpha, smoothing):
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(11)
+        x = jnp.asarray(rng.uniform(-8, 8, (60, 5)))
+        soft = rng.uniform(0.05, 0.95, (60, 5))
+        t = jnp.asarray(np.where(rng.random((60, 5)) < 0.5, soft, rng.random((60, 5)) < 0.3))
+        a = {None: None, 0.25: jnp.float64(0.25),
+             "per class": jnp.asarray([0.1, 0.25, 0.5, 0.75, 0.9])}[alpha]
+
+        def textbook(x, t, a):
+            t = t * (1 - smoothing) + smoothing / 2
+            p = jax.nn.sigmoid(x)
+            ce = -(t * jax.nn.log_sigmoid(x) + (1 - t) * jax.nn.log_sigmoid(-x))
+            p_t = p * t + (1 - p) * (1 - t)
+            factor = 1 - p_t if mode == "pt" else jnp.abs(t - p)
+            loss = factor**gamma * ce
+            return loss if a is None else (a * t + (1 - a) * (1 - t)) * loss
+
+        ours = lambda x, t, a: losses.sigmoid_focal_loss(x, t, alpha=a, gamma=gamma,
+                                                         label_smoothing=smoothing,
+                                                         soft_target_mode=mode)
+        argnums = (0, 1) if a is None else (0, 1, 2)
+        got = sum_grad(ours, argnums)(x, t, a)
+        want = sum_grad(textbook, argnums)(x, t, a)
+        for g, w in zip(got, want, strict=True):
+            assert g.shape == w.shape and g.dtype == jnp.float64
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("gamma, alpha, mode, targets", list(itertools.product(
+    [0.0, 0.5, 2.0, 5.0], [None, 0.25], MODES, ["soft", "smoothed"])))
+def test_float32_gradients_match_float64_derivative_up_to_logits_of_100(gamma, alpha, mode,
+                                                                        targets):
+    rng = np.random.default_rng(12)
+    x = np.concatenate([rng.uniform(-100, 100, 300), rng.uniform(-9, 9, 300),
+                        [0.0, 1e-3, -1e-3, 100.0, -100.0]]).astype(np.float32)
+    smoothing = 0.1 if targets == "smoothed" else 0.0
+    if targets == "soft":
+        t = rng.uniform(0.01, 0.99, x.size).astype(np.float32)
+    else:
+        t = (rng.random(x.size) < 0.5).astype(np.float32)
+    smoothed = t * (1 - smoothing) + smoothing / 2
+    want_dx, want_dt = ref.sigmoid_focal_grad_soft(x, smoothed, alpha=alpha, gamma=gamma,
+                                                   soft_target_mode=mode)
+    fn = lambda x, t: losses.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma,
+                                                label_smoothing=smoothing, soft_target_mode=mode)
+    got_dx, got_dt = sum_grad(fn, (0, 1))(jnp.asarray(x), jnp.asarray(t))
+    got_dx, got_dt = np.asarray(got_dx, np.float64), np.asarray(got_dt, np.float64)
+    assert np.all(np.abs(got_dx - want_dx) <= 1e-6 + 2e-5 * np.abs(want_dx))
+    # d/dt carries -alpha_t m x, as large as the logit.
+    want_dt = want_dt * (1 - smoothing)
+    assert np.all(np.abs(got_dt - want_dt) <= 1e-6 * (1 + np.abs(x)) + 2e-5 * np.abs(want_dt))
+
+
+def _ulp(value, dtype):
+    """The spacing of `dtype`'s numbers at `value`, subnormals included."""
+    info = jnp.finfo(dtype)
+    binade = np.floor(np.log2(np.maximum(np.abs(value), float(info.smallest_normal))))
+    return 2.0 ** (binade - info.nmant)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_16_bit_gradients_are_within_a_unit_in_the_last_place_of_the_exact_gradient(dtype):
+    rng = np.random.default_rng(13)
+    x = jnp.asarray(np.concatenate([rng.uniform(-30, 30, 3000), rng.normal(0, 4, 3000)]), dtype)
+    x64 = np.asarray(x, np.float64)
+    p = 1 / (1 + np.exp(-x64))
+    for hard, gamma, alpha, mode in itertools.product([True, False], [0.5, 2.0, 5.0],
+                                                      [None, 0.25], MODES):
+        t = rng.random(x.size) < 0.5 if hard else rng.uniform(0.02, 0.98, x.size)
+        t = jnp.asarray(t, dtype)
+        t64 = np.asarray(t, np.float64)
+        want = ref.sigmoid_focal_grad_soft(x64, t64, alpha=alpha, gamma=gamma,
+                                           soft_target_mode=mode)[0]
+        fn = lambda x: losses.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma,
+                                                 soft_target_mode=mode)
+        got = np.asarray(sum_grad(fn)(x).astype(jnp.float32), np.float64)
+        # XLA:CPU flushes float32 subnormals to zero: gradients below ~1e-38 may read 0.
+        tolerance = _ulp(want, dtype) + 1e-37
+        if dtype == jnp.bfloat16:
+            # From the loss rounded to bfloat16: plus a unit of the larger of the gradient's two
+            # terms, alpha_t m (p - t) and the modulating factor's, where they cancel.
+            alpha_t = 1.0 if alpha is None else alpha * t64 + (1 - alpha) * (1 - t64)
+            a = t64 * (1 - p) + (1 - t64) * p if mode == "pt" else np.abs(t64 - p)
+            ce_term = alpha_t * a**gamma * (p - t64)
+            tolerance += _ulp(np.abs(want - ce_term) + np.abs(ce_term), dtype)
+        assert np.all(np.abs(got - want) <= tolerance), (hard, gamma, alpha, mode)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_loss_is_the_same_number_with_and_without_its_gradient(dtype):
+    x, t = grid(np.clip(EXTREME, -6e4, 6e4), [0.0, 1.0, 0.3])
+    x, t = jnp.asarray(x, dtype), jnp.asarray(t, dtype)
+    for gamma, alpha, mode, smoothing in itertools.product([0.0, 0.5, 2.0], [None, 0.25], MODES,
+                                                           [0.0, 0.1]):
+        fn = lambda x: losses.sigmoid_focal_loss(x, t, alpha=alpha, gamma=gamma,
+                                                 label_smoothing=smoothing, soft_target_mode=mode)
+        # Both jitted: the smoothed targets' constants fold alike.
+        with_gradient = jax.jit(lambda x: jax.vjp(fn, x)[0])(x)
+        chex.assert_trees_all_equal(with_gradient, jax.jit(fn)(x))
+
+
+def test_integer_and_boolean_targets_give_the_gradient_of_float_targets():
+    x = jnp.float32(MODERATE)
+    hard = np.arange(x.size) % 3 == 0
+    fn = lambda t: sum_grad(lambda x: losses.sigmoid_focal_loss(x, t, label_smoothing=0.1))(x)
+    want = fn(jnp.float32(hard))
+    chex.assert_trees_all_equal(fn(jnp.asarray(hard)), want)
+    chex.assert_trees_all_equal(fn(jnp.int32(hard)), want)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_summed_loss_and_its_gradient_keep_no_other_array_on_cpu(dtype):
+    # The gradient is computed from the loss and written over its array once the loss is summed:
+    # the only [N, C] array left is the gradient itself (BENCHMARKS.md).
+    if jax.default_backend() != "cpu":
+        pytest.skip("a property of XLA:CPU's fusion and scheduling")
+    shape = (20000, 80)
+    x = jax.ShapeDtypeStruct(shape, dtype)
+    w = jax.ShapeDtypeStruct((shape[0], 1), jnp.float32)
+    for reduce in (jnp.sum, lambda loss, w: jnp.sum(loss * w) / 7.0):
+        for mode in MODES:
+            fn = lambda x, t, *w: reduce(losses.sigmoid_focal_loss(x, t, soft_target_mode=mode),
+                                         *w)
+            args = (x, x, w) if reduce is not jnp.sum else (x, x)
+            compiled = jax.jit(jax.value_and_grad(fn)).lower(*args).compile()
+            temporaries = compiled.memory_analysis().temp_size_in_bytes
+            assert temporaries < 0.1 * np.prod(shape) * jnp.dtype(dtype).itemsize, (reduce, mode)
+
+
 def test_custom_gradients_pass_numerical_check_in_float64():
     with jax.enable_x64(True):
         x = jnp.array([-4.0, -0.7, 0.3, 2.0, 6.0])
@@ -462,6 +597,9 @@ def test_bad_input_gets_a_clear_error_before_tracing():
         losses.sigmoid_focal_loss(x, x, gamma=jnp.float32(2.0))
     with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]"):
         losses.sigmoid_focal_loss(x, x, alpha=1.5)
+    with pytest.raises(ValueError, match=r"alpha has shape \(2, 8, 80\), expected a shape that "
+                                         r"broadcasts to the shape of logits \(8, 80\)"):
+        losses.sigmoid_focal_loss(x, x, alpha=jnp.ones((2, 8, 80)) / 2)
     with pytest.raises(TypeError, match="labels has dtype float32, expected an integer dtype"):
         losses.softmax_focal_loss(x, jnp.zeros((8,), jnp.float32))
     with pytest.raises(ValueError, match=r"labels has shape \(8, 80\), expected"):
