@@ -145,6 +145,43 @@ def test_unknown_studies_presets_and_settings_are_refused_with_the_valid_ones():
         runner.resolve_request("table1", "full", "nope.py")
 
 
+def test_a_run_made_from_another_config_is_refused_naming_the_fields(tmp_path):
+    run = grid.Run("paper_regime", "focal_g2_a0.25", 0, "table1", "retinanet", {})
+    config = ml_collections.ConfigDict({"seed": 0, "model": {"loss": {"gamma": 2.0}}})
+    recorded = {"seed": 0, "model": {"loss": {"gamma": 1.0, "alpha": 0.25}}}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "study_run.json").write_text(json.dumps({"config": recorded}))
+    with pytest.raises(grid.StudyError, match=r"\(model.loss.gamma, model.loss.alpha \(no longer "
+                                              r"in the config\) differ; another --preset"):
+        runner.check_spec(run, str(run_dir), config)
+    # A field added since the run was made is not a difference: its default is the old behaviour.
+    (run_dir / "study_run.json").write_text(json.dumps({"config": {"model": {"loss": {}}}}))
+    runner.check_spec(run, str(run_dir), config)
+    assert runner.config_differences({"a": [1, 2]}, {"a": [1, 2], "b": 3}) == []
+    assert runner.config_differences({"a": {"b": 1}}, {"a": 1}) == ["a"]
+
+
+@pytest.mark.parametrize("study_dir", ["docs/study_results/table1"])
+def test_the_committed_study_runs_are_reproduced_by_todays_configs(study_dir):
+    # A change of a default would make `make study` refuse to resume the committed study.
+    runs_dir = os.path.join(ROOT, study_dir, "runs")
+    made = sorted(os.path.relpath(os.path.dirname(os.path.join(path, name)), runs_dir)
+                  for path, _, files in os.walk(runs_dir) for name in files
+                  if name == "study_run.json")
+    if not made:
+        pytest.skip(f"no runs committed under {study_dir}")
+    header = json.load(open(os.path.join(ROOT, study_dir, "study.json")))
+    req = request(header["studies"], grid.PRESETS[header["preset"]])
+    # The settings' figures (OHEM's batch sizes) as the study measured and kept them.
+    runs, _ = runner.plan(req, os.path.join(ROOT, study_dir))
+    bases = dict(req.bases.values())
+    runs = {run.key: run for run in runs}
+    for key in made:
+        run = runs[key]
+        runner.check_spec(run, os.path.join(runs_dir, key), grid.run_config(run, bases[run.base]))
+
+
 def test_the_command_line_reports_a_bad_preset_in_one_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "train.study", "--study", "table1", "--preset", "fast",

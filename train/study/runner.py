@@ -75,18 +75,37 @@ def _config_json(config: ml_collections.ConfigDict) -> Any:
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
 
+def config_differences(recorded: Any, current: Any, prefix: str = "") -> list[str]:
+    """The dotted fields whose value in `recorded` (a run's stored config) the `current` config
+    does not reproduce: changed or gone. Fields that only `current` has are not differences: a
+    field added to the schema defaults to the behaviour from before it (DEVELOPERS.md)."""
+    if not (isinstance(recorded, dict) and isinstance(current, dict)):
+        return [] if recorded == current else [prefix or "<config>"]
+    differences = []
+    for key, value in recorded.items():
+        field = f"{prefix}.{key}" if prefix else key
+        if key not in current:
+            differences.append(f"{field} (no longer in the config)")
+        else:
+            differences += config_differences(value, current[key], field)
+    return differences
+
+
 def check_spec(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> None:
     """Refuses a run directory made from another config (another preset, base config or
-    version), which resuming would silently mix."""
+    setting, or a field whose default has changed since), which resuming would silently mix."""
     path = os.path.join(run_dir, runs_lib.SPEC_FILE)
     if not os.path.exists(path):
         return
     with open(path) as f:
         spec = json.load(f)
-    if spec["config"] != _config_json(config):
+    differences = config_differences(spec["config"], _config_json(config))
+    if differences:
+        shown = ", ".join(differences[:4]) + (", ..." if len(differences) > 4 else "")
         raise StudyError(
-            f"{run_dir} was made from another config than run {run.key} of this study (another "
-            "--preset, --base_config or setting?); use another --workdir, or delete that run"
+            f"{run_dir} was made from another config than run {run.key} of this study ({shown} "
+            "differ; another --preset, --base_config or setting?); use another --workdir, or "
+            "delete that run"
         )
 
 
