@@ -293,3 +293,54 @@ def test_roi_align_gradient_under_vmap_equals_per_image_gradients():
         np.testing.assert_allclose(batched[image], grad(features[image], boxes[image]), rtol=1e-6)
     summed = jax.jit(jax.grad(lambda f: jax.vmap(objective)(f, boxes).sum()))(features)
     np.testing.assert_allclose(summed, batched, rtol=1e-6)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 0])
+def test_multilevel_roi_align_gradient_matches_reference_impulse_responses(
+    sampling_ratio, aligned
+):
+    # The Faster R-CNN path: boxes on two levels, some partly outside the image, and padding rows
+    # of zeros as `sample_rois` pads, all with a nonzero cotangent.
+    rng = np.random.default_rng(9 + sampling_ratio + 10 * aligned)
+    maps = [rng.normal(size=(8, 8, 2)), rng.normal(size=(4, 4, 2))]  # strides 4 and 8
+    boxes = np.concatenate(
+        [
+            random_boxes(rng, 4, (32, 32), margin=6.0),  # small: level 2
+            [[-4.0, 2.0, 36.0, 30.0], [8.0, -6.0, 40.0, 38.0]],  # over 32 px: level 3
+            np.zeros((2, 4)),
+        ]
+    ).astype(np.float32)
+    weights = rng.normal(size=(8, 2, 3, 2))
+    kwargs = {
+        "min_level": 2,
+        "max_level": 3,
+        "canonical_size": 16.0,
+        "canonical_level": 2,
+        "output_size": (2, 3),
+        "sampling_ratio": sampling_ratio,
+        "aligned": aligned,
+    }
+
+    def objective(features):
+        return jnp.sum(multilevel_roi_align(features, boxes, **kwargs) * weights)
+
+    grad = jax.jit(jax.grad(objective))([jnp.asarray(m, jnp.float32) for m in maps])
+    level = np.asarray(
+        assign_boxes_to_levels(
+            boxes, min_level=2, max_level=3, canonical_size=16.0, canonical_level=2
+        )
+    )
+    np.testing.assert_array_equal(level[4:], [3, 3, 2, 2])
+    for index, feature in enumerate(maps):
+        on_level = level == 2 + index
+        want = np.zeros_like(feature)
+        for cell in np.ndindex(feature.shape):
+            impulse = np.zeros_like(feature)
+            impulse[cell] = 1.0
+            pooled = numpy_roi_align(
+                impulse, boxes[on_level], (2, 3), 2.0 ** -(2 + index), sampling_ratio, aligned
+            )
+            want[cell] = np.sum(pooled * weights[on_level])
+        np.testing.assert_allclose(grad[index], want, rtol=1e-4, atol=1e-5)
+        assert np.abs(want).sum() > 0
