@@ -6,24 +6,43 @@
       --images train=/data/my_data/images/train --annotations train=/data/my_data/train.json \\
       --images validation=/data/my_data/images/val --annotations validation=/data/my_data/val.json
 
+  python -m train.prepare_data --config configs/shapes_retinanet.py   # the config's data set
+
 `--data_dir` (default TFDS's, ~/tensorflow_datasets) is where the prepared data set goes; give the
 same `config.dataset.data_dir` to the trainer. The expected layouts of `--source_dir` are in
 `focaljax.data.coco` and `focaljax.data.voc`, and printed when a path is missing. Nothing is
 downloaded. For every split it prints what was read, and every box clipped or dropped and image
 re-encoded on the way (the first ones by name); the same counts stay in the prepared data set's
 metadata. A data set already prepared is left as it is, and its report printed again.
+
+With `--config` (a configs/*.py file, fields overridable as `--config.model.anchor_base_scale=1.5`)
+it then prints the anchor-coverage report (`focaljax.data.anchor_coverage`) of the config's anchors
+and image size over the first `--report_images` images of the config's training split: object
+sizes and aspect ratios, the share of objects with an anchor at the foreground IoU (and at 0.4 and
+0.5), positives per object, a suggestion for the anchor fields that covers 95% of the objects, and
+a picture (its path is printed). Without `--dataset` the config's own data set is prepared (e.g. the
+synthetic shapes data); with it, the data set prepared from `--dataset`'s sources is reported on.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 
 import tensorflow_datasets as tfds
 from absl import app, flags
+from ml_collections import config_flags
 
 from focaljax import data
-from focaljax.data import Coco2017, CocoFolder, SplitReport, VocDetection, source_reports
+from focaljax.data import (
+    Coco2017,
+    CocoFolder,
+    SplitReport,
+    VocDetection,
+    anchor_coverage,
+    source_reports,
+)
 from train import cli
 
 FLAGS = flags.FLAGS
@@ -42,7 +61,13 @@ def define_flags() -> None:
     flags.DEFINE_multi_string(
         "annotations", [], "coco_folder: SPLIT=FILE, the COCO-format JSON of a split."
     )
-    flags.mark_flag_as_required("dataset")
+    config_flags.DEFINE_config_file(
+        "config", None, "A configs/*.py file: report how its anchors cover the objects (and, "
+        "without --dataset, prepare its data set).", lock_config=True,
+    )
+    flags.DEFINE_integer("report_images", 500, "--config: the training images reported on.")
+    flags.DEFINE_string("picture", None, "--config: where the anchor-coverage picture goes; "
+                        "default anchor_coverage.png in the prepared data set's folder.")
 
 
 def make_builder(
@@ -75,6 +100,11 @@ def prepare(builder: tfds.core.DatasetBuilder) -> dict[str, SplitReport]:
         print(f"{builder.info.full_name} is already prepared in {builder.data_dir}", flush=True)
     else:
         data.prepare(builder)
+    return print_reports(builder)
+
+
+def print_reports(builder: tfds.core.DatasetBuilder) -> dict[str, SplitReport]:
+    """Prints and returns the `SplitReport` of each split of the prepared `builder`."""
     reports = source_reports(builder)
     for split, report in reports.items():
         print(f"  {split}: {report.summary()}")
@@ -102,16 +132,30 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_libraries()
+    config = FLAGS.config
+    if FLAGS.dataset is None and config is None:
+        cli.fail("give --dataset (and its sources) or --config (its data set and anchors)")
     try:
-        builder = make_builder(
-            FLAGS.dataset,
-            data_dir=FLAGS.data_dir,
-            source_dir=FLAGS.source_dir,
-            voc_year=FLAGS.voc_year,
-            name=FLAGS.name,
-            splits=parse_splits(FLAGS.images, FLAGS.annotations),
-        )
-        prepare(builder)
+        if FLAGS.dataset is not None:
+            builder = make_builder(
+                FLAGS.dataset,
+                data_dir=FLAGS.data_dir,
+                source_dir=FLAGS.source_dir,
+                voc_year=FLAGS.voc_year,
+                name=FLAGS.name,
+                splits=parse_splits(FLAGS.images, FLAGS.annotations),
+            )
+            prepare(builder)
+        else:
+            if FLAGS.data_dir is not None:
+                config.dataset.data_dir = FLAGS.data_dir
+            builder = data.build(config.dataset).builder  # Prepared on this first access.
+            print_reports(builder)
+        if config is not None:
+            anchor_coverage.report_anchor_coverage(
+                config, builder, max_images=FLAGS.report_images,
+                picture=FLAGS.picture or os.path.join(builder.data_dir, "anchor_coverage.png"),
+            )
     except (FileNotFoundError, ValueError) as error:
         # Bad or missing source files are for the user, not stack traces.
         sys.exit(f"error: {error}")
