@@ -219,6 +219,30 @@ def get_config() -> ml_collections.ConfigDict:
     # (low, high) random resize factor in training. No jitter, written as a range so that the
     # command line can set one, e.g. "(0.8,1.2)".
     dataset.scale_jitter = (1.0, 1.0)
+    # More training augmentations (focaljax.data.augment), all off here. For images that have no
+    # up (aerial, microscopy): random up-down flips and quarter turns (k * 90 degrees).
+    dataset.vertical_flip = False
+    dataset.rotate90 = False
+    # Color jitter, torchvision's ColorJitter: brightness, contrast and saturation factors uniform
+    # in [1 - s, 1 + s] for a strength s in [0, 1), a hue shift uniform in [-hue, hue] turns (at
+    # most 0.5); 0.0 is off.
+    dataset.brightness = 0.0
+    dataset.contrast = 0.0
+    dataset.saturation = 0.0
+    dataset.hue = 0.0
+    # JPEG re-compression at a quality uniform in (low, high), e.g. (30, 95); () is off.
+    dataset.jpeg_quality = ()
+    # A box-safe random crop before the resize, e.g. (0.5, 1.0): height and width each this
+    # fraction of the image's; () is off. No object is cut below safe_crop_min_visible of its box
+    # area (of 16 random windows the first that cuts none is taken, else the whole image); cut
+    # objects are clipped, those outside dropped (the iterator's num_clipped_boxes and
+    # num_dropped_boxes count them).
+    dataset.safe_crop = ()
+    dataset.safe_crop_min_visible = 0.5
+    # Repeat-factor sampling (LVIS, detectron2's RepeatFactorTrainingSampler): an image is repeated
+    # max(1, sqrt(t / f_c)) times per epoch (stochastically rounded) over its classes c, f_c the
+    # fraction of the train split's images holding c, for this threshold t (e.g. 0.1); 0.0 is off.
+    dataset.repeat_factor_threshold = 0.0
     dataset.shuffle_buffer_size = 10_000  # Examples; capped at the size of the split.
 
     config.model = retinanet_model()

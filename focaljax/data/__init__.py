@@ -12,6 +12,12 @@ field below is required (`configs/default.py` declares them all, with their usua
   horizontal_flip      random horizontal flips in training, e.g. True
   scale_jitter         (low, high) random resize factor for training, or None for none
   shuffle_buffer_size  examples in the shuffle buffer, e.g. 10_000 (capped at the size of the split)
+  vertical_flip, rotate90, brightness, contrast, saturation, hue, jpeg_quality, safe_crop,
+  safe_crop_min_visible
+                       more training augmentations, those of `focaljax.data.augment.Augmentations`
+                       (a (low, high) range written () for off, as the config does)
+  repeat_factor_threshold
+                       t of repeat-factor sampling (`focaljax.data.sampling`); 0 is off
   builder_kwargs       what to build; for "shapes" either {"config": "default" | "tiny"} or the
                        arguments of `shapes_config` (image_size, num_train, num_validation, seed);
                        {} (or None) is "shapes/default";
@@ -34,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from focaljax.data.augment import Augmentations
 from focaljax.data.coco import CATEGORY_IDS as COCO_CATEGORY_IDS
 from focaljax.data.coco import Coco2017
 from focaljax.data.coco_folder import CocoFolder
@@ -53,10 +60,12 @@ from focaljax.data.sources import SplitReport, source_reports
 from focaljax.data.voc import VocDetection, voc_ground_truth
 
 __all__ = [
+    "AUGMENTATION_FIELDS",
     "COCO_CATEGORY_IDS",
     "FIELDS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "Augmentations",
     "Coco2017",
     "CocoFolder",
     "DatasetInfo",
@@ -87,9 +96,12 @@ __all__ = [
 BuilderFactory = Callable[[Mapping], tuple[tfds.core.DatasetBuilder, Sequence[int] | None]]
 _FACTORIES: dict[str, BuilderFactory] = {}
 # Every field that `build` and the data set's iterators read (module docstring).
+# The fields of `Augmentations`, each a dataset field of the same name.
+AUGMENTATION_FIELDS = tuple(field.name for field in dataclasses.fields(Augmentations))
 FIELDS = (
     "name", "image_size", "max_boxes", "data_dir", "train_split", "eval_split", "horizontal_flip",
     "scale_jitter", "shuffle_buffer_size", "builder_kwargs",
+    *AUGMENTATION_FIELDS, "repeat_factor_threshold",
 )
 
 
@@ -173,6 +185,7 @@ class DetectionDataset:
     Attributes:
       mean, std: per-channel normalization in 0..255 pixel units: batch images are
         `(pixels - mean) / std`.
+      augmentations: the `Augmentations` of the config's fields, for the training batches.
     """
 
     mean = tuple(255.0 * m for m in IMAGENET_MEAN)
@@ -182,6 +195,12 @@ class DetectionDataset:
         self, config: Mapping, builder: tfds.core.DatasetBuilder, category_ids: Sequence[int] | None
     ):
         self.config = config
+        # Built here, so that a bad setting is reported before anything is read or compiled.
+        self.augmentations = Augmentations(**{
+            name: (tuple(config[name]) or None) if name in ("jpeg_quality", "safe_crop")
+            else config[name]
+            for name in AUGMENTATION_FIELDS
+        })
         self._builder = builder
         self._category_ids = category_ids
         self._ground_truth: dict[str, dict] = {}
@@ -225,6 +244,8 @@ class DetectionDataset:
             horizontal_flip=config["horizontal_flip"],
             scale_jitter=_optional_pair(config["scale_jitter"]),
             shuffle_buffer_size=config["shuffle_buffer_size"],
+            augmentations=self.augmentations,
+            repeat_factor_threshold=config["repeat_factor_threshold"],
         )
 
     def eval_iterator(self, per_device_batch_size: int) -> DeviceBatchIterator:

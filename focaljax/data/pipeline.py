@@ -9,10 +9,14 @@ Resumption. Training randomness is stateless, keyed by `(seed, process_index, po
 `position` counts this process's examples from the start of training (epoch * examples + index):
 epoch `e` reads the records in a fixed order and shuffles them with a buffer seeded by
 `(seed, process_index, e)`; flip, scale jitter and crop of the example at `position` are drawn
-from a key folded from `position`. `create_train_iterator(start_step=k)` therefore starts directly
-at the epoch holding example `k * batch`, skips the earlier records of that epoch before they are
-decoded, and yields exactly the batches an uninterrupted iterator yields from its k-th batch on,
-provided the device count, per-device batch size, seed and shuffle buffer size are unchanged.
+from a key folded from `position`, and so are the augmentations of `focaljax.data.augment`. With
+repeat-factor sampling (`focaljax.data.sampling`), epoch `e` holds each record as often as a draw
+keyed by `(seed, process_index, e)` says, so that its length, and where each epoch starts, are
+known without reading it; positions count the repeated examples.
+`create_train_iterator(start_step=k)` therefore starts directly at the epoch holding example
+`k * batch`, skips the earlier records of that epoch before they are decoded, and yields exactly
+the batches an uninterrupted iterator yields from its k-th batch on, provided the device count,
+per-device batch size, seed, shuffle buffer size and augmentation settings are unchanged.
 """
 
 from __future__ import annotations
@@ -29,10 +33,15 @@ import tensorflow_datasets as tfds
 from absl import logging
 from PIL import Image
 
+from focaljax.data import sampling
+from focaljax.data.augment import Augmentations, random_geometric, random_photometric
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _REQUIRED_FEATURES = ("image", "objects/bbox", "objects/label")
+# Per-example counts that `DeviceBatchIterator` takes out of the batches and adds up.
+_COUNTS = ("num_objects", "num_dropped_boxes", "num_clipped_boxes")
 
 
 def load_builder(
@@ -82,6 +91,10 @@ class DeviceBatchIterator(Iterator[dict[str, np.ndarray]]):
       num_batches: number of batches it yields, or None when it yields as many as `dataset` holds.
       num_truncated_images: images seen so far that had more than `max_boxes` boxes; their first
         `max_boxes` were kept. The first occurrence is logged as a warning.
+      num_dropped_boxes: boxes of the images seen so far that are not in the batches: left out by
+        a crop (or with no area), not counting those over `max_boxes`.
+      num_clipped_boxes: boxes kept but cut by a crop (or the image border), also those over
+        `max_boxes`.
     """
 
     def __init__(
@@ -99,7 +112,7 @@ class DeviceBatchIterator(Iterator[dict[str, np.ndarray]]):
         self._padding = {
             k: np.zeros((1,) + tuple(spec.shape[1:]), spec.dtype.as_numpy_dtype)
             for k, spec in dataset.element_spec.items()
-            if k != "num_objects"
+            if k not in _COUNTS
         }
         self._padding["labels"][:] = -1
         self._padding["image_id"][:] = -1
@@ -107,6 +120,8 @@ class DeviceBatchIterator(Iterator[dict[str, np.ndarray]]):
         self._padding["scale"][:] = 1
         self.num_batches = num_batches
         self.num_truncated_images = 0
+        self.num_dropped_boxes = 0
+        self.num_clipped_boxes = 0
         self._num_yielded = 0
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -120,6 +135,8 @@ class DeviceBatchIterator(Iterator[dict[str, np.ndarray]]):
             batch = {k: v[:0] for k, v in self._padding.items()}
         else:
             self._count_truncated(batch.pop("num_objects"))
+            self.num_dropped_boxes += int(np.sum(batch.pop("num_dropped_boxes")))
+            self.num_clipped_boxes += int(np.sum(batch.pop("num_clipped_boxes")))
         missing = self._shape[0] * self._shape[1] - len(batch["valid"])
         if missing:
             batch = {
@@ -153,6 +170,8 @@ def create_train_iterator(
     horizontal_flip: bool = True,
     scale_jitter: tuple[float, float] | None = None,
     shuffle_buffer_size: int = 10_000,
+    augmentations: Augmentations | None = None,
+    repeat_factor_threshold: float = 0.0,
 ) -> DeviceBatchIterator:
     """Infinite, shuffled, augmented training batches of this process's share of `split`.
 
@@ -160,7 +179,10 @@ def create_train_iterator(
     its aspect ratio to fit in `image_size` (times a factor drawn uniformly from `scale_jitter`,
     then randomly cropped to `image_size` when larger), normalized with the ImageNet mean and std
     and padded bottom/right with zeros. Boxes become xyxy pixels of the resized image; boxes left
-    with no area by the crop are dropped.
+    with no area by the crop are dropped. The `augmentations` that are on come in too: the box-safe
+    crop, vertical flip and 90-degree rotation before the horizontal flip, the color jitter and JPEG
+    re-compression after the resize (`focaljax.data.augment`); `scale` is then that of the image
+    as cropped and turned.
 
     Args:
       builder_or_name: a prepared TFDS builder, or a registered TFDS name such as "shapes/tiny".
@@ -176,6 +198,9 @@ def create_train_iterator(
       scale_jitter: (low, high) range of the random resize factor, or None for none.
       shuffle_buffer_size: records in the shuffle buffer (capped at the examples of the split);
         a full permutation each epoch when the split is no larger.
+      augmentations: the augmentations of `focaljax.data.augment`; None is all off.
+      repeat_factor_threshold: t of repeat-factor sampling (`focaljax.data.sampling`); 0 is off.
+        The factors are computed over the whole `split` and summarized in one log line.
 
     Returns:
       An infinite `DeviceBatchIterator` of batches in the DEVELOPERS.md format.
@@ -188,6 +213,11 @@ def create_train_iterator(
         raise ValueError(
             f"scale_jitter is {scale_jitter}, expected (low, high) with 0 < low <= high"
         )
+    if repeat_factor_threshold < 0:
+        raise ValueError(
+            f"repeat_factor_threshold is {repeat_factor_threshold}, expected >= 0 (0 is off)"
+        )
+    augmentations = augmentations or Augmentations()
     builder = load_builder(builder_or_name, data_dir=data_dir)
     num_devices = jax.local_device_count()
     host_batch_size = num_devices * per_device_batch_size
@@ -203,18 +233,26 @@ def create_train_iterator(
     augment_key = tf.random.experimental.stateless_fold_in(key, 1)
     buffer_size = min(shuffle_buffer_size, num_examples)
 
-    def epoch(index):
+    def epoch_seed(index):
         # A fold-in key is (hash of the key, index), so its first word is the same every epoch;
         # a draw from it mixes both words into one seed.
         epoch_key = tf.random.experimental.stateless_fold_in(shuffle_key, index)
-        epoch_seed = tf.random.stateless_uniform(
-            [], epoch_key, minval=None, maxval=None, dtype=tf.int64
-        )
-        shuffled = records.shuffle(buffer_size, seed=epoch_seed)
+        return tf.random.stateless_uniform([], epoch_key, minval=None, maxval=None, dtype=tf.int64)
+
+    def epoch(index):
+        shuffled = records.shuffle(buffer_size, seed=epoch_seed(index))
         return shuffled.enumerate(start=index * num_examples)
 
-    start_epoch, skip = divmod(start_step * host_batch_size, num_examples)
-    ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(skip)
+    if repeat_factor_threshold:
+        ds = _repeated_epochs(
+            builder, split, records, key, epoch_seed,
+            first_position=first_position, num_examples=num_examples,
+            threshold=repeat_factor_threshold, shuffle_buffer_size=shuffle_buffer_size,
+            start=start_step * host_batch_size,
+        )
+    else:
+        start_epoch, skip = divmod(start_step * host_batch_size, num_examples)
+        ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(skip)
     image_feature = builder.info.features["image"]
 
     def preprocess(position, example):
@@ -227,6 +265,7 @@ def create_train_iterator(
             key=example_key,
             horizontal_flip=horizontal_flip,
             scale_jitter=scale_jitter,
+            augmentations=augmentations,
         )
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
@@ -408,6 +447,54 @@ def _read_records(builder: tfds.core.DatasetBuilder, split, first_position: int)
     return records.enumerate().map(select)
 
 
+def _repeated_epochs(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    records: tf.data.Dataset,
+    key: tf.Tensor,
+    epoch_seed,
+    *,
+    first_position: int,
+    num_examples: int,
+    threshold: float,
+    shuffle_buffer_size: int,
+    start: int,
+) -> tf.data.Dataset:
+    """`(position, example)` from the `start`-th on, epochs of this process's `records` with
+    repeat-factor sampling at `threshold` (module docstring), each shuffled with
+    `epoch_seed(epoch)`."""
+    labels = [objects["label"] for objects in tfds.as_numpy(
+        _read_records(builder, split, 0).map(lambda example: example["objects"])
+    )]
+    factors = sampling.repeat_factors(labels, threshold=threshold)
+    factors = factors[first_position:first_position + num_examples]
+    logging.info("%s", sampling.summary(factors, threshold=threshold))
+    buffer_size = min(shuffle_buffer_size, int(np.sum(np.ceil(factors))))
+    repeat_key = tf.random.experimental.stateless_fold_in(key, 2)
+    factors = tf.constant(factors, tf.float64)
+
+    def counts(index):
+        return sampling.epoch_counts(
+            factors, tf.random.experimental.stateless_fold_in(repeat_key, index)
+        )
+
+    def epoch(index):
+        times = counts(index)
+        repeated = records.enumerate().flat_map(
+            lambda i, example: tf.data.Dataset.from_tensors(example).repeat(times[i])
+        )
+        return repeated.shuffle(buffer_size, seed=epoch_seed(index))
+
+    start_epoch, epoch_start = 0, 0
+    while True:
+        size = int(tf.reduce_sum(counts(tf.constant(start_epoch, tf.int64))))
+        if epoch_start + size > start:
+            break
+        start_epoch, epoch_start = start_epoch + 1, epoch_start + size
+    ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch)
+    return ds.enumerate(start=epoch_start).skip(start - epoch_start)
+
+
 def preprocess_image(image: Any, image_size: int | Sequence[int]) -> tuple[tf.Tensor, tf.Tensor]:
     """`(input float32 [H, W, 3], scale)` of one uint8 RGB image `[h, w, 3]` for an `image_size`
     `(H, W)` input, exactly as the evaluation batches have it (no augmentation).
@@ -459,6 +546,7 @@ def _preprocess(
     key: tf.Tensor | None,
     horizontal_flip: bool = False,
     scale_jitter: tuple[float, float] | None = None,
+    augmentations: Augmentations | None = None,
 ) -> dict[str, tf.Tensor]:
     """Decodes, augments (when `key` is given), resizes, normalizes and pads one example."""
     height, width = image_size
@@ -468,6 +556,11 @@ def _preprocess(
     boxes = tf.reshape(tf.cast(objects["bbox"], tf.float32), [-1, 4])
     labels = tf.cast(objects["label"], tf.int32)
     is_crowd = tf.cast(objects.get("is_crowd", tf.zeros_like(labels)), tf.bool)
+    num_input_objects = tf.shape(labels)[0]
+    clipped = tf.zeros([num_input_objects], tf.bool)
+    if key is not None and augmentations is not None and augmentations.geometric:
+        image, boxes, kept, clipped = random_geometric(image, boxes, key, augmentations)
+        labels, is_crowd, clipped = (tf.boolean_mask(t, kept) for t in (labels, is_crowd, clipped))
 
     original_size = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = _fit_scale(original_size, image_size)
@@ -489,17 +582,20 @@ def _preprocess(
         room = tf.cast(resized_size - crop_size + 1, tf.float32)
         crop_offset = tf.cast(tf.random.stateless_uniform([2], crop_key) * room, tf.int32)
     image = tf.slice(image, tf.concat([crop_offset, [0]], 0), tf.concat([crop_size, [3]], 0))
+    if key is not None and augmentations is not None and augmentations.photometric:
+        image = random_photometric(image, key, augmentations)
 
     resized_h, resized_w = tf.unstack(tf.cast(resized_size, tf.float32))
     offset_y, offset_x = tf.unstack(tf.cast(crop_offset, tf.float32))
     crop_h, crop_w = tf.unstack(tf.cast(crop_size, tf.float32))
     ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=1)
-    x1 = tf.clip_by_value(xmin * resized_w - offset_x, 0.0, crop_w)
-    y1 = tf.clip_by_value(ymin * resized_h - offset_y, 0.0, crop_h)
-    x2 = tf.clip_by_value(xmax * resized_w - offset_x, 0.0, crop_w)
-    y2 = tf.clip_by_value(ymax * resized_h - offset_y, 0.0, crop_h)
+    unclipped = tf.stack([xmin * resized_w - offset_x, ymin * resized_h - offset_y,
+                          xmax * resized_w - offset_x, ymax * resized_h - offset_y], axis=1)
+    boxes = tf.clip_by_value(unclipped, 0.0, tf.stack([crop_w, crop_h, crop_w, crop_h]))
+    x1, y1, x2, y2 = tf.unstack(boxes, axis=1)
     keep = (x2 > x1) & (y2 > y1)
-    boxes = tf.boolean_mask(tf.stack([x1, y1, x2, y2], axis=1), keep)
+    clipped |= tf.reduce_any(boxes != unclipped, axis=1)
+    boxes = tf.boolean_mask(boxes, keep)
     labels = tf.boolean_mask(labels, keep)
     is_crowd = tf.boolean_mask(is_crowd, keep)
     num_objects = tf.shape(labels)[0]
@@ -517,4 +613,6 @@ def _preprocess(
         "scale": tf.cast(scale, tf.float32),
         "valid": tf.constant(True),
         "num_objects": num_objects,
+        "num_dropped_boxes": num_input_objects - num_objects,
+        "num_clipped_boxes": tf.reduce_sum(tf.cast(clipped & keep, tf.int32)),
     }
