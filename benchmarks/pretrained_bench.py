@@ -100,15 +100,15 @@ def pmapped_step(config, freeze_at: int):
         config.model, num_classes=NUM_CLASSES, image_size=image_size, axis_name=train.AXIS_NAME
     )
     learning_rate_fn = optim.create_learning_rate_fn(config, config.num_train_steps, ())
-    tx = optim.create_optimizer(config, learning_rate_fn)
-    backbone = train_state.load_backbone_weights(config)
-    initial = train_state.create_train_state(
-        jax.random.PRNGKey(0), detector, tx, image_size, backbone=backbone
-    )
+    tx = optim.create_optimizer(config, learning_rate_fn, frozen=detector.frozen)
+    rng = jax.random.PRNGKey(0)
+    initial_variables = train_state.initial_variables(rng, detector, image_size)
+    variables, _ = detector.load_pretrained(initial_variables)
+    initial = train_state.create_train_state(rng, detector, tx, image_size, variables=variables)
     step = jax.pmap(
         functools.partial(
             train.train_step, detector=detector, tx=tx, learning_rate_fn=learning_rate_fn,
-            rng=jax.random.PRNGKey(1), freeze_at=freeze_at,
+            rng=jax.random.PRNGKey(1),
         ),
         axis_name=train.AXIS_NAME,
     )

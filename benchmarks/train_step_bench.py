@@ -56,7 +56,7 @@ def pmapped_step(config, num_classes: int):
         config.model, num_classes=num_classes, image_size=image_size, axis_name=train.AXIS_NAME
     )
     learning_rate_fn = optim.create_learning_rate_fn(config, config.num_train_steps, ())
-    tx = optim.create_optimizer(config, learning_rate_fn)
+    tx = optim.create_optimizer(config, learning_rate_fn, frozen=detector.frozen)
     initial = train.create_train_state(jax.random.PRNGKey(0), detector, tx, image_size)
     step = jax.pmap(
         functools.partial(

@@ -24,7 +24,7 @@ The backbone, by the config argument (the text after ":" in `--config`, `get_con
   trainer checks the flag against the file and says which value it needs). A Keras `.h5` is
   MSRA's layout. The file is read at the first start only: its converted weights are in the
   checkpoints, so resuming and `python -m train.predict` do not need it; the workdir's
-  `backbone_weights.json` records its path, format, size and sha256.
+  `pretrained_weights.json` records its path, format, size and sha256.
   Reference: 36.5 (mmdetection) and 37.4 (detectron2) AP on val2017 for RetinaNet R50-FPN 1x,
   35.7 on test-dev in the paper (R50-800, Table 1e).
 * None (the default): from scratch, GroupNorm in the backbone and the heads (He et al.,

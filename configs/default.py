@@ -283,6 +283,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 2_000
     config.max_checkpoints_to_keep = 3  # >= 1.
     config.num_grid_images = 8  # Evaluation images drawn with their detections.
+    # At a fresh start, the anchor-coverage report (focaljax.detectors.anchor_coverage: object
+    # sizes against the anchors, the share of objects an anchor covers at the foreground IoU,
+    # a suggestion) over this many training images, with a warning below 95%; 0: no report.
+    config.anchor_coverage_images = 500
     config.eval_backend = "pycocotools"  # The COCO evaluator: "pycocotools" or "faster_coco_eval".
     # Also PASCAL VOC's mAP@0.5 (needs a data set with "difficult" flags such as "voc"): "voc07"
     # (11-point, logged as VOC07_mAP50), "voc" (all-point, VOC_mAP50) or "" (off).
@@ -292,6 +296,9 @@ def get_config() -> ml_collections.ConfigDict:
     # the paper's 0.05 beside the AP at (nearly) every score, from one evaluation. () for none.
     config.eval_min_scores = ()
     # XLA options for the train and evaluation steps (fields of XLA's DebugOptions, name ->
-    # value); none by default.
+    # value); none by default. They go over the defaults of the backend the run compiles for
+    # (train/compilation.py's BACKEND_DEFAULTS: on CPU XLA's own convolutions instead of
+    # YNNPACK's, xla_cpu_experimental_ynn_fusion_type=""; none on GPU and TPU): an option set
+    # here wins.
     config.compiler_options = ml_collections.ConfigDict()
     return config

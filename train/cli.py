@@ -18,6 +18,8 @@ from typing import Any
 import ml_collections
 from absl import flags, logging
 
+from focaljax.errors import ConfigError
+
 USAGE_ERROR = 2  # The exit status of a command-line mistake, as absl and argparse use.
 
 flags.DEFINE_bool(
@@ -52,11 +54,6 @@ def _config_path(argv: Sequence[str]) -> str | None:
             continue
         return value.split(":", 1)[0]
     return None
-
-
-class ConfigError(ValueError):
-    """A mistake in what the user asked for (a config file, a field, a flag value), reported in
-    one line that says what was expected."""
 
 
 def load_config(path: str, *, flag: str = "--config") -> ml_collections.ConfigDict:
@@ -130,13 +127,14 @@ def unknown_field(config: ml_collections.ConfigDict, dotted: str) -> str | None:
 
 
 def check_config_overrides(argv: Sequence[str]) -> None:
-    """Exits with one line if an `--config.a.b=value` of `argv` names no field of the config."""
-    overrides = [arg[len("--config."):].split("=", 1)[0] for arg in argv
-                 if arg.startswith("--config.")]
+    """Exits with one line if the `--config` file of `argv` is missing or fails to load, or an
+    `--config.a.b=value` names no field of the config."""
     path = _config_path(argv)
-    if not overrides or path is None:
+    if path is None:
         return
     config = _load(path)
+    overrides = [arg[len("--config."):].split("=", 1)[0] for arg in argv
+                 if arg.startswith("--config.")]
     for dotted in overrides:
         message = unknown_field(config, dotted)
         if message:

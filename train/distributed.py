@@ -133,7 +133,13 @@ def replicated_sharding() -> NamedSharding:
 def replicated_global(tree: Any) -> Any:
     """Per-device copies `[local devices, ...]` (pmap's replicated layout) -> one global array per
     leaf, fully replicated over the devices of all processes, which orbax saves from every
-    process (each process contributes its devices' copies; nothing is transferred)."""
+    process (each process contributes its devices' copies; nothing is transferred).
+
+    orbax has the same conversion (`orbax.checkpoint.utils.
+    fully_replicated_host_local_array_to_global_array`), on a mesh of its own (axis "x" over
+    `jax.devices()`); this one puts the arrays on `replicated_sharding()`, the sharding that the
+    checkpoints are restored to and that `replicated_local`, its inverse, reads, so that saving,
+    restoring and going back to pmap's layout agree on one mesh."""
     sharding = replicated_sharding()
 
     def one(x):

@@ -37,18 +37,6 @@ def _merge_devices(tree: Any) -> Any:
     return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), tree)
 
 
-def to_original_pixels(boxes: np.ndarray, scale: np.ndarray, image_sizes: np.ndarray) -> np.ndarray:
-    """Detected boxes `[B, K, 4]` in input pixels -> original pixels of each image, clipped to
-    its `(height, width)` in `image_sizes [B, 2]`.
-
-    The detector clips boxes to its padded input; an image of another aspect ratio fills only
-    part of it, so boxes reaching into the padding are clipped here.
-    """
-    boxes = boxes / scale[:, None, None]
-    height, width = image_sizes[:, 0], image_sizes[:, 1]
-    return np.clip(boxes, 0.0, np.stack([width, height, width, height], axis=-1)[:, None, :])
-
-
 def denormalize(images: np.ndarray, mean: Any, std: Any) -> np.ndarray:
     """Normalized float images back to uint8 RGB, for pictures."""
     images = images * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
@@ -108,7 +96,8 @@ def evaluate(
     """Metrics of the (replicated) `state` on the evaluation split, and a picture grid.
 
     Every batch of detections goes to each of `build_evaluators`' evaluators, with each of the
-    detector's `box_outputs` mapped back to original pixels (`to_original_pixels`) first; the
+    detector's `box_outputs` mapped back to original pixels (`focaljax.data.to_original_pixels`)
+    first; the
     metrics are the union of theirs (COCO's under `EVAL_METRICS` and the rest of
     `focaljax.evaluation.STAT_NAMES`, VOC's mAP under its `VOC_METRICS` name, a Faster R-CNN's
     proposal recall ...). The grid, written to `grid_path` as a PNG, shows the first
@@ -133,8 +122,8 @@ def evaluate(
         image_sizes = np.array([sizes.get(i, (np.inf, np.inf)) for i in all_batch["image_id"]])
         original = {
             **everything["predictions"],
-            **{key: to_original_pixels(everything["predictions"][key], all_batch["scale"],
-                                       image_sizes)
+            **{key: data_lib.to_original_pixels(everything["predictions"][key],
+                                                all_batch["scale"], image_sizes)
                for key in detector.box_outputs},
         }
         for evaluator in evaluators:

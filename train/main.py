@@ -74,8 +74,9 @@ def main(argv: list[str]) -> None:
         train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except train.TrainingInterruptedError as stop:
         _exit(str(stop), 128 + stop.signum)
-    except (ValueError, FileNotFoundError, train.TrainingDivergedError) as error:
-        # Config and divergence errors are for the user, not stack traces.
+    except (cli.ConfigError, train.TrainingDivergedError) as error:
+        # The user's mistakes and a diverged run are for the user, not stack traces; anything
+        # else is a bug and keeps its traceback.
         _exit(f"error: {error}", 1)
     except Exception as error:
         if jax.process_count() == 1:

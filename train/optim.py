@@ -11,6 +11,7 @@ steps of x0.1; the learning rate scales linearly with the global batch.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from focaljax.models import resnet as resnet_lib
+from focaljax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine", "constant")
@@ -36,7 +37,7 @@ def resolve_steps(
     if config.schedule.decay_epochs:
         decay_steps = tuple(round(e * steps_per_epoch) for e in config.schedule.decay_epochs)
     if list(decay_steps) != sorted(decay_steps) or any(not 0 < s < num_steps for s in decay_steps):
-        raise ValueError(
+        raise ConfigError(
             f"learning-rate decay steps {decay_steps} must increase and lie in (0, {num_steps}), "
             "the training steps"
         )
@@ -83,14 +84,17 @@ def decay_mask(params: Any) -> Any:
 
 
 def create_optimizer(
-    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: optax.Schedule,
+    *,
+    frozen: Callable[[Any], Any],
 ) -> optax.GradientTransformation:
     """SGD with momentum and coupled weight decay (detectron2), or AdamW; optional clipping of the
     global gradient norm first. Weight decay skips biases and norm parameters (`decay_mask`).
 
-    The parameters of the backbone parts that `config.model.freeze_at` freezes
-    (`focaljax.models.freeze_mask`) are left out altogether: their update is zero and they have
-    no optimizer state. Their gradient is zero already (the ResNet stops it), but both weight
+    The parameters that `frozen` marks (`Detector.frozen`: a ResNet's stem and stages up to
+    `config.model.freeze_at`) are left out altogether: their update is zero and they have no
+    optimizer state. Their gradient is zero already (the ResNet stops it), but both weight
     decays would still move them.
     """
     opt = config.optimizer
@@ -108,11 +112,9 @@ def create_optimizer(
                 mask=decay_mask,
             )
         )
-    freeze_at = config.model.freeze_at
-
     def labels(params: Any) -> Any:
-        frozen = resnet_lib.freeze_mask(params, freeze_at=freeze_at)
-        return jax.tree.map(lambda is_frozen: "frozen" if is_frozen else "trained", frozen)
+        return jax.tree.map(lambda is_frozen: "frozen" if is_frozen else "trained",
+                            frozen(params))
 
     return optax.multi_transform(
         {"trained": optax.chain(*parts), "frozen": optax.set_to_zero()}, labels

@@ -30,13 +30,12 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from focaljax import detectors
-from focaljax.data import preprocess_image
+from focaljax.data import preprocess_image, to_original_pixels
+from focaljax.errors import ConfigError, MissingFileError
 from focaljax.evaluation.coco import detections_to_coco
 from focaljax.evaluation.visualize import draw_detections
-from train import cli, compilation, distributed
+from train import cli, compilation
 from train import workdir as workdir_lib
-from train.evaluate import to_original_pixels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
@@ -45,14 +44,14 @@ def find_images(folder: str | os.PathLike) -> list[str]:
     """Paths of the images under `folder`, relative to it, sorted."""
     root = Path(folder)
     if not root.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder")
+        raise MissingFileError(f"{folder} is not a folder")
     paths = sorted(
         str(path.relative_to(root))
         for path in root.rglob("*")
         if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
     )
     if not paths:
-        raise FileNotFoundError(f"{folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+        raise MissingFileError(f"{folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
     return paths
 
 
@@ -79,23 +78,18 @@ def predict(
     """Runs the detector of `workdir` on every image of `image_dir`; writes the files of the
     module docstring to `output_dir` and returns `{"results": [...], "images": [...]}`."""
     if batch_size < 1:
-        raise ValueError(f"batch_size is {batch_size}, expected >= 1")
+        raise ConfigError(f"batch_size is {batch_size}, expected >= 1")
     if Path(output_dir).resolve() == Path(image_dir).resolve():
-        raise ValueError("--output is the --images folder; the annotated PNGs would overwrite it")
-    config, info = workdir_lib.read_run_info(workdir)
+        raise ConfigError("--output is the --images folder; the annotated PNGs would overwrite it")
+    run = workdir_lib.load_trained(workdir, step)
+    config, info, detector = run.config, run.info, run.detector
     image_size = tuple(int(s) for s in config.dataset.image_size)
     names = find_images(image_dir)
     drawings = [str(Path(name).with_suffix(".png")) for name in names]
     clashes = sorted({d for d in drawings if drawings.count(d) > 1})
     if clashes:
-        raise ValueError(f"several images would be drawn to each of {clashes}; rename them")
+        raise ConfigError(f"several images would be drawn to each of {clashes}; rename them")
 
-    # The device axis name only matters to training; synchronized batch norm insists on one.
-    detector = detectors.build(
-        config.model, num_classes=info.num_classes, image_size=image_size,
-        axis_name=distributed.AXIS_NAME,
-    )
-    variables, step = workdir_lib.restore_variables(workdir, step)
 
     def detect(variables, images):
         batch = {"image": images}
@@ -112,7 +106,7 @@ def predict(
         inputs, scales = zip(*(_preprocess(image, image_size) for image in originals), strict=True)
         # Padding to a full batch keeps one compiled shape.
         inputs = np.stack(inputs + (np.zeros_like(inputs[0]),) * (batch_size - len(chunk)))
-        detections = jax.device_get(detect(variables, jnp.asarray(inputs)))
+        detections = jax.device_get(detect(run.variables, jnp.asarray(inputs)))
         detections = {k: v[: len(chunk)] for k, v in detections.items()}
         boxes = to_original_pixels(
             detections["boxes"], np.asarray(scales, np.float32),
@@ -144,7 +138,7 @@ def predict(
     with open(Path(output_dir) / "images.json", "w") as f:
         json.dump({"images": images, "categories": categories}, f, indent=1)
     print(
-        f"{len(results)} detections on {len(images)} images (checkpoint at step {step} of "
+        f"{len(results)} detections on {len(images)} images (checkpoint at step {run.step} of "
         f"{workdir}) -> {output_dir}"
     )
     return {"results": results, "images": images}
@@ -174,7 +168,7 @@ def main(argv: list[str]) -> None:
             FLAGS.workdir, FLAGS.images, FLAGS.output, step=FLAGS.step,
             batch_size=FLAGS.batch_size, draw_threshold=FLAGS.draw_threshold,
         )
-    except (ValueError, FileNotFoundError) as error:
+    except cli.ConfigError as error:  # A bug's exception keeps its traceback.
         raise SystemExit(f"error: {error}") from None
 
 

@@ -16,13 +16,13 @@ re-encoded on the way (the first ones by name); the same counts stay in the prep
 metadata. A data set already prepared is left as it is, and its report printed again.
 
 With `--config` (a configs/*.py file, fields overridable as `--config.model.anchor_base_scale=1.5`)
-it then prints the anchor-coverage report (`focaljax.data.anchor_coverage`) of the config's anchors
-and image size over the first `--report_images` images of the config's training split: object
-sizes and aspect ratios, the share of objects with an anchor at the foreground IoU (and at 0.4 and
-0.5), positives per object, a suggestion for the anchor fields that covers 95% of the objects, and
-a picture (its path is printed). Without `--dataset` the config's own data set is prepared (e.g. the
-synthetic shapes data); with it, the data set prepared from `--dataset`'s sources is reported on.
-"""
+it then prints the anchor-coverage report (`focaljax.detectors.anchor_coverage`) of the config's
+anchors and image size over the first `--report_images` images of the config's training split:
+object sizes and aspect ratios, the share of objects with an anchor at the foreground IoU (and at
+0.4 and 0.5), positives per object, a suggestion for the anchor fields that covers 95% of the
+objects, and a picture (its path is printed). Without `--dataset` the config's own data set is
+prepared (e.g. the synthetic shapes data); with it, the data set prepared from `--dataset`'s
+sources is reported on. """
 
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ from focaljax.data import (
     CocoFolder,
     SplitReport,
     VocDetection,
-    anchor_coverage,
     source_reports,
 )
+from focaljax.detectors import anchor_coverage
 from train import cli
 
 FLAGS = flags.FLAGS
@@ -81,17 +81,17 @@ def make_builder(
 ) -> tfds.core.DatasetBuilder:
     """The builder of `dataset` ("coco", "voc" or "coco_folder") from these sources."""
     if dataset in ("coco", "voc") and not source_dir:
-        raise ValueError(f"--dataset={dataset} needs --source_dir, the folder of its files")
+        raise cli.ConfigError(f"--dataset={dataset} needs --source_dir, the folder of its files")
     if dataset == "coco":
         return Coco2017(source_dir=source_dir, data_dir=data_dir)
     if dataset == "voc":
         return VocDetection(config=voc_year, source_dir=source_dir, data_dir=data_dir)
     if dataset == "coco_folder":
         if not name or not splits:
-            raise ValueError("--dataset=coco_folder needs --name and, per split, --images "
+            raise cli.ConfigError("--dataset=coco_folder needs --name and, per split, --images "
                              "SPLIT=FOLDER and --annotations SPLIT=FILE")
         return CocoFolder(config=name, splits=splits, data_dir=data_dir)
-    raise ValueError(f"unknown dataset {dataset!r}, expected coco, voc or coco_folder")
+    raise cli.ConfigError(f"unknown dataset {dataset!r}, expected coco, voc or coco_folder")
 
 
 def prepare(builder: tfds.core.DatasetBuilder) -> dict[str, SplitReport]:
@@ -120,11 +120,13 @@ def parse_splits(images: list[str], annotations: list[str]) -> dict[str, tuple[s
         for value in values:
             split, sep, path = value.partition("=")
             if not sep or not split or not path:
-                raise ValueError(f"--{flag}={value}: expected SPLIT=PATH, e.g. train=/data/train")
+                raise cli.ConfigError(
+                    f"--{flag}={value}: expected SPLIT=PATH, e.g. train=/data/train"
+                )
             pairs.setdefault(split, {})[flag] = path
     unpaired = {split: sorted(paths) for split, paths in pairs.items() if len(paths) != 2}
     if unpaired:
-        raise ValueError(f"splits with only {unpaired}: give both --images and --annotations")
+        raise cli.ConfigError(f"splits with only {unpaired}: give both --images and --annotations")
     return {split: (paths["images"], paths["annotations"]) for split, paths in pairs.items()}
 
 
@@ -156,8 +158,8 @@ def main(argv: list[str]) -> None:
                 config, builder, max_images=FLAGS.report_images,
                 picture=FLAGS.picture or os.path.join(builder.data_dir, "anchor_coverage.png"),
             )
-    except (FileNotFoundError, ValueError) as error:
-        # Bad or missing source files are for the user, not stack traces.
+    except cli.ConfigError as error:
+        # Bad flags and bad or missing source files are the user's; a bug keeps its traceback.
         sys.exit(f"error: {error}")
 
 

@@ -1,5 +1,5 @@
-"""The train state: what it holds, how it starts (the detector's initial variables, ImageNet
-weights merged in) and its copies on the devices, as `pmap` takes them.
+"""The train state: what it holds, how it starts (the detector's initial variables, its
+pretrained weights merged in) and its copies on the devices, as `pmap` takes them.
 
 Below the loop (`train.train`), the evaluation and the checkpoints (`train.evaluate`,
 `train.workdir`), which all pass it around.
@@ -12,15 +12,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import struct
 
-from focaljax import data as data_lib
 from focaljax import detectors
-from focaljax.models import pretrained as pretrained_lib
-from focaljax.models import resnet as resnet_lib
 from train import distributed
 from train.distributed import AXIS_NAME
 
@@ -45,42 +41,19 @@ class TrainState(struct.PyTreeNode):
     loss_state: Any
 
 
-def load_backbone_weights(
-    config: ml_collections.ConfigDict,
-) -> pretrained_lib.PretrainedResNet | None:
-    """The ImageNet weights of the file `config.model.backbone_weights`, converted for the
-    configured ResNet (`model.backbone`, `model.norm`, `model.stride_in_1x1`) and the input
-    normalization of `focaljax.data`; None when it is "".
-
-    The format is `model.backbone_weights_format`, or the one `detect_format` finds when that is
-    "" (see `focaljax.models.pretrained` for the formats and the conversion).
-
-    Raises:
-      ValueError: naming `config.model.backbone_weights`, the file and what is wrong with it:
-        unreadable, truncated or unsafe, another architecture (with every missing and
-        mis-shaped array), or weights the configured ResNet cannot take (a norm without
-        statistics, such as "gn"; the stride in the other convolution).
-    """
-    model = config.model
-    path = model.backbone_weights
-    if not path:
-        return None
-    resnet = resnet_lib.build_resnet(
-        model.backbone, norm=model.norm, axis_name=AXIS_NAME, stride_in_1x1=model.stride_in_1x1
-    )
-    try:
-        return pretrained_lib.load_resnet_weights(
-            path, resnet, format=model.backbone_weights_format or None,
-            input_mean=data_lib.IMAGENET_MEAN, input_std=data_lib.IMAGENET_STD,
-        )
-    except pretrained_lib.WeightFileError as error:  # Its message starts with the file.
-        raise ValueError(f"config.model.backbone_weights: {error}") from None
-    except ValueError as error:
-        raise ValueError(
-            f"config.model.backbone_weights: {path} does not fit config.model (backbone "
-            f"{model.backbone!r}, norm {model.norm!r}, stride_in_1x1 {model.stride_in_1x1}): "
-            f"{error}"
-        ) from None
+def initial_variables(
+    rng: jax.Array, detector: detectors.Detector, image_size: tuple[int, int]
+) -> dict[str, Any]:
+    """The detector's initial variables, initialized from a dummy one-image batch."""
+    height, width = image_size
+    dummy = {
+        "image": jnp.zeros((1, height, width, 3), jnp.float32),
+        "boxes": jnp.zeros((1, 1, 4), jnp.float32),
+        "labels": jnp.full((1, 1), -1, jnp.int32),
+        "is_crowd": jnp.zeros((1, 1), bool),
+    }
+    # Compiled, rather than one eager op per initializer.
+    return jax.jit(detector.init)(rng, dummy)
 
 
 def create_train_state(
@@ -89,27 +62,13 @@ def create_train_state(
     tx: optax.GradientTransformation,
     image_size: tuple[int, int],
     *,
-    backbone: pretrained_lib.PretrainedResNet | None = None,
+    variables: dict[str, Any] | None = None,
 ) -> TrainState:
-    """Initial, unreplicated state; variables are initialized from a dummy one-image batch.
-
-    `backbone`, ImageNet weights from `load_backbone_weights`, then replaces the ResNet of the
-    initial variables (`focaljax.models.merge_backbone` at `focaljax.models.BACKBONE_PATH`, where
-    RetinaNet and Faster R-CNN keep it; a detector built for another ResNet is refused there).
-    """
-    height, width = image_size
-    dummy = {
-        "image": jnp.zeros((1, height, width, 3), jnp.float32),
-        "boxes": jnp.zeros((1, 1, 4), jnp.float32),
-        "labels": jnp.full((1, 1), -1, jnp.int32),
-        "is_crowd": jnp.zeros((1, 1), bool),
-    }
-
-    # Compiled, rather than one eager op per initializer. The weights are merged outside: as
-    # constants of the compiled function they would be copied into it.
-    variables = jax.jit(detector.init)(rng, dummy)
-    if backbone is not None:
-        variables = pretrained_lib.merge_backbone(variables, backbone)
+    """Initial, unreplicated state from `variables`: by default `initial_variables(rng,
+    detector, image_size)`; at a fresh start the trainer passes those with the detector's
+    pretrained weights merged in (`Detector.load_pretrained`)."""
+    if variables is None:
+        variables = initial_variables(rng, detector, image_size)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),

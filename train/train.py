@@ -9,13 +9,14 @@ module: `checks` (the config), `optim` (optimizer and schedule), `evaluate`, `wo
 (checkpoints and run info), `compilation` (`config.compiler_options`), `distributed` (what
 several processes change) and `summary` (logs).
 
-The model, loss and data set are all picked by name from `config`; nothing here knows RetinaNet
-or the shapes data set. Of `config.model` the trainer itself reads only `name` and the three
-`checks.MODEL_FIELDS`: ImageNet weights for the detector's ResNet (`backbone_weights`, read at a
-fresh start and merged into the initial variables, see `load_backbone_weights`) and the part of it
-that `freeze_at` freezes, which the optimizer leaves alone. A workdir holds, besides what
-`train.workdir` describes (checkpoints, config.json, dataset_info.json, backbone_weights.json):
+The model, loss and data set are all picked by name from `config`; nothing here knows RetinaNet,
+a ResNet or the shapes data set. Of `config.model` the trainer itself reads only `name`: the
+detector brings its pretrained weights (`Detector.load_pretrained`, called at a fresh start) and
+says what stays frozen (`Detector.frozen`: the optimizer and the statistics updates leave it
+alone). A workdir holds, besides what `train.workdir` describes (checkpoints, config.json,
+dataset_info.json, pretrained_weights.json):
 
+  anchor_coverage.png    the anchor-coverage report's picture (`config.anchor_coverage_images`)
   metrics.jsonl          one JSON object per logging step or evaluation
   events.out.tfevents.*  the same scalars, and the detection grids, for TensorBoard
   detections_step_N.png  predicted (solid) and ground-truth (dashed) boxes on validation images
@@ -42,13 +43,16 @@ from tqdm import tqdm
 
 from focaljax import data as data_lib
 from focaljax import detectors
-from focaljax.models import resnet as resnet_lib
+from focaljax.detectors import anchor_coverage
+from focaljax.errors import ConfigError
 from train import checks, compilation, distributed, optim
 from train import evaluate as evaluate_lib
 from train import workdir as workdir_lib
 from train.distributed import AXIS_NAME, report
-from train.state import TrainState, create_train_state, load_backbone_weights, replicate
+from train.state import TrainState, create_train_state, initial_variables, replicate
 from train.summary import NullWriter, SummaryWriter
+
+ANCHOR_COVERAGE_PICTURE = "anchor_coverage.png"
 
 
 class TrainingDivergedError(RuntimeError):
@@ -84,7 +88,6 @@ def train_step(
     tx: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
     rng: jax.Array,
-    freeze_at: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on one device's share of the global batch.
 
@@ -94,8 +97,7 @@ def train_step(
     averaged over devices so that all replicas stay identical; all of these means are one
     all-reduce (`distributed.pmean`). The step's randomness is a function
     of `rng`, the step number and the device, so a resumed run draws what it would have drawn.
-    The statistics of the backbone parts that `freeze_at` (`config.model.freeze_at`) freezes are
-    kept as they were.
+    The statistics that `detector.frozen` marks are kept as they were.
     """
     step_rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS_NAME))
     apply_rng, loss_rng = jax.random.split(step_rng)
@@ -122,7 +124,7 @@ def train_step(
     param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
     # Frozen parts normalize in evaluation mode and return their statistics unchanged, but the
     # mean of n equal values over devices can round ((x + x + x) / 3 is not always x).
-    frozen = resnet_lib.freeze_mask(state.model_state, freeze_at=freeze_at)
+    frozen = detector.frozen(state.model_state)
     model_state = jax.tree.map(
         lambda is_frozen, old, new: old if is_frozen else new,
         frozen, state.model_state, {**state.model_state, **updates},
@@ -226,10 +228,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       those of the detector's own evaluators (a Faster R-CNN's AR@100, AR@300, AR@1000).
 
     Raises:
-      ValueError: for a config that cannot run, before anything is compiled; for an ImageNet
-        weight file (`config.model.backbone_weights`) that cannot be read or does not fit the
-        configured ResNet, before the data set is prepared; for `config.voc_metric` on a data
-        set without VOC's "difficult" flags.
+      ConfigError: for a config that cannot run, before anything is compiled; for pretrained
+        weights that cannot be read or do not fit the detector (`Detector.load_pretrained`, e.g.
+        `config.model.backbone_weights`), before the workdir is made; for `config.voc_metric`
+        on a data set without VOC's "difficult" flags.
       TrainingDivergedError: when the loss or the gradient norm becomes NaN or Inf; the message
         names the step and the last good checkpoint, and nothing is saved after it.
       TrainingInterruptedError: after SIGTERM or Ctrl-C, once the checkpoint of the current step
@@ -237,11 +239,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     checks.check_config(config, jax.device_count(), jax.process_count())
     resume_step = workdir_lib.latest_checkpoint_step(workdir)
-    # Read at a fresh start only, before the data set is prepared: every checkpoint holds the
-    # converted weights, so a resumed run (and train.predict) never needs the file.
-    backbone = load_backbone_weights(config) if resume_step is None else None
-    if backbone is not None:
-        report(f"ImageNet weights for the backbone: {backbone.report}")
     # Process 0 prepares the data set (on a shared data_dir, for all); the others wait, then
     # find it prepared, or prepare their own copy. A TFDS builder reads what is prepared when
     # it is made, so theirs are made after the wait.
@@ -257,8 +254,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         # Now rather than at the first evaluation; the ground truth is read once and kept.
         try:
             dataset.voc_ground_truth(config.dataset.eval_split)
-        except ValueError as error:
-            raise ValueError(
+        except ConfigError as error:
+            raise ConfigError(
                 f"config.voc_metric is {voc_metric!r}, but {error}. Set it to '' for this data set."
             ) from error
     image_size = tuple(int(s) for s in config.dataset.image_size)
@@ -269,13 +266,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     num_train_examples = dataset.builder.info.splits[config.dataset.train_split].num_examples
     num_steps, decay_steps = optim.resolve_steps(config, num_train_examples)
     learning_rate_fn = optim.create_learning_rate_fn(config, num_steps, decay_steps)
-    tx = optim.create_optimizer(config, learning_rate_fn)
+    tx = optim.create_optimizer(config, learning_rate_fn, frozen=detector.frozen)
 
+    init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+    variables = initial_variables(init_rng, detector, image_size)
+    pretrained = None
+    if resume_step is None:
+        # At a fresh start only, before the workdir exists: every checkpoint holds the merged
+        # weights, so a resumed run (and train.predict) never needs the files.
+        variables, pretrained = detector.load_pretrained(variables)
+        if pretrained is not None:
+            report(f"Pretrained weights: {pretrained['summary']}")
     os.makedirs(workdir, exist_ok=True)
     if distributed.is_main():
-        workdir_lib.write_run_info(workdir, config, info, backbone=backbone)
-    init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-    state = replicate(create_train_state(init_rng, detector, tx, image_size, backbone=backbone))
+        workdir_lib.write_run_info(workdir, config, info, pretrained=pretrained)
+        if (resume_step is None and config.anchor_coverage_images
+                and config.model.name in anchor_coverage.DETECTORS):
+            anchor_coverage.report_anchor_coverage(
+                config, dataset.builder, max_images=config.anchor_coverage_images,
+                picture=os.path.join(workdir, ANCHOR_COVERAGE_PICTURE), print_fn=report,
+            )
+    state = replicate(create_train_state(init_rng, detector, tx, image_size, variables=variables))
     checkpoints = workdir_lib.checkpoint_manager(
         workdir, max_to_keep=config.max_checkpoints_to_keep
     )
@@ -314,7 +325,7 @@ def _train_loop(
         jax.pmap(
             functools.partial(
                 train_step, detector=detector, tx=tx, learning_rate_fn=learning_rate_fn,
-                rng=step_rng, freeze_at=config.model.freeze_at,
+                rng=step_rng,
             ),
             axis_name=AXIS_NAME,
             donate_argnums=(0,),

@@ -1,17 +1,18 @@
 """What a workdir holds besides the logs: orbax checkpoints of the train state, and the run info
 that inference needs (`python -m train.predict` reads a workdir through this module only).
 
-  checkpoints/           orbax checkpoints of the `TrainState`, the last `max_checkpoints_to_keep`
-  config.json            the config of the latest run
-  dataset_info.json      class names and COCO category ids of the training data set
-  backbone_weights.json  the ImageNet weight file the run started from (path, format, size,
-                         sha256, what was unused), written at the fresh start of a run that has one
+  checkpoints/             orbax checkpoints of the `TrainState`, the last
+                           `max_checkpoints_to_keep`
+  config.json              the config of the latest run
+  dataset_info.json        class names and COCO category ids of the training data set
+  pretrained_weights.json  the weight file the run started from (for a ResNet's ImageNet weights:
+                           path, format, size, sha256, what was unused), written at the fresh
+                           start of a run that has one (`Detector.load_pretrained`'s record)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from focaljax import data as data_lib
-from focaljax.models import pretrained as pretrained_lib
+from focaljax import detectors
+from focaljax.errors import MissingFileError
 from train import distributed
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "config.json"
 DATASET_INFO_FILE = "dataset_info.json"
-BACKBONE_WEIGHTS_FILE = "backbone_weights.json"
+PRETRAINED_FILE = "pretrained_weights.json"
 
 
 def checkpoint_manager(
@@ -78,10 +80,10 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[dict[str, 
     in `workdir`, for inference; the optimizer state is not needed and not returned.
 
     Raises:
-      FileNotFoundError: when `workdir` has no such checkpoint.
+      MissingFileError: when `workdir` has no such checkpoint.
     """
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"{workdir} has no checkpoints folder: expected the workdir of a "
+        raise MissingFileError(f"{workdir} has no checkpoints folder: expected the workdir of a "
                                 "`python -m train` run")
     manager = checkpoint_manager(workdir, create=False)
     try:
@@ -89,7 +91,7 @@ def restore_variables(workdir: str, step: int | None = None) -> tuple[dict[str, 
         if step is None and steps:
             step = max(steps)
         if step is None or step not in steps:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no checkpoint {'' if step is None else f'at step {step} '}in "
                 f"{manager.directory}; it has steps {sorted(steps)}"
             )
@@ -111,33 +113,18 @@ def write_run_info(
     config: ml_collections.ConfigDict,
     info: data_lib.DatasetInfo,
     *,
-    backbone: pretrained_lib.PretrainedResNet | None = None,
+    pretrained: dict[str, Any] | None = None,
 ) -> None:
     """Writes what inference needs besides the checkpoint: the config and the class names; and,
-    at a fresh start from ImageNet weights, where they came from (`backbone_weights_record`),
-    which a resumed run, not reading the file, leaves as it is."""
+    at a fresh start from pretrained weights, where they came from (the record of
+    `Detector.load_pretrained`), which a resumed run, not reading the files, leaves as it is."""
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
     with open(os.path.join(workdir, DATASET_INFO_FILE), "w") as f:
         json.dump(dataclasses.asdict(info), f, indent=2)
-    if backbone is not None:
-        with open(os.path.join(workdir, BACKBONE_WEIGHTS_FILE), "w") as f:
-            json.dump(backbone_weights_record(backbone), f, indent=2)
-
-
-def backbone_weights_record(backbone: pretrained_lib.PretrainedResNet) -> dict[str, Any]:
-    """The source of converted weights: the file's absolute path, format, size in bytes and
-    sha256, the arrays left unused (the classifier) and the notes of the conversion."""
-    with open(backbone.path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    return {
-        "path": os.path.abspath(backbone.path),
-        "format": backbone.format,
-        "bytes": os.path.getsize(backbone.path),
-        "sha256": sha256,
-        "unused": list(backbone.unused),
-        "notes": list(backbone.notes),
-    }
+    if pretrained is not None:
+        with open(os.path.join(workdir, PRETRAINED_FILE), "w") as f:
+            json.dump(pretrained, f, indent=2)
 
 
 def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, data_lib.DatasetInfo]:
@@ -145,7 +132,7 @@ def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, data_lib.Dat
     paths = [os.path.join(workdir, name) for name in (CONFIG_FILE, DATASET_INFO_FILE)]
     missing = [path for path in paths if not os.path.exists(path)]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{workdir} lacks {missing}: expected the workdir of a `python -m train` run"
         )
     with open(paths[0]) as f:
@@ -155,3 +142,34 @@ def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, data_lib.Dat
     for name in ("class_names", "category_ids"):
         info[name] = tuple(info[name])
     return config, data_lib.DatasetInfo(**info)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedRun:
+    """A trained workdir opened for inference: its `config`, the data set `info` (classes), the
+    `detector` built as the run built it, the checkpoint's `variables` and their `step`."""
+
+    config: ml_collections.ConfigDict
+    info: data_lib.DatasetInfo
+    detector: detectors.Detector
+    variables: dict[str, Any]
+    step: int
+
+
+def load_trained(workdir: str, step: int | None = None) -> TrainedRun:
+    """Opens `workdir` for inference (`train.predict`, the study's Figure 4): its run info, its
+    detector and the checkpoint at `step` (default: the latest). Reads no data set and no
+    weight file.
+
+    Raises:
+      MissingFileError: for a workdir without run info or without that checkpoint.
+    """
+    config, info = read_run_info(workdir)
+    # Synchronized batch norm insists on a device axis name; inference never reduces over it.
+    detector = detectors.build(
+        config.model, num_classes=info.num_classes,
+        image_size=tuple(int(s) for s in config.dataset.image_size),
+        axis_name=distributed.AXIS_NAME,
+    )
+    variables, step = restore_variables(workdir, step)
+    return TrainedRun(config, info, detector, variables, step)

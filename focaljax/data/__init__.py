@@ -53,11 +53,13 @@ from focaljax.data.pipeline import (
     create_train_iterator,
     load_builder,
     preprocess_image,
+    to_original_pixels,
 )
 from focaljax.data.prepare import prepare
 from focaljax.data.shapes import Shapes, ShapesConfig, generate_example, shapes_config
 from focaljax.data.sources import SplitReport, source_reports
 from focaljax.data.voc import VocDetection, voc_ground_truth
+from focaljax.errors import ConfigError
 
 __all__ = [
     "AUGMENTATION_FIELDS",
@@ -83,6 +85,7 @@ __all__ = [
     "load_builder",
     "prepare",
     "preprocess_image",
+    "to_original_pixels",
     "register",
     "registered_names",
     "shapes_config",
@@ -126,7 +129,7 @@ def _shapes_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, None]:
     kwargs = _to_dict(config["builder_kwargs"] or {})
     if "config" in kwargs:
         if len(kwargs) > 1:
-            raise ValueError(
+            raise ConfigError(
                 f"builder_kwargs {kwargs}: give either 'config' (one of "
                 f"{[c.name for c in Shapes.BUILDER_CONFIGS]}) or the settings of shapes_config"
             )
@@ -153,7 +156,7 @@ def _voc_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, None]:
 def _coco_folder_builder(config: Mapping) -> tuple[tfds.core.DatasetBuilder, None]:
     kwargs = _builder_kwargs(config, ("name", "splits"))
     if "name" not in kwargs:
-        raise ValueError(f"builder_kwargs {kwargs}: a coco_folder data set needs a 'name'")
+        raise ConfigError(f"builder_kwargs {kwargs}: a coco_folder data set needs a 'name'")
     # The category ids come from the JSON files, recorded in the builder's metadata.
     return CocoFolder(
         config=kwargs["name"], splits=kwargs.get("splits"), data_dir=config["data_dir"] or None
@@ -287,7 +290,7 @@ class DetectionDataset:
         objects = self.builder.info.features["objects"]
         missing = [f"objects/{k}" for k in ("is_difficult", "is_crowd") if k not in objects]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.info.name} has no VOC 'difficult' flags: it lacks the features {missing}; "
                 "VOC's metric needs a data set such as \"voc\" that flags its difficult boxes "
                 "objects/is_difficult and objects/is_crowd"
@@ -306,13 +309,13 @@ def build(config: Mapping) -> DetectionDataset:
     """
     missing = [field for field in FIELDS if field not in config]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"the dataset config lacks {missing}, which focaljax.data.build reads; "
             "configs/default.py declares every dataset field (start from its get_config().dataset)"
         )
     name = config["name"]
     if name not in _FACTORIES:
-        raise ValueError(f"unknown data set {name!r}; registered: {registered_names()}")
+        raise ConfigError(f"unknown data set {name!r}; registered: {registered_names()}")
     builder, category_ids = _FACTORIES[name](config)
     return DetectionDataset(config, builder, category_ids)
 
@@ -326,7 +329,7 @@ def _builder_kwargs(config: Mapping, allowed: Sequence[str]) -> dict:
     kwargs = {k: v for k, v in _to_dict(config["builder_kwargs"] or {}).items() if v != ""}
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"builder_kwargs of {config['name']!r} has {unknown}, expected some of {list(allowed)}"
         )
     return kwargs

@@ -17,6 +17,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from focaljax.errors import ConfigError
+
 # Candidate windows of `box_safe_crop`, drawn at once; the first acceptable one is taken.
 NUM_CROP_CANDIDATES = 16
 # ITU-R BT.601 luma, torchvision's and tf.image's grayscale.
@@ -58,24 +60,24 @@ class Augmentations:
     def __post_init__(self):
         for name in ("brightness", "contrast", "saturation"):
             if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} is {getattr(self, name)}, expected a strength in [0, 1)")
+                raise ConfigError(f"{name} is {getattr(self, name)}, expected a strength in [0, 1)")
         if not 0 <= self.hue <= 0.5:
-            raise ValueError(f"hue is {self.hue}, expected a shift in [0, 0.5] turns")
+            raise ConfigError(f"hue is {self.hue}, expected a shift in [0, 0.5] turns")
         if self.jpeg_quality is not None and not (
             len(self.jpeg_quality) == 2 and 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"jpeg_quality is {self.jpeg_quality}, expected (low, high) with "
                 "1 <= low <= high <= 100"
             )
         if self.safe_crop is not None and not (
             len(self.safe_crop) == 2 and 0 < self.safe_crop[0] <= self.safe_crop[1] <= 1
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"safe_crop is {self.safe_crop}, expected (low, high) with 0 < low <= high <= 1"
             )
         if not 0 < self.safe_crop_min_visible <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"safe_crop_min_visible is {self.safe_crop_min_visible}, expected a fraction "
                 "in (0, 1]"
             )

@@ -38,6 +38,7 @@ from tensorflow_datasets.object_detection import coco as tfds_coco
 
 from focaljax.data.coco_folder import coco_categories, coco_examples, read_coco_json, set_categories
 from focaljax.data.sources import SplitReport, log_report, missing, source_folder
+from focaljax.errors import ConfigError
 
 # The ids of COCO's 80 detection categories (of 91 defined), the order of the labels.
 CATEGORY_IDS = (
@@ -121,7 +122,7 @@ class Coco2017(tfds_coco.Coco, skip_registration=True):
         data = read_coco_json(annotation_file, layout=LAYOUT)
         ids, names = coco_categories(data, annotation_file)
         if tuple(ids) != CATEGORY_IDS:
-            raise ValueError(
+            raise ConfigError(
                 f"{annotation_file} lists the categories {ids}, expected COCO's 80 "
                 f"({list(CATEGORY_IDS)}). For a data set with other categories use "
                 "focaljax.data.coco_folder"

@@ -54,6 +54,7 @@ from focaljax.data.sources import (
     missing,
     read_image,
 )
+from focaljax.errors import ConfigError
 
 LAYOUT = """\
   <images>/                 one folder per split, e.g. images/train/
@@ -73,13 +74,13 @@ def read_coco_json(path: epath.PathLike, *, layout: str = LAYOUT) -> dict:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot parse the annotation file {path} as JSON: {error}") from None
+        raise ConfigError(f"cannot parse the annotation file {path} as JSON: {error}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a {type(data).__name__}, expected a COCO-format object "
+        raise ConfigError(f"{path} holds a {type(data).__name__}, expected a COCO-format object "
                          '{"images": [...], "annotations": [...], "categories": [...]}')
     lacking = [key for key in ("images", "categories") if key not in data]
     if lacking:
-        raise ValueError(f"{path} lacks {lacking}; it has {sorted(data)}. Expected a COCO-format "
+        raise ConfigError(f"{path} lacks {lacking}; it has {sorted(data)}. Expected a COCO-format "
                          'object {"images": [...], "annotations": [...], "categories": [...]}')
     return data
 
@@ -90,11 +91,12 @@ def coco_categories(data: Mapping, path: epath.PathLike) -> tuple[list[int], lis
     ids = [int(c["id"]) for c in categories]
     names = [str(c.get("name", c["id"])) for c in categories]
     if not ids:
-        raise ValueError(f"{path} lists no categories")
+        raise ConfigError(f"{path} lists no categories")
     for kind, values in (("ids", ids), ("names", names)):
         repeated = sorted({v for v in values if values.count(v) > 1})
         if repeated:
-            raise ValueError(f"{path} repeats the category {kind} {repeated}: expected unique ones")
+            raise ConfigError(f"{path} repeats the category {kind} {repeated}: expected unique "
+                              "ones")
     return ids, names
 
 
@@ -128,22 +130,22 @@ def coco_examples(
     for image in data["images"]:
         image_id = _int(image, "id", annotation_path, "image")
         if not 0 <= image_id <= _MAX_IMAGE_ID:
-            raise ValueError(f"{annotation_path}: image id {image_id} is outside [0, 2**31 - 1]")
+            raise ConfigError(f"{annotation_path}: image id {image_id} is outside [0, 2**31 - 1]")
         if image_id in images:
-            raise ValueError(f"{annotation_path}: image id {image_id} is listed twice")
+            raise ConfigError(f"{annotation_path}: image id {image_id} is listed twice")
         for key in ("file_name", "width", "height"):
             if key not in image:
-                raise ValueError(f"{annotation_path}: image {image_id} lacks {key!r}")
+                raise ConfigError(f"{annotation_path}: image {image_id} lacks {key!r}")
         images[image_id] = image
     instances: dict[int, list[Mapping]] = defaultdict(list)
     for annotation in data.get("annotations", []):
         image_id = _int(annotation, "image_id", annotation_path, "annotation")
         if image_id not in images:
-            raise ValueError(f"{annotation_path}: annotation {annotation.get('id')} is of image "
+            raise ConfigError(f"{annotation_path}: annotation {annotation.get('id')} is of image "
                              f"{image_id}, which is not in its images")
         category_id = _int(annotation, "category_id", annotation_path, "annotation")
         if category_id not in label_of:
-            raise ValueError(f"{annotation_path}: annotation {annotation.get('id')} has "
+            raise ConfigError(f"{annotation_path}: annotation {annotation.get('id')} has "
                              f"category_id {category_id}, not one of {list(category_ids)}")
         instances[image_id].append(annotation)
 
@@ -190,7 +192,7 @@ def set_categories(
     if "category_ids" in metadata:
         known = (metadata["category_ids"], builder.info.features["objects"]["label"].names)
         if (list(ids), list(names)) != (list(known[0]), list(known[1])):
-            raise ValueError(
+            raise ConfigError(
                 f"{source} lists the categories {dict(zip(ids, names, strict=True))}, but the "
                 f"split before listed {dict(zip(*known, strict=True))}: every split must list "
                 "the same categories"
@@ -225,7 +227,7 @@ class CocoFolder(tfds.core.GeneratorBasedBuilder):
         """
         if isinstance(config, str):
             if not _NAME.match(config):
-                raise ValueError(f"data set name {config!r}: expected letters, digits, '_', '-' "
+                raise ConfigError(f"data set name {config!r}: expected letters, digits, '_', '-' "
                                  "and '.', not starting with '.' or '-'")
             config = tfds.core.BuilderConfig(name=config, description="A COCO-format folder.")
         self._splits = _split_paths(splits or {})
@@ -255,7 +257,7 @@ class CocoFolder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # Everything is local.
         if not self._splits:
-            raise ValueError(
+            raise ConfigError(
                 f"{self.info.full_name} is not prepared in {self.data_dir_root} and no source "
                 "splits were given: pass splits={split: (image folder, annotation JSON)}"
             )
@@ -287,11 +289,11 @@ def _split_paths(splits: Mapping) -> dict[str, tuple[epath.Path, epath.Path]]:
         if isinstance(value, Mapping):
             unknown = set(value) - {"images", "annotations"}
             if unknown or len(value) != 2:
-                raise ValueError(f"split {split!r}: {dict(value)}, expected "
+                raise ConfigError(f"split {split!r}: {dict(value)}, expected "
                                  '{"images": image folder, "annotations": JSON file}')
             value = (value["images"], value["annotations"])
         if isinstance(value, str) or len(value) != 2:
-            raise ValueError(f"split {split!r}: {value!r}, expected (image folder, JSON file)")
+            raise ConfigError(f"split {split!r}: {value!r}, expected (image folder, JSON file)")
         paths[split] = (epath.Path(value[0]).expanduser(), epath.Path(value[1]).expanduser())
     return paths
 
@@ -299,7 +301,7 @@ def _split_paths(splits: Mapping) -> dict[str, tuple[epath.Path, epath.Path]]:
 def _int(entry: Mapping, key: str, path, what: str) -> int:
     value = entry.get(key) if isinstance(entry, Mapping) else None
     if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise ValueError(f"{path}: {what} {_describe(entry)} has {key}={value!r}, expected an int")
+        raise ConfigError(f"{path}: {what} {_describe(entry)} has {key}={value!r}, expected an int")
     return int(value)
 
 
@@ -310,7 +312,7 @@ def _bbox(annotation: Mapping, path) -> tuple[float, float, float, float]:
         or len(bbox) != 4
         or not all(isinstance(c, int | float) and math.isfinite(c) for c in bbox)
     ):
-        raise ValueError(f"{path}: annotation {annotation.get('id')} has bbox={bbox!r}, expected "
+        raise ConfigError(f"{path}: annotation {annotation.get('id')} has bbox={bbox!r}, expected "
                          "[x, y, width, height] of finite numbers")
     return tuple(float(c) for c in bbox)
 

@@ -35,6 +35,7 @@ from PIL import Image
 
 from focaljax.data import sampling
 from focaljax.data.augment import Augmentations, random_geometric, random_photometric
+from focaljax.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -54,7 +55,7 @@ def load_builder(
     else:
         builder = builder_or_name
     if not builder.is_prepared():
-        raise ValueError(
+        raise ConfigError(
             f"{builder.info.full_name} is not prepared in {builder.data_dir_root}: call "
             "builder.download_and_prepare() (or use focaljax.data.build, which does) first"
         )
@@ -65,7 +66,7 @@ def load_builder(
         if not _has_feature(features, name.split("/", 1) if name.startswith("objects/") else [name])
     ]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"{builder.info.full_name} lacks the features {missing}: expected a detection data set "
             f"with {list(_REQUIRED_FEATURES)}"
         )
@@ -210,11 +211,11 @@ def create_train_iterator(
     if start_step < 0:
         raise ValueError(f"start_step is {start_step}, expected >= 0")
     if scale_jitter is not None and not 0 < scale_jitter[0] <= scale_jitter[1]:
-        raise ValueError(
+        raise ConfigError(
             f"scale_jitter is {scale_jitter}, expected (low, high) with 0 < low <= high"
         )
     if repeat_factor_threshold < 0:
-        raise ValueError(
+        raise ConfigError(
             f"repeat_factor_threshold is {repeat_factor_threshold}, expected >= 0 (0 is off)"
         )
     augmentations = augmentations or Augmentations()
@@ -224,7 +225,7 @@ def create_train_iterator(
     # Equal shares, so that every process runs the same number of steps per epoch.
     host_split, num_examples, first_position = _host_split(builder, split, drop_remainder=True)
     if num_examples == 0:
-        raise ValueError(f"split {split!r} of {builder.info.full_name} has no example for process "
+        raise ConfigError(f"split {split!r} of {builder.info.full_name} has no example for process "
                          f"{jax.process_index()} of {jax.process_count()}")
     records = _read_records(builder, host_split, first_position)
 
@@ -355,7 +356,7 @@ def coco_ground_truth(
     if category_ids is None:
         category_ids = [label + 1 for label in range(len(class_names))]
     if len(category_ids) != len(class_names):
-        raise ValueError(
+        raise ConfigError(
             f"category_ids has {len(category_ids)} entries, expected one per class "
             f"({len(class_names)}: {class_names})"
         )
@@ -401,14 +402,14 @@ def _check_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     if len(image_size) != 2 or min(image_size) < 1:
-        raise ValueError(f"image_size is {image_size}, expected (height, width) of positive ints")
+        raise ConfigError(f"image_size is {image_size}, expected (height, width) of positive ints")
     return int(image_size[0]), int(image_size[1])
 
 
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
-            raise ValueError(f"{name} is {value}, expected a positive int")
+            raise ConfigError(f"{name} is {value}, expected a positive int")
 
 
 def _host_split(builder: tfds.core.DatasetBuilder, split: str, *, drop_remainder: bool):
@@ -616,3 +617,16 @@ def _preprocess(
         "num_dropped_boxes": num_input_objects - num_objects,
         "num_clipped_boxes": tf.reduce_sum(tf.cast(clipped & keep, tf.int32)),
     }
+
+
+def to_original_pixels(boxes: np.ndarray, scale: np.ndarray, image_sizes: np.ndarray) -> np.ndarray:
+    """Detected boxes `[B, K, 4]` in input pixels -> the original pixels of each image, clipped to
+    its `(height, width)` in `image_sizes [B, 2]`; `scale [B]` as `preprocess_image` and the
+    evaluation batches give it.
+
+    The detector clips boxes to its padded input; an image of another aspect ratio fills only
+    part of it, so boxes reaching into the padding are clipped here.
+    """
+    boxes = boxes / scale[:, None, None]
+    height, width = image_sizes[:, 0], image_sizes[:, 1]
+    return np.clip(boxes, 0.0, np.stack([width, height, width, height], axis=-1)[:, None, :])

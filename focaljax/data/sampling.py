@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from focaljax.errors import ConfigError
+
 
 def repeat_factors(labels: Sequence[np.ndarray], *, threshold: float) -> np.ndarray:
     """float64 `[N]`: r_i = max(1, max over the classes c of image i of sqrt(t / f_c)).
@@ -30,7 +32,7 @@ def repeat_factors(labels: Sequence[np.ndarray], *, threshold: float) -> np.ndar
       [1.0, 1.414, 1.0, 1.0]
     """
     if threshold <= 0:
-        raise ValueError(f"threshold is {threshold}, expected a positive image fraction")
+        raise ConfigError(f"threshold is {threshold}, expected a positive image fraction")
     present = [np.unique(np.asarray(image_labels, np.int64)) for image_labels in labels]
     if not present:
         return np.zeros([0])

@@ -39,6 +39,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
+from focaljax.errors import ConfigError
+
 CLASS_NAMES = ("circle", "square", "triangle", "cross")
 
 # Saturated colours (max - min channel >= 145) kept inside [40, 215] so that pixel noise rarely
@@ -121,44 +123,44 @@ class ShapesConfig(tfds.core.BuilderConfig):
         self.image_size = tuple(int(s) for s in self.image_size)
         height, width = self.image_size
         if min(height, width) < 2 * self.min_object_size:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size {self.image_size} is too small for min_object_size "
                 f"{self.min_object_size}: expected both sides >= {2 * self.min_object_size}"
             )
         if self.num_train < 1 or self.num_validation < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"num_train={self.num_train}, num_validation={self.num_validation}: expected >= 1"
             )
         if self.max_objects < 1:
-            raise ValueError(f"max_objects is {self.max_objects}, expected >= 1")
+            raise ConfigError(f"max_objects is {self.max_objects}, expected >= 1")
         if self.min_object_size < 2:
-            raise ValueError(f"min_object_size is {self.min_object_size}, expected >= 2")
+            raise ConfigError(f"min_object_size is {self.min_object_size}, expected >= 2")
         if not 0 <= self.empty_fraction <= 1:
-            raise ValueError(f"empty_fraction is {self.empty_fraction}, expected in [0, 1]")
+            raise ConfigError(f"empty_fraction is {self.empty_fraction}, expected in [0, 1]")
         if not 0 < self.max_object_fraction <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"max_object_fraction is {self.max_object_fraction}, expected in (0, 1]"
             )
         # An object with no visible pixel would have no box.
         if not 0 < self.min_visible_fraction <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"min_visible_fraction is {self.min_visible_fraction}, expected in (0, 1]"
             )
         if self.class_weights is not None and (
             len(self.class_weights) != len(CLASS_NAMES) or min(self.class_weights) < 0
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"class_weights {self.class_weights}: expected {len(CLASS_NAMES)} non-negative "
                 f"weights, one per class of {CLASS_NAMES}"
             )
         if self.negatives not in _NEGATIVES:
-            raise ValueError(f"negatives is {self.negatives!r}, expected one of {_NEGATIVES}")
+            raise ConfigError(f"negatives is {self.negatives!r}, expected one of {_NEGATIVES}")
         if self.max_distractors < 0:
-            raise ValueError(f"max_distractors is {self.max_distractors}, expected >= 0")
+            raise ConfigError(f"max_distractors is {self.max_distractors}, expected >= 0")
         if self.max_clutter < 0:
-            raise ValueError(f"max_clutter is {self.max_clutter}, expected >= 0")
+            raise ConfigError(f"max_clutter is {self.max_clutter}, expected >= 0")
         if not 0 <= self.texture_fraction <= 1:
-            raise ValueError(f"texture_fraction is {self.texture_fraction}, expected in [0, 1]")
+            raise ConfigError(f"texture_fraction is {self.texture_fraction}, expected in [0, 1]")
 
 
 def shapes_config(
@@ -180,7 +182,7 @@ def shapes_config(
         image_size = (image_size, image_size)
     image_size = tuple(int(s) for s in image_size)
     if name is None and kwargs:
-        raise ValueError(
+        raise ConfigError(
             f"shapes_config got {sorted(kwargs)}: give a `name` that identifies these settings"
         )
     config = ShapesConfig(

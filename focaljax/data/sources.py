@@ -20,6 +20,8 @@ from absl import logging
 from etils import epath
 from PIL import Image
 
+from focaljax.errors import ConfigError, MissingFileError
+
 # Pixel layouts TensorFlow's decode_image turns into RGB exactly as stored; other images (CMYK
 # JPEG, WebP, TIFF, GIF, ...) are decoded here and stored re-encoded.
 _DECODABLE = {"JPEG": ("L", "RGB"), "PNG": None}
@@ -80,9 +82,9 @@ def source_reports(builder: tfds.core.DatasetBuilder) -> dict[str, SplitReport]:
     return {split: SplitReport(**fields) for split, fields in reports.items()}
 
 
-def missing(path: epath.PathLike, what: str, layout: str) -> FileNotFoundError:
+def missing(path: epath.PathLike, what: str, layout: str) -> MissingFileError:
     """The error for a source path that does not exist."""
-    return FileNotFoundError(f"{what} {path} does not exist. Expected this layout:\n{layout}")
+    return MissingFileError(f"{what} {path} does not exist. Expected this layout:\n{layout}")
 
 
 def source_folder(
@@ -97,7 +99,7 @@ def source_folder(
         try:
             return dl_manager.manual_dir
         except AssertionError as error:  # TFDS's way of saying the manual folder is empty.
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{what} is not prepared and no source folder was given: set "
                 "dataset.builder_kwargs.source_dir (--source_dir of train.prepare_data), or fill "
                 f"TFDS's manual folder. {error}"
@@ -135,7 +137,7 @@ def read_image(
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"image {path}, named in {referenced_by}, does not exist") from None
+        raise MissingFileError(f"image {path}, named in {referenced_by}, does not exist") from None
     try:
         with Image.open(io.BytesIO(data)) as image:
             image_format, mode, actual = image.format, image.mode, image.size
@@ -144,13 +146,13 @@ def read_image(
                 image.draft(mode, (max(1, actual[0] // 8), max(1, actual[1] // 8)))
             image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"cannot decode the image {path} (named in {referenced_by}): {error}") \
+        raise ConfigError(f"cannot decode the image {path} (named in {referenced_by}): {error}") \
             from None
     if size is not None and tuple(actual) != tuple(size):
         hint = ""
         if tuple(actual) == tuple(size)[::-1]:
             hint = " (width and height swapped: was the annotation made on the EXIF-rotated image?)"
-        raise ValueError(
+        raise ConfigError(
             f"image {path} is {actual[0]}x{actual[1]} (width x height), but {referenced_by} says "
             f"{size[0]}x{size[1]}{hint}"
         )

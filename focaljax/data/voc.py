@@ -60,6 +60,7 @@ from focaljax.data.sources import (
     read_image,
     source_folder,
 )
+from focaljax.errors import ConfigError
 
 LAYOUT = """\
   <source_dir>/
@@ -189,7 +190,7 @@ def _read_annotation(path: epath.Path, labels: Sequence[str]) -> tuple[int, int,
     try:
         root = ElementTree.fromstring(path.read_bytes())
     except ElementTree.ParseError as error:
-        raise ValueError(f"cannot parse the annotation {path}: {error}") from None
+        raise ConfigError(f"cannot parse the annotation {path}: {error}") from None
     size = root.find("size")
     width = int(float(size.findtext("width", "0"))) if size is not None else 0
     height = int(float(size.findtext("height", "0"))) if size is not None else 0
@@ -197,13 +198,13 @@ def _read_annotation(path: epath.Path, labels: Sequence[str]) -> tuple[int, int,
     for i, obj in enumerate(root.findall("object")):
         label = (obj.findtext("name") or "").strip().lower()
         if label not in labels:
-            raise ValueError(f"{path}: object {i} is a {label!r}, expected one of {list(labels)}")
+            raise ConfigError(f"{path}: object {i} is a {label!r}, expected one of {list(labels)}")
         box = obj.find("bndbox")
         try:
             xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax",
                                                                         "ymax"))
         except (AttributeError, TypeError, ValueError):
-            raise ValueError(f"{path}: object {i} ({label}) lacks a bndbox with numeric xmin, "
+            raise ConfigError(f"{path}: object {i} ({label}) lacks a bndbox with numeric xmin, "
                              "ymin, xmax, ymax") from None
         difficult = (obj.findtext("difficult") or "0").strip() == "1"
         objects.append({
@@ -222,7 +223,7 @@ def _image_id(name: str, image_list: epath.Path) -> int:
     match = _IMAGE_NAME.match(name)
     image_id = int("".join(g for g in match.groups() if g)) if match else -1
     if not 0 <= image_id < 2**31:
-        raise ValueError(f"{image_list} lists the image {name!r}: expected VOC's numbered names "
+        raise ConfigError(f"{image_list} lists the image {name!r}: expected VOC's numbered names "
                          "like 000005 or 2008_000008 (for other data, write a COCO-format JSON "
                          "and use focaljax.data.coco_folder)")
     return image_id

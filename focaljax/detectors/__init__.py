@@ -16,6 +16,7 @@ from focaljax.detectors import faster_rcnn, retinanet
 from focaljax.detectors.detector import Detector, LossOutput, images_only, no_evaluators
 from focaljax.detectors.faster_rcnn import build_faster_rcnn
 from focaljax.detectors.retinanet import build_retinanet
+from focaljax.errors import ConfigError
 
 BUILDERS: dict[str, Callable[..., Detector]] = {
     "retinanet": build_retinanet,
@@ -30,11 +31,11 @@ CONFIG_CHECKS: dict[str, Callable[[Any, tuple[int, int]], None]] = {
 
 def _known(name: str) -> None:
     if name not in BUILDERS:
-        raise ValueError(f"unknown model {name!r}, expected one of {sorted(BUILDERS)}")
+        raise ConfigError(f"unknown model {name!r}, expected one of {sorted(BUILDERS)}")
 
 
 def check_config(config: Any, image_size: tuple[int, int]) -> None:
-    """Raises ValueError for an unknown `config.name` or a model config its detector's check
+    """Raises ConfigError for an unknown `config.name` or a model config its detector's check
     (`CONFIG_CHECKS`) rejects for `image_size` inputs; nothing is built."""
     _known(config.name)
     if config.name in CONFIG_CHECKS:
@@ -57,7 +58,7 @@ def build(
       axis_name: the pmap device axis, for cross-device normalizers and synchronized batch norm.
 
     Raises:
-      ValueError: for an unknown name (the message lists the known ones) or a config the
+      ConfigError: for an unknown name (the message lists the known ones) or a config the
         detector rejects.
     """
     name = config.name

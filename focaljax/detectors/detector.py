@@ -1,10 +1,11 @@
 """The `Detector`: a network, its loss and its post-processing, as one value the trainer consumes.
 
 The trainer (`train/train.py`) knows nothing about any particular detector. It initializes
-`Detector.init`, runs `Detector.apply` in its pmapped steps, differentiates `Detector.loss_fn` and
-calls `Detector.postprocess` for evaluation. A RetinaNet, a Faster R-CNN whose RoI head needs the
-ground truth in the training forward pass, or a RetinaNet trained with another loss only differ in
-the values of these fields.
+`Detector.init` (with `Detector.load_pretrained`'s weights merged in at a fresh start), runs
+`Detector.apply` in its pmapped steps, differentiates `Detector.loss_fn`, leaves what
+`Detector.frozen` marks alone, and calls `Detector.postprocess` for evaluation. A RetinaNet, a
+Faster R-CNN whose RoI head needs the ground truth in the training forward pass, or a RetinaNet
+trained with another loss only differ in the values of these fields.
 
 The loss is a named dict of terms (detectron2's habit): the trainer minimizes their sum and logs
 each one, so nothing it reads is a hidden key. A loss that keeps state between steps (detectron2's
@@ -74,6 +75,16 @@ def images_only(batch: Batch, train: bool) -> dict[str, jax.Array]:
     return {"images": batch["image"]}
 
 
+def no_pretrained(variables: dict[str, Any]) -> tuple[dict[str, Any], None]:
+    """The default `Detector.load_pretrained`: the initial variables as they are."""
+    return variables, None
+
+
+def nothing_frozen(tree: Any) -> Any:
+    """The default `Detector.frozen`: every leaf trains."""
+    return jax.tree.map(lambda _: False, tree)
+
+
 def no_evaluators(ground_truth: Mapping[str, Any]) -> tuple[()]:
     """The default `Detector.evaluators`: only the trainer's COCO (and VOC) detection metrics."""
     del ground_truth
@@ -112,6 +123,16 @@ class Detector:
         step; every other non-`"params"` collection (frozen batch-norm statistics) stays fixed.
       rng_collections: names of the PRNG streams the module needs in training (e.g.
         `("dropout",)`); the trainer derives a fresh key for each from the step and device.
+      load_pretrained: `load_pretrained(variables) -> (variables, record)`, called by the
+        trainer on the initial variables at a fresh start (never on resuming): the variables
+        with pretrained weights merged in, and `record`, plain JSON-able data on where they
+        came from, with a `summary` string for the log (the trainer writes it to the workdir),
+        or None. It reads the weight files and raises `focaljax.errors.ConfigError` for one that
+        cannot be used. Default: the variables unchanged, None.
+      frozen: `frozen(tree) -> tree of bools`, True for the leaves that training keeps fixed,
+        for `tree` the `"params"` or the other variable collections (keyed by module names, as
+        the variables are): the optimizer leaves frozen params alone (no update, no weight
+        decay, no optimizer state) and the trainer keeps frozen statistics. Default: nothing.
     """
 
     name: str
@@ -124,6 +145,10 @@ class Detector:
     box_outputs: Sequence[str] = ("boxes",)
     evaluators: Callable[[Mapping[str, Any]], Sequence[Any]] = no_evaluators
     initial_loss_state: Any = dataclasses.field(default_factory=dict)
+    load_pretrained: Callable[
+        [dict[str, Any]], tuple[dict[str, Any], dict[str, Any] | None]
+    ] = no_pretrained
+    frozen: Callable[[Any], Any] = nothing_frozen
 
     def init(self, rng: jax.Array, batch: Batch) -> dict[str, Any]:
         """Initial variables (`"params"` and any other collection) from an example batch."""

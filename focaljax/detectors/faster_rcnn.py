@@ -60,7 +60,9 @@ import jax
 import jax.numpy as jnp
 
 from focaljax import evaluation, losses, ops
+from focaljax.detectors import backbone as backbone_lib
 from focaljax.detectors.detector import DTYPES, Batch, Detector, LossOutput, optional
+from focaljax.errors import ConfigError
 from focaljax.models import FasterRCNN
 from focaljax.models.faster_rcnn import ProposalSettings, RoISamplingSettings
 
@@ -71,44 +73,45 @@ PROPOSAL_MAX_DETS = (100, 300, 1000)
 
 
 def check_config(config: Any, image_size: tuple[int, ...]) -> None:
-    """Raises ValueError, naming the field, for a Faster R-CNN `config` (`config.model`) that
+    """Raises ConfigError, naming the field, for a Faster R-CNN `config` (`config.model`) that
     `build_faster_rcnn` cannot build for `image_size` inputs."""
     if len(image_size) != 2 or min(image_size) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"image size {tuple(image_size)} is not (height, width) in pixels, both positive"
         )
+    backbone_lib.check_config(config)
     rpn, roi = config.rpn, config.roi
     if rpn.loss not in RPN_LOSSES:
-        raise ValueError(f"model.rpn.loss is {rpn.loss!r}, expected one of {RPN_LOSSES}")
+        raise ConfigError(f"model.rpn.loss is {rpn.loss!r}, expected one of {RPN_LOSSES}")
     if config.dtype not in DTYPES:
-        raise ValueError(f"model.dtype is {config.dtype!r}, expected one of {sorted(DTYPES)}")
+        raise ConfigError(f"model.dtype is {config.dtype!r}, expected one of {sorted(DTYPES)}")
     for mode in ("train", "test"):
         for name in (f"{mode}_pre_nms_topk", f"{mode}_post_nms_topk"):
             if not isinstance(rpn[name], int) or rpn[name] < 1:
-                raise ValueError(f"model.rpn.{name} is {rpn[name]!r}, expected a positive int")
+                raise ConfigError(f"model.rpn.{name} is {rpn[name]!r}, expected a positive int")
     for name, value in (("rpn.positive_fraction", rpn.positive_fraction),
                         ("roi.positive_fraction", roi.positive_fraction)):
         if not 0 < value <= 1:
-            raise ValueError(f"model.{name} is {value}, expected a fraction in (0, 1]")
+            raise ConfigError(f"model.{name} is {value}, expected a fraction in (0, 1]")
     for name, value in (("rpn.batch_size_per_image", rpn.batch_size_per_image),
                         ("roi.num_samples", roi.num_samples)):
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"model.{name} is {value!r}, expected a positive int")
+            raise ConfigError(f"model.{name} is {value!r}, expected a positive int")
     for name, section in (("rpn", rpn), ("roi", roi)):
         if not 0 <= section.bg_iou_threshold <= section.fg_iou_threshold <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"model.{name}.bg_iou_threshold is {section.bg_iou_threshold} and "
                 f"fg_iou_threshold {section.fg_iou_threshold}, expected 0 <= bg <= fg <= 1"
             )
     if rpn.loss.startswith("focal"):
         if rpn.gamma < 0:
-            raise ValueError(f"model.rpn.gamma is {rpn.gamma}, expected >= 0")
+            raise ConfigError(f"model.rpn.gamma is {rpn.gamma}, expected >= 0")
         if not 0 <= rpn.alpha <= 1:
-            raise ValueError(f"model.rpn.alpha is {rpn.alpha}, expected a value in [0, 1]")
+            raise ConfigError(f"model.rpn.alpha is {rpn.alpha}, expected a value in [0, 1]")
     if rpn.loss != "sampled" and not 0 < rpn.prior_prob < 1:
-        raise ValueError(f"model.rpn.prior_prob is {rpn.prior_prob}, expected (0, 1)")
+        raise ConfigError(f"model.rpn.prior_prob is {rpn.prior_prob}, expected (0, 1)")
     if rpn.focal_lambda <= 0:
-        raise ValueError(f"model.rpn.focal_lambda is {rpn.focal_lambda}, expected > 0")
+        raise ConfigError(f"model.rpn.focal_lambda is {rpn.focal_lambda}, expected > 0")
 
 
 def build_faster_rcnn(
@@ -122,9 +125,9 @@ def build_faster_rcnn(
     `config.model` of `configs/*_faster_rcnn*.py`).
 
     The backbone is built as RetinaNet's (`config.backbone`, `norm`, `stride_in_1x1`,
-    `freeze_at`; see `build_retinanet`); `config.backbone_weights` is the trainer's to load.
+    `freeze_at`, `backbone_weights`; see `build_retinanet`).
 
-    Raises ValueError, before anything is traced, for an unknown RPN loss or dtype, a post-NMS
+    Raises ConfigError, before anything is traced, for an unknown RPN loss or dtype, a post-NMS
     top-k larger than what the pyramid levels can give, a sampling fraction outside (0, 1], bad
     thresholds, focal-loss hyper-parameters or prior, an invalid `freeze_at` or `stride_in_1x1`.
     """
@@ -175,7 +178,7 @@ def build_faster_rcnn(
         pre, post = rpn[f"{mode}_pre_nms_topk"], rpn[f"{mode}_post_nms_topk"]
         available = sum(min(pre, n) for n in anchors_per_level)
         if post > available:
-            raise ValueError(
+            raise ConfigError(
                 f"model.rpn.{mode}_post_nms_topk is {post}, but for {image_size} images the "
                 f"levels give at most {available} candidates ({pre} per level before NMS); "
                 f"expected at most {available}"
@@ -228,6 +231,8 @@ def build_faster_rcnn(
         rng_collections=("roi_sampling",),
         box_outputs=("boxes", "proposals"),
         evaluators=evaluators,
+        load_pretrained=backbone_lib.pretrained_loader(config, axis_name),
+        frozen=backbone_lib.frozen_parts(config.freeze_at),
     )
 
 

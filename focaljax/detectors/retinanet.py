@@ -42,7 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from focaljax import losses
+from focaljax.detectors import backbone as backbone_lib
 from focaljax.detectors.detector import DTYPES, Batch, Detector, LossOutput, optional
+from focaljax.errors import ConfigError
 from focaljax.losses.classification import SOFT_TARGET_MODES
 from focaljax.models import RetinaNet
 from focaljax.ops import anchors as anchor_ops
@@ -73,7 +75,7 @@ def classification_loss(loss_config: Any):
         return functools.partial(
             losses.focal_loss_star, gamma=loss_config.gamma, beta=loss_config.fl_star_beta
         )
-    raise ValueError(f"model.loss.cls is {name!r}, expected one of {CLS_LOSSES}")
+    raise ConfigError(f"model.loss.cls is {name!r}, expected one of {CLS_LOSSES}")
 
 
 def _check_loss_config(loss: Any) -> None:
@@ -86,7 +88,7 @@ def _check_loss_config(loss: Any) -> None:
         ok = ok and (value < high if open_high else value <= high)
         if not ok:
             interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-            raise ValueError(f"model.loss.{name} is {value!r}, expected a number in {interval}")
+            raise ConfigError(f"model.loss.{name} is {value!r}, expected a number in {interval}")
 
     if loss.cls in ("focal", "alpha_ce"):
         number("alpha", 0, 1)
@@ -94,7 +96,7 @@ def _check_loss_config(loss: Any) -> None:
         number("gamma", 0, np.inf, open_high=True)
         number("label_smoothing", 0, 1, open_high=True)
         if loss.soft_target_mode not in SOFT_TARGET_MODES:
-            raise ValueError(f"model.loss.soft_target_mode is {loss.soft_target_mode!r}, "
+            raise ConfigError(f"model.loss.soft_target_mode is {loss.soft_target_mode!r}, "
                              f"expected one of {SOFT_TARGET_MODES}")
     if loss.cls == "fl_star":
         number("gamma", 0, np.inf, open_low=True, open_high=True)
@@ -102,13 +104,13 @@ def _check_loss_config(loss: Any) -> None:
     if loss.cls == "ohem":
         num_samples = loss.ohem_num_samples
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"model.loss.ohem_num_samples is {num_samples!r}, expected a positive int"
             )
         number("ohem_positive_fraction", 0, 1)
         number("ohem_negative_ratio", 0, np.inf, open_high=True)
         if loss.ohem_negative_ratio and loss.ohem_positive_fraction:
-            raise ValueError(
+            raise ConfigError(
                 f"model.loss.ohem_negative_ratio is {loss.ohem_negative_ratio!r} and "
                 f"model.loss.ohem_positive_fraction is {loss.ohem_positive_fraction!r}, expected "
                 "at most one of them nonzero (SSD's rule or a cap on the positives)"
@@ -116,10 +118,10 @@ def _check_loss_config(loss: Any) -> None:
         number("ohem_nms_iou_threshold", 0, 1)
         topk = loss.ohem_pre_nms_topk
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
-            raise ValueError(f"model.loss.ohem_pre_nms_topk is {topk!r}, expected an int >= 0 "
+            raise ConfigError(f"model.loss.ohem_pre_nms_topk is {topk!r}, expected an int >= 0 "
                              "(0: all anchors)")
         if loss.ohem_nms_boxes not in OHEM_NMS_BOXES:
-            raise ValueError(f"model.loss.ohem_nms_boxes is {loss.ohem_nms_boxes!r}, expected one "
+            raise ConfigError(f"model.loss.ohem_nms_boxes is {loss.ohem_nms_boxes!r}, expected one "
                              f"of {OHEM_NMS_BOXES}")
     if loss.box == "smooth_l1":
         number("box_beta", 0, np.inf, open_high=True)
@@ -132,22 +134,23 @@ def check_config(config: Any, image_size: tuple[int, ...]) -> None:
     `build_retinanet` cannot build for `image_size` inputs."""
     # Any size works: level l is ceil(H / 2**l) x ceil(W / 2**l) in the network and the anchors.
     if len(image_size) != 2 or min(image_size) < 1:
-        raise ValueError(
+        raise ConfigError(
             f"image size {tuple(image_size)} is not (height, width) in pixels, both positive"
         )
     if config.loss.cls not in CLS_LOSSES:
-        raise ValueError(f"model.loss.cls is {config.loss.cls!r}, expected one of {CLS_LOSSES}")
+        raise ConfigError(f"model.loss.cls is {config.loss.cls!r}, expected one of {CLS_LOSSES}")
     if config.loss.box not in BOX_LOSSES:
-        raise ValueError(f"model.loss.box is {config.loss.box!r}, expected one of {BOX_LOSSES}")
+        raise ConfigError(f"model.loss.box is {config.loss.box!r}, expected one of {BOX_LOSSES}")
     if config.loss.normalizer not in NORMALIZERS:
-        raise ValueError(
+        raise ConfigError(
             f"model.loss.normalizer is {config.loss.normalizer!r}, expected one of {NORMALIZERS}"
         )
     _check_loss_config(config.loss)
+    backbone_lib.check_config(config)
     if not 0 < config.prior_prob < 1:
-        raise ValueError(f"model.prior_prob is {config.prior_prob}, expected a value in (0, 1)")
+        raise ConfigError(f"model.prior_prob is {config.prior_prob}, expected a value in (0, 1)")
     if config.dtype not in DTYPES:
-        raise ValueError(f"model.dtype is {config.dtype!r}, expected one of {sorted(DTYPES)}")
+        raise ConfigError(f"model.dtype is {config.dtype!r}, expected one of {sorted(DTYPES)}")
 
 
 def retinanet_anchors(
@@ -199,8 +202,9 @@ def build_retinanet(
     `config.model` of `configs/*_retinanet*.py`).
 
     The backbone is `config.backbone` with `config.norm`, its stride where `config.stride_in_1x1`
-    puts it and the part `config.freeze_at` names frozen; the detector never reads
-    `config.backbone_weights`, which the trainer loads into its initial variables.
+    puts it and the part `config.freeze_at` names frozen (`Detector.frozen`); at a fresh start
+    `Detector.load_pretrained` merges the ImageNet weights of `config.backbone_weights` into the
+    initial variables (`focaljax.detectors.backbone`).
 
     Raises ValueError for an unknown loss, dtype or norm, an invalid `freeze_at` or
     `stride_in_1x1`, or an image size that is not two positive ints, before anything is traced.
@@ -258,6 +262,8 @@ def build_retinanet(
         initial_loss_state=(
             {"normalizer": jnp.float32(losses.EMA_NORMALIZER_INIT)} if use_ema else {}
         ),
+        load_pretrained=backbone_lib.pretrained_loader(config, axis_name),
+        frozen=backbone_lib.frozen_parts(config.freeze_at),
     )
 
 

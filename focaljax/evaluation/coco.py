@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from focaljax.errors import ConfigError
+
 # The order of pycocotools' `COCOeval.stats` for bbox evaluation.
 STAT_NAMES = (
     *("AP", "AP50", "AP75", "APs", "APm", "APl"),
@@ -191,7 +193,7 @@ class CocoEvaluator:
           verbose: print the backend's progress messages and summary as it runs.
         """
         if backend not in _BACKENDS:
-            raise ValueError(f"backend is {backend!r}, expected one of {_BACKENDS}")
+            raise ConfigError(f"backend is {backend!r}, expected one of {_BACKENDS}")
         self._coco_class, self._eval_class = _backend_classes(backend)
         self.backend = backend
         self.verbose = verbose

@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from focaljax.errors import ConfigError
 from focaljax.evaluation.coco import Backend, CocoEvaluator, detections_to_coco
 from focaljax.evaluation.voc import voc_map
 
@@ -98,7 +99,7 @@ class CocoDetectionEvaluator:
           suffix: appended to every metric name (e.g. ``"@0.05"``).
         """
         if not 0.0 <= min_score <= 1.0:
-            raise ValueError(f"min_score is {min_score}, expected a score in [0, 1]")
+            raise ConfigError(f"min_score is {min_score}, expected a score in [0, 1]")
         self.category_ids = tuple(int(c) for c in category_ids)
         self.min_score = float(min_score)
         self.suffix = suffix

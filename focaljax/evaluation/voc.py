@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from focaljax.errors import ConfigError
+
 
 def voc_ap(recall: Any, precision: Any, *, use_07_metric: bool = False) -> float:
     """Average precision of one class from its precision-recall curve.
@@ -134,7 +136,7 @@ def voc_map(
             "expected one entry per image in both"
         )
     if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold is {iou_threshold}, expected a value in (0, 1]")
+        raise ConfigError(f"iou_threshold is {iou_threshold}, expected a value in (0, 1]")
 
     gts, dets = [], []
     for i, (gt, det) in enumerate(zip(ground_truths, detections, strict=True)):

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from focaljax import ops
+from focaljax.errors import ConfigError
 from focaljax.models import fpn as fpn_lib
 from focaljax.models import resnet as resnet_lib
 
@@ -87,13 +88,13 @@ class RPNHead(nn.Module):
 
     def __post_init__(self) -> None:
         if self.num_anchors < 1:
-            raise ValueError(f"num_anchors is {self.num_anchors}, expected >= 1")
+            raise ConfigError(f"num_anchors is {self.num_anchors}, expected >= 1")
         if self.objectness not in RPN_OBJECTNESS:
-            raise ValueError(
+            raise ConfigError(
                 f"objectness is {self.objectness!r}, expected one of {RPN_OBJECTNESS}"
             )
         if self.prior_prob is not None and not 0.0 < self.prior_prob < 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"prior_prob is {self.prior_prob}, expected None or a probability in (0, 1)"
             )
         super().__post_init__()
@@ -173,15 +174,15 @@ class RoIBoxHead(nn.Module):
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
-            raise ValueError(f"num_classes is {self.num_classes}, expected >= 1")
+            raise ConfigError(f"num_classes is {self.num_classes}, expected >= 1")
         for name in ("num_convs", "num_fcs"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} is {getattr(self, name)}, expected >= 0")
+                raise ConfigError(f"{name} is {getattr(self, name)}, expected >= 0")
         for name in ("conv_dim", "fc_dim"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} is {getattr(self, name)}, expected >= 1")
+                raise ConfigError(f"{name} is {getattr(self, name)}, expected >= 1")
         if self.norm not in ROI_HEAD_NORMS:
-            raise ValueError(f"norm is {self.norm!r}, expected one of {ROI_HEAD_NORMS}")
+            raise ConfigError(f"norm is {self.norm!r}, expected one of {ROI_HEAD_NORMS}")
         super().__post_init__()
 
     @nn.compact
@@ -279,13 +280,13 @@ class FasterRCNN(nn.Module):
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
-            raise ValueError(f"num_classes is {self.num_classes}, expected >= 1")
+            raise ConfigError(f"num_classes is {self.num_classes}, expected >= 1")
         if not self.anchor_sizes or any(s <= 0 for s in self.anchor_sizes):
-            raise ValueError(
+            raise ConfigError(
                 f"anchor_sizes is {self.anchor_sizes}, expected one positive size per RPN level"
             )
         if not self.RPN_MIN_LEVEL <= self.roi_min_level <= self.roi_max_level <= 5:
-            raise ValueError(
+            raise ConfigError(
                 f"RoI levels are {self.roi_min_level}..{self.roi_max_level}, expected levels "
                 "of P2..P5 with roi_min_level <= roi_max_level"
             )

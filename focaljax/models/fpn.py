@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from focaljax.errors import ConfigError
 from focaljax.models import resnet as resnet_lib
 
 EXTRA_BLOCKS = ("conv_c5", "conv_p5", "max_pool")
@@ -47,13 +48,13 @@ def upsample_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def check_levels(min_level: int, max_level: int) -> None:
     """Raises ValueError unless an FPN over C2..C5 can make levels ``min_level..max_level``."""
     if not MIN_BACKBONE_LEVEL <= min_level <= MAX_BACKBONE_LEVEL:
-        raise ValueError(
+        raise ConfigError(
             f"min_level is {min_level}, expected {MIN_BACKBONE_LEVEL}..{MAX_BACKBONE_LEVEL}: "
             f"P{MIN_BACKBONE_LEVEL}-P{MAX_BACKBONE_LEVEL} come from backbone maps "
             f"C{MIN_BACKBONE_LEVEL}-C{MAX_BACKBONE_LEVEL}, higher levels only from extra blocks"
         )
     if max_level < min_level:
-        raise ValueError(f"max_level is {max_level}, expected >= min_level ({min_level})")
+        raise ConfigError(f"max_level is {max_level}, expected >= min_level ({min_level})")
 
 
 class FPN(nn.Module):
@@ -76,9 +77,11 @@ class FPN(nn.Module):
     def __post_init__(self) -> None:
         check_levels(self.min_level, self.max_level)
         if self.extra_block not in EXTRA_BLOCKS:
-            raise ValueError(f"extra_block is {self.extra_block!r}, expected one of {EXTRA_BLOCKS}")
+            raise ConfigError(
+                f"extra_block is {self.extra_block!r}, expected one of {EXTRA_BLOCKS}"
+            )
         if self.channels < 1:
-            raise ValueError(f"channels is {self.channels}, expected a positive channel count")
+            raise ConfigError(f"channels is {self.channels}, expected a positive channel count")
         super().__post_init__()
 
     @nn.compact

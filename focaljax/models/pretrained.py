@@ -77,6 +77,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from focaljax.errors import ConfigError
 from focaljax.models import resnet as resnet_lib
 
 FORMATS = ("safetensors", "pth", "msra_pkl", "keras_h5")
@@ -100,7 +101,7 @@ _EXTENSIONS = {
 _NORMS = ("frozen_bn", "bn", "sync_bn")
 
 
-class WeightFileError(ValueError):
+class WeightFileError(ConfigError):
     """A weight file that cannot be read, or whose arrays do not fit the network."""
 
 
@@ -291,7 +292,7 @@ def load_resnet_weights(
     if format is None:
         format = detect_format(path)
     elif format not in FORMATS:
-        raise ValueError(f"format is {format!r}, expected one of {FORMATS}")
+        raise ConfigError(f"format is {format!r}, expected one of {FORMATS}")
     if len(input_mean) != 3 or len(input_std) != 3 or min(input_std) <= 0:
         raise ValueError(
             f"input_mean is {tuple(input_mean)} and input_std {tuple(input_std)}, expected "
@@ -351,7 +352,7 @@ def merge_backbone(
         for key in path:
             if not isinstance(node, Mapping) or key not in node:
                 available = sorted(node) if isinstance(node, Mapping) else []
-                raise ValueError(
+                raise ConfigError(
                     f"the variables have no {where} for the weights of {pretrained.path}; "
                     f"found {available} at {key!r}'s level"
                 )
@@ -365,7 +366,7 @@ def merge_backbone(
                 for name in old_shapes.keys() | new_shapes.keys()
                 if old_shapes.get(name) != new_shapes.get(name)
             )
-            raise ValueError(
+            raise ConfigError(
                 f"the weights of {pretrained.path} do not fit {where} ({len(differences)} "
                 f"differences; built with another depth or norm?): " + "; ".join(differences)
             )
@@ -378,13 +379,13 @@ def merge_backbone(
 
 def _check_network(resnet: resnet_lib.ResNet, layout: _Layout) -> None:
     if resnet.norm not in _NORMS:
-        raise ValueError(
+        raise ConfigError(
             f"the ResNet has norm={resnet.norm!r}, which has no place for the batch norm "
             f"statistics of pretrained weights; expected one of {_NORMS} (detectron2 and the "
             "paper fine-tune with 'frozen_bn')"
         )
     if resnet.block == "bottleneck" and resnet.stride_in_1x1 != layout.stride_in_1x1:
-        raise ValueError(
+        raise ConfigError(
             f"{layout.name} weights put a bottleneck's stride in its "
             f"{'1x1' if layout.stride_in_1x1 else '3x3'} convolution: build the ResNet with "
             f"stride_in_1x1={layout.stride_in_1x1}"

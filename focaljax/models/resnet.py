@@ -37,6 +37,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from focaljax.errors import ConfigError
+
 NORMS = ("frozen_bn", "bn", "sync_bn", "gn")
 BLOCKS = ("basic", "bottleneck")
 # detectron2's FREEZE_AT: 0 freezes nothing, 1 the stem, k the stem and stages C2..Ck.
@@ -115,15 +117,15 @@ def make_norm(
             scale_init=scale_init,
             name=name,
         )
-    raise ValueError(f"norm is {norm!r}, expected one of {NORMS}")
+    raise ConfigError(f"norm is {norm!r}, expected one of {NORMS}")
 
 
 def check_norm(norm: str, axis_name: str | None) -> None:
     """Raises ValueError unless ``norm`` is a known name with the ``axis_name`` it needs."""
     if norm not in NORMS:
-        raise ValueError(f"norm is {norm!r}, expected one of {NORMS}")
+        raise ConfigError(f"norm is {norm!r}, expected one of {NORMS}")
     if norm == "sync_bn" and axis_name is None:
-        raise ValueError("norm='sync_bn' needs axis_name, the name of the mapped device axis")
+        raise ConfigError("norm='sync_bn' needs axis_name, the name of the mapped device axis")
 
 
 class BasicBlock(nn.Module):
@@ -224,16 +226,16 @@ class ResNet(nn.Module):
 
     def __post_init__(self) -> None:
         if len(self.stage_sizes) != 4 or min(self.stage_sizes) < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"stage_sizes is {tuple(self.stage_sizes)}, expected four block counts >= 1"
             )
         if self.block not in BLOCKS:
-            raise ValueError(f"block is {self.block!r}, expected one of {BLOCKS}")
+            raise ConfigError(f"block is {self.block!r}, expected one of {BLOCKS}")
         if self.width < 1:
-            raise ValueError(f"width is {self.width}, expected a positive channel count")
+            raise ConfigError(f"width is {self.width}, expected a positive channel count")
         check_norm(self.norm, self.axis_name)
         if self.stride_in_1x1 and self.block != "bottleneck":
-            raise ValueError(
+            raise ConfigError(
                 f"stride_in_1x1 is True with block {self.block!r}: only a bottleneck block has "
                 "a 1x1 convolution to put the stride in"
             )
@@ -281,7 +283,7 @@ class ResNet(nn.Module):
 def check_freeze_at(freeze_at: int) -> None:
     """Raises ValueError unless ``freeze_at`` is one of detectron2's ``FREEZE_AT`` values."""
     if not 0 <= freeze_at <= MAX_FREEZE_AT:
-        raise ValueError(
+        raise ConfigError(
             f"freeze_at is {freeze_at}, expected 0 (nothing frozen), 1 (the stem) ... "
             f"{MAX_FREEZE_AT} (the stem and stages C2..C{MAX_FREEZE_AT})"
         )
@@ -348,7 +350,7 @@ def build_resnet(depth_or_name: int | str, **kwargs: Any) -> ResNet:
     """
     name = f"resnet{depth_or_name}" if isinstance(depth_or_name, int) else depth_or_name
     if name not in PRESETS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown ResNet {depth_or_name!r}, expected one of {sorted(PRESETS)} "
             "or a depth in (18, 34, 50, 101)"
         )

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from focaljax.errors import ConfigError
 from focaljax.models import fpn as fpn_lib
 from focaljax.models import resnet as resnet_lib
 
@@ -46,13 +47,13 @@ class Subnet(nn.Module):
 
     def __post_init__(self) -> None:
         if self.outputs < 1:
-            raise ValueError(f"outputs is {self.outputs}, expected >= 1")
+            raise ConfigError(f"outputs is {self.outputs}, expected >= 1")
         if self.num_convs < 0:
-            raise ValueError(f"num_convs is {self.num_convs}, expected >= 0")
+            raise ConfigError(f"num_convs is {self.num_convs}, expected >= 0")
         if self.channels < 1:
-            raise ValueError(f"channels is {self.channels}, expected >= 1")
+            raise ConfigError(f"channels is {self.channels}, expected >= 1")
         if self.norm not in HEAD_NORMS:
-            raise ValueError(f"norm is {self.norm!r}, expected one of {HEAD_NORMS}")
+            raise ConfigError(f"norm is {self.norm!r}, expected one of {HEAD_NORMS}")
         super().__post_init__()
 
     @nn.compact
@@ -121,17 +122,17 @@ class RetinaNet(nn.Module):
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
-            raise ValueError(f"num_classes is {self.num_classes}, expected >= 1")
+            raise ConfigError(f"num_classes is {self.num_classes}, expected >= 1")
         if self.num_anchors < 1:
-            raise ValueError(f"num_anchors is {self.num_anchors}, expected >= 1")
+            raise ConfigError(f"num_anchors is {self.num_anchors}, expected >= 1")
         if not 0.0 < self.prior_prob < 1.0:
-            raise ValueError(f"prior_prob is {self.prior_prob}, expected a probability in (0, 1)")
+            raise ConfigError(f"prior_prob is {self.prior_prob}, expected a probability in (0, 1)")
         if self.head_convs < 0:
-            raise ValueError(f"head_convs is {self.head_convs}, expected >= 0")
+            raise ConfigError(f"head_convs is {self.head_convs}, expected >= 0")
         if self.head_channels < 1:
-            raise ValueError(f"head_channels is {self.head_channels}, expected >= 1")
+            raise ConfigError(f"head_channels is {self.head_channels}, expected >= 1")
         if self.head_norm not in HEAD_NORMS:
-            raise ValueError(f"head_norm is {self.head_norm!r}, expected one of {HEAD_NORMS}")
+            raise ConfigError(f"head_norm is {self.head_norm!r}, expected one of {HEAD_NORMS}")
         super().__post_init__()
         # Builds (and so validates) the backbone when the module is constructed, before tracing.
         self._backbone_module(parent=None)

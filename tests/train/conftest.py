@@ -32,16 +32,14 @@ def tiny_config(data_dir: str) -> ml_collections.ConfigDict:
     config.log_every_steps = 1
     config.checkpoint_every_steps = 2
     config.num_grid_images = 4
+    config.anchor_coverage_images = 0  # Its own tests: tests/detectors/test_anchor_coverage.py.
     return config
 
 
 def bare_model_config(name: str) -> ml_collections.ConfigDict:
-    """The model config of a detector that a test registers: its name, and the fields that the
-    trainer reads of every model config (`checks.MODEL_FIELDS`): no ImageNet weights, nothing
-    frozen."""
-    return ml_collections.ConfigDict(
-        {"name": name, "backbone_weights": "", "backbone_weights_format": "", "freeze_at": 0}
-    )
+    """The model config of a detector that a test registers: its name, the only field of
+    `config.model` the trainer reads."""
+    return ml_collections.ConfigDict({"name": name})
 
 
 @pytest.fixture(scope="session", autouse=True)

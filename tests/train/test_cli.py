@@ -59,6 +59,8 @@ def _the_error(result: subprocess.CompletedProcess) -> str:
      "error: flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc'"),
     (("train", "--config", "configs/no_such.py", "--workdir", "{tmp}", "--config.seed=1"),
      "error: --config configs/no_such.py: no such file; expected a configs/*.py file"),
+    (("train", "--config", "configs/no_such.py", "--workdir", "{tmp}"),
+     "error: --config configs/no_such.py: no such file; expected a configs/*.py file"),
     (("train.predict", "--workdir", "{tmp}"),
      "error: flag --images=None: Flag --images must have a value other than None.; "
      "flag --output=None: Flag --output must have a value other than None."),

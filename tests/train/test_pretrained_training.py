@@ -127,8 +127,9 @@ def test_frozen_part_keeps_the_files_values_the_rest_trains_and_a_resume_needs_n
     assert output.count(f"{path} (pth): ") == 1
     assert "unused: fc.bias, fc.weight" in output
     check_backbone(restore(workdir, 2), state)
-    with open(os.path.join(workdir, workdir_lib.BACKBONE_WEIGHTS_FILE)) as f:
+    with open(os.path.join(workdir, workdir_lib.PRETRAINED_FILE)) as f:
         record = json.load(f)
+    assert record.pop("summary").startswith(f"{path} (pth): ")
     assert record == {
         "path": str(path), "format": "pth", "bytes": len(data),
         "sha256": hashlib.sha256(data).hexdigest(), "unused": ["fc.bias", "fc.weight"],
@@ -141,8 +142,8 @@ def test_frozen_part_keeps_the_files_values_the_rest_trains_and_a_resume_needs_n
 
     assert f"{path} (pth)" not in capsys.readouterr().out
     check_backbone(restore(workdir, 3), state)
-    with open(os.path.join(workdir, workdir_lib.BACKBONE_WEIGHTS_FILE)) as f:
-        assert json.load(f) == record
+    with open(os.path.join(workdir, workdir_lib.PRETRAINED_FILE)) as f:
+        assert {k: v for k, v in json.load(f).items() if k != "summary"} == record
     # What train.predict does before it runs the network: the workdir alone is enough.
     run_config, info = workdir_lib.read_run_info(workdir)
     assert run_config.model.backbone_weights == str(path)

@@ -171,7 +171,8 @@ def test_the_committed_study_runs_are_reproduced_by_todays_configs(study_dir):
                   if name == "study_run.json")
     if not made:
         pytest.skip(f"no runs committed under {study_dir}")
-    header = json.load(open(os.path.join(ROOT, study_dir, "study.json")))
+    with open(os.path.join(ROOT, study_dir, "study.json")) as f:
+        header = json.load(f)
     req = request(header["studies"], grid.PRESETS[header["preset"]])
     # The settings' figures (OHEM's batch sizes) as the study measured and kept them.
     runs, _ = runner.plan(req, os.path.join(ROOT, study_dir))

@@ -10,6 +10,7 @@ import pytest
 
 from configs import shapes_retinanet
 from focaljax import detectors
+from focaljax.detectors import backbone
 from tests.train.conftest import tiny_config
 from train import checks, compilation, optim, train
 
@@ -72,14 +73,6 @@ def test_check_config_names_every_field_of_the_default_config_that_is_missing():
     del config.dataset["shuffle_buffer_size"]
     with pytest.raises(ValueError, match=r"the config lacks \['dataset.shuffle_buffer_size', "
                                          r"'optimizer.b1', 'voc_metric'\]; configs/default.py"):
-        checks.check_config(config, num_devices=4)
-
-
-def test_check_config_names_the_model_fields_the_trainer_reads_when_they_are_missing():
-    config = tiny_config("")
-    del config.model["freeze_at"]
-    with pytest.raises(ValueError, match=r"config.model lacks \['freeze_at'\], which the trainer "
-                                         r"reads for every detector"):
         checks.check_config(config, num_devices=4)
 
 
@@ -220,7 +213,8 @@ def test_sgd_weight_decay_moves_kernels_only():
     config.optimizer.learning_rate = 1.0
     config.optimizer.reference_batch_size = config.batch_size
     config.schedule.warmup_steps = 0
-    tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, ()))
+    tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, ()),
+                                frozen=backbone.frozen_parts(config.model.freeze_at))
     params = _toy_params()
     zero_grads = jax.tree.map(np.zeros_like, params)
     updates, _ = jax.jit(tx.update)(zero_grads, tx.init(params), params)
@@ -240,7 +234,8 @@ def test_gradient_clipping_bounds_the_global_gradient_norm(optimizer):
     config.optimizer.learning_rate = 1.0
     config.optimizer.reference_batch_size = config.batch_size
     config.schedule.warmup_steps = 0
-    tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, ()))
+    tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, ()),
+                                frozen=backbone.frozen_parts(config.model.freeze_at))
     params = _toy_params()
     grads = jax.tree.map(lambda p: np.full_like(p, 100.0), params)
     updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
@@ -260,7 +255,8 @@ def test_frozen_parameters_get_no_update_not_even_weight_decay(optimizer):
     config.optimizer.learning_rate = 1.0
     config.optimizer.reference_batch_size = config.batch_size
     config.schedule.warmup_steps = 0
-    tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, ()))
+    tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 100, ()),
+                                frozen=backbone.frozen_parts(config.model.freeze_at))
     kernel = np.ones((3, 3, 2, 2), np.float32)
     resnet = {name: {"conv1": {"kernel": kernel}, "norm1": {"scale": np.ones(2, np.float32)}}
               for name in ("stage2_block0", "stage3_block0")}

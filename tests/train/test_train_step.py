@@ -23,7 +23,7 @@ def pmapped_steps(config, devices):
         config.model, num_classes=4, image_size=IMAGE_SIZE, axis_name=train.AXIS_NAME
     )
     learning_rate_fn = optim.create_learning_rate_fn(config, 100, ())
-    tx = optim.create_optimizer(config, learning_rate_fn)
+    tx = optim.create_optimizer(config, learning_rate_fn, frozen=detector.frozen)
     state = train_state.create_train_state(jax.random.PRNGKey(0), detector, tx, IMAGE_SIZE)
     step = jax.pmap(
         functools.partial(

@@ -3,8 +3,8 @@ cover the objects, and how hard its negatives are.
 
 Everything is measured on the evaluation split's images as the detector sees them (resized, crowd
 regions left out), with the detector's own anchors and IoU thresholds (the anchor figures come from
-`focaljax.data.anchor_coverage`); it is computed once per setting and kept in the study's workdir
-(`settings/SETTING.json`).
+`focaljax.detectors.anchor_coverage`); it is computed once per setting and kept in the study's
+workdir (`settings/SETTING.json`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 
 from focaljax import data as data_lib
-from focaljax.data import anchor_coverage
 from focaljax.data import shapes as shapes_lib
+from focaljax.detectors import anchor_coverage
 
 # Images the measures are taken on (the first ones of the evaluation split).
 MAX_IMAGES = 500
@@ -27,7 +27,7 @@ COVERAGE_IOU = 0.5
 
 def anchor_statistics(anchors: np.ndarray, boxes_per_image: list[np.ndarray], *,
                       fg_iou: float, allow_low_quality: bool) -> dict[str, float]:
-    """The study's names for `focaljax.data.anchor_coverage`'s figures over images with
+    """The study's names for `focaljax.detectors.anchor_coverage`'s figures over images with
     `boxes_per_image[i]` ([M_i, 4] xyxy, same pixels as the anchors): positives an image, the share
     of objects with an anchor at IoU >= `COVERAGE_IOU` and at IoU >= `fg_iou`, and the share of
     objects positive only through a low-quality match."""

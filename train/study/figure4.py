@@ -13,10 +13,9 @@ import ml_collections
 import numpy as np
 
 from focaljax import data as data_lib
-from focaljax import detectors, evaluation
+from focaljax import evaluation
 from focaljax.detectors.retinanet import anchor_targets, retinanet_anchors
 from focaljax.ops.boxes import BoxCoder
-from train import distributed
 from train import workdir as workdir_lib
 from train.study.studies import FIGURE4_GAMMAS
 
@@ -34,10 +33,8 @@ def figure4_anchors(
     labels and weights from the matcher of its loss (`anchor_targets`)."""
     dataset = data_lib.build(config.dataset)
     image_size = tuple(int(s) for s in config.dataset.image_size)
-    # Synchronized batch norm insists on an axis name; inference never reduces over it.
-    detector = detectors.build(config.model, num_classes=dataset.info.num_classes,
-                               image_size=image_size, axis_name=distributed.AXIS_NAME)
-    variables, _ = workdir_lib.restore_variables(workdir)
+    run = workdir_lib.load_trained(workdir)
+    detector, variables = run.detector, run.variables
     anchors, _ = retinanet_anchors(config.model, image_size)
     targets_of = anchor_targets(
         config.model, anchors, box_coder=BoxCoder(weights=tuple(config.model.box_coder_weights))

@@ -128,7 +128,7 @@ def train_run(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> floa
         result["status"] = "finished"
     except trainer.TrainingDivergedError as error:
         result.update(status="diverged", error=str(error))
-    except ValueError as error:
+    except cli.ConfigError as error:
         raise StudyError(f"run {run.key}: {error}") from None
     seconds = time.perf_counter() - start
     write_json(os.path.join(run_dir, runs_lib.RESULT_FILE), {**result, "seconds": seconds})

@@ -89,6 +89,10 @@ class AnchorSetup:
     allow_low_quality_matches: bool
 
 
+# The detectors whose anchors the report knows (`detector_anchors`).
+DETECTORS = ("retinanet", "faster_rcnn")
+
+
 def detector_anchors(model: Any, image_size: Sequence[int]) -> AnchorSetup:
     """The anchors and matcher of the detector of model config `model` (`config.model`) for
     `image_size` `(height, width)` inputs: a RetinaNet's, or a Faster R-CNN's RPN's.

@@ -1,5 +1,5 @@
-"""Tests of focaljax/data/anchor_coverage.py against hand-computed IoUs and a brute-force loop over
-every (box, anchor) pair (tests/ops/reference.py's float64 IoU, one pair at a time)."""
+"""Tests of focaljax/detectors/anchor_coverage.py against hand-computed IoUs and a brute-force loop
+over every (box, anchor) pair (tests/ops/reference.py's float64 IoU, one pair at a time)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from configs import default
-from focaljax.data import anchor_coverage
-from focaljax.data.anchor_coverage import (
+from focaljax.detectors import anchor_coverage
+from focaljax.detectors.anchor_coverage import (
     anchor_coverage_report,
     best_anchor_iou,
     dataset_boxes,

@@ -1,0 +1,120 @@
+"""What a detector with a ResNet backbone does with the backbone fields of its config: ImageNet
+weights merged into its initial variables (`backbone_weights`, `backbone_weights_format`), the
+part of the ResNet that `freeze_at` freezes, and the checks of those fields.
+
+RetinaNet and Faster R-CNN put these into their `Detector` (`load_pretrained`, `frozen`), so the
+trainer reads none of these fields and knows no ResNet: a detector without one leaves both
+`Detector` fields at their defaults (no weights, nothing frozen) and declares none of the fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from focaljax.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
+from focaljax.errors import ConfigError
+from focaljax.models import pretrained as pretrained_lib
+from focaljax.models import resnet as resnet_lib
+
+
+def check_config(config: Any) -> None:
+    """Raises ConfigError, naming the field, for backbone fields of `config` (`config.model`)
+    that no ResNet detector can take: an unknown weight format or `freeze_at`. The weight file
+    is read by `load_pretrained`, at a fresh start only: a resumed run does not need it."""
+    if config.backbone_weights_format not in ("", *pretrained_lib.FORMATS):
+        raise ConfigError(
+            f"config.model.backbone_weights_format is {config.backbone_weights_format!r}, "
+            f"expected '' (detected from the file) or one of {pretrained_lib.FORMATS}"
+        )
+    if not 0 <= config.freeze_at <= resnet_lib.MAX_FREEZE_AT:
+        raise ConfigError(
+            f"config.model.freeze_at is {config.freeze_at}, expected 0 (nothing frozen), 1 (the "
+            f"stem) ... {resnet_lib.MAX_FREEZE_AT} (the stem and stages C2..C"
+            f"{resnet_lib.MAX_FREEZE_AT})"
+        )
+
+
+def load_backbone_weights(
+    config: Any, axis_name: str | None = None
+) -> pretrained_lib.PretrainedResNet | None:
+    """The ImageNet weights of the file `config.backbone_weights` (None for ""), converted for
+    the ResNet that `config.backbone`, `config.norm` and `config.stride_in_1x1` describe and for
+    focaljax's input normalization. The format is `config.backbone_weights_format`, or the one
+    `detect_format` finds when that is "" (see `focaljax.models.pretrained`).
+
+    Raises:
+      ConfigError: naming `config.model.backbone_weights`, the file and what is wrong with it:
+        unreadable, truncated or unsafe, another architecture (with every missing and
+        mis-shaped array), or weights the configured ResNet cannot take (a norm without
+        statistics, such as "gn"; the stride in the other convolution).
+    """
+    path = config.backbone_weights
+    if not path:
+        return None
+    resnet = resnet_lib.build_resnet(
+        config.backbone, norm=config.norm, axis_name=axis_name,
+        stride_in_1x1=config.stride_in_1x1,
+    )
+    try:
+        return pretrained_lib.load_resnet_weights(
+            path, resnet, format=config.backbone_weights_format or None,
+            input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD,
+        )
+    except pretrained_lib.WeightFileError as error:  # Its message starts with the file.
+        raise ConfigError(f"config.model.backbone_weights: {error}") from None
+    except ConfigError as error:
+        raise ConfigError(
+            f"config.model.backbone_weights: {path} does not fit config.model (backbone "
+            f"{config.backbone!r}, norm {config.norm!r}, stride_in_1x1 {config.stride_in_1x1}): "
+            f"{error}"
+        ) from None
+
+
+def weights_record(weights: pretrained_lib.PretrainedResNet) -> dict[str, Any]:
+    """Where converted weights came from, as plain data: the file's absolute path, format, size
+    in bytes and sha256, the arrays left unused (the classifier), the notes of the conversion,
+    and `summary`, the lines a log shows."""
+    with open(weights.path, "rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    return {
+        "path": os.path.abspath(weights.path),
+        "format": weights.format,
+        "bytes": os.path.getsize(weights.path),
+        "sha256": sha256,
+        "unused": list(weights.unused),
+        "notes": list(weights.notes),
+        "summary": weights.report,
+    }
+
+
+def pretrained_loader(
+    config: Any, axis_name: str | None = None
+) -> Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any] | None]]:
+    """`Detector.load_pretrained` of a detector whose ResNet sits at
+    `focaljax.models.BACKBONE_PATH`: the initial variables with the weights of
+    `config.backbone_weights` in place of the ResNet's, and their `weights_record`; the
+    variables unchanged and None without a file. The file is read when it is called."""
+
+    def load_pretrained(variables):
+        weights = load_backbone_weights(config, axis_name)
+        if weights is None:
+            return variables, None
+        return pretrained_lib.merge_backbone(variables, weights), weights_record(weights)
+
+    return load_pretrained
+
+
+def frozen_parts(freeze_at: int) -> Callable[[Any], Any]:
+    """`Detector.frozen` for `freeze_at` (detectron2's FREEZE_AT, `resnet.freeze_mask`): True
+    for the leaves of the stem and stages the ResNet keeps fixed, in any tree keyed by module
+    names (the params, or the batch statistics)."""
+    resnet_lib.check_freeze_at(freeze_at)
+    if freeze_at == 0:
+        return lambda tree: jax.tree.map(lambda _: False, tree)
+    return lambda tree: resnet_lib.freeze_mask(tree, freeze_at=freeze_at)
+
