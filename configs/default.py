@@ -3,11 +3,14 @@ r"""The base config: every field that the trainer and the data pipeline read, de
 What: RetinaNet ResNet-50-FPN on COCO 2017 from scratch with the paper's 1x recipe, the values of
 `configs/coco_retinanet_r50.py` without a weight file (see its docstring for the recipe). Every
 config in configs/ starts from `get_config()` here (or from a config that does) and overrides
-only what differs, so that this file is the one list of fields, with what each means and the
-values it takes. The model fields have one home each: `retinanet_model(weights)` (every RetinaNet
-field, the paper's values), `faster_rcnn_model(weights)` (every Faster R-CNN field, detectron2's
-`faster_rcnn_R_50_FPN_1x` values) and `backbone_recipe(model, weights)` (the ResNet-50 from
-ImageNet weights or from scratch, shared by both).
+only what differs, so that `get_config()` here is the one list of a run's fields. The fields of
+the library's parts are declared, with what each means and its default, next to the code that
+reads them (they install with `focaljax`), and composed here: the data set's by
+`focaljax.data.default_config()`, the models' by `focaljax.detectors.retinanet.default_config()`
+and `focaljax.detectors.faster_rcnn.default_config()`. The model builders here,
+`retinanet_model(weights)` and `faster_rcnn_model(weights)`, take those with the ResNet-50 from
+ImageNet weights or from scratch (`backbone_recipe(model, weights)`, shared by both); the
+trainer's own fields (optimizer, schedule, steps, evaluation) are declared in `get_config()`.
 
 Command (the same run as `configs/coco_retinanet_r50.py` without a weight file, after
 `python -m train.prepare_data --dataset coco --source_dir /data/coco`):
@@ -20,176 +23,42 @@ MEASURED.
 
 import ml_collections
 
+from focaljax import data
+from focaljax.detectors import faster_rcnn, retinanet
+
 
 def backbone_recipe(model: ml_collections.ConfigDict, weights: str) -> None:
     """Sets the ResNet-50 of `model` (a RetinaNet or Faster R-CNN model config) for the COCO, VOC
     and folder recipes: from the ImageNet `weights` file as the paper and detectron2 do, or, when
-    `weights` is "", from scratch with GroupNorm."""
-    # "resnet18", "resnet34", "resnet50", "resnet101" or "resnet_tiny" (focaljax.models.PRESETS).
-    model.backbone = "resnet50"
-    # ImageNet weights of the ResNet, read by the trainer at a fresh start (never on resume: they
-    # are in the checkpoints): a .safetensors, torch .pth, detectron2 .pkl or Keras .h5 file,
-    # "" for none. The format is detected from the file unless backbone_weights_format names one
-    # of focaljax.models.pretrained.FORMATS.
-    model.backbone_weights = weights
-    model.backbone_weights_format = ""  # Detected from the file.
-    # model.norm, the ResNet's norm: "bn", "sync_bn" (statistics over the devices), "gn" or
-    # "frozen_bn" (the weight file's statistics, fixed).
-    # model.freeze_at, detectron2's FREEZE_AT: 0 nothing, 1 the stem, k the stem and stages
-    # C2..Ck, which then get no gradient, no update and no weight decay, and keep their
-    # batch-norm statistics.
-    # model.stride_in_1x1: a bottleneck's stride in its 1x1 conv (True: MSRA and Keras weights)
-    # or its 3x3 conv (False: torchvision and timm weights); the trainer checks it against the
-    # weights' layout.
+    `weights` is "", from scratch with GroupNorm as the library's default
+    (`focaljax.detectors.backbone.default_config`, which says what each field means) leaves it."""
     if weights:
+        model.backbone_weights = weights
         model.norm = "frozen_bn"
         model.freeze_at = 2  # The stem and C2, detectron2's FREEZE_AT.
         model.stride_in_1x1 = True  # MSRA's layout, detectron2's STRIDE_IN_1X1.
-    else:
-        model.norm = "gn"
-        model.freeze_at = 0
-        model.stride_in_1x1 = False
 
 
 def retinanet_model(weights: str = "") -> ml_collections.ConfigDict:
-    """Every field of `focaljax.detectors.retinanet`'s model config, with the paper's RetinaNet
-    R50-FPN values (Lin et al. 2017, section 4.1; detectron2's `retinanet_R_50_FPN_1x`), the
-    ResNet-50 from the ImageNet `weights` file or, when it is "", from scratch
-    (`backbone_recipe`)."""
-    model = ml_collections.ConfigDict()
-    model.name = "retinanet"  # A registered detector: "retinanet", "faster_rcnn" or your own.
+    """The RetinaNet model config: `focaljax.detectors.retinanet.default_config()` (every field,
+    the paper's RetinaNet R50-FPN values, with what each means), the ResNet-50 from the ImageNet
+    `weights` file or, when it is "", from scratch (`backbone_recipe`); on ImageNet weights the
+    paper's heads, without a norm (from scratch they keep the default's GroupNorm)."""
+    model = retinanet.default_config()
     backbone_recipe(model, weights)
-    # The FPN levels P{min_level}..P{max_level} (P3-P7: strides 8-128) and their channels.
-    model.min_level = 3
-    model.max_level = 7
-    model.fpn_channels = 256
-    # The classification and box heads: head_convs convs of head_channels, then the output conv.
-    model.head_convs = 4
-    model.head_channels = 256
-    # The heads' norm: "gn" or "none" (ml_collections cannot set None from the command line). The
-    # paper's heads have none; trained from scratch they converge much faster with GN.
-    model.head_norm = "none" if weights else "gn"
-    model.prior_prob = 0.01  # The foreground probability the classifier bias starts from.
-    model.dtype = "float32"  # Compute dtype: "float32", "bfloat16" or "float16".
-    # Anchors: base size anchor_base_scale * stride, times each scale, at each aspect ratio
-    # (height / width). The paper's: 9 per location, sizes 32 (P3) to 512 (P7).
-    model.anchor_base_scale = 4.0
-    model.anchor_scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
-    model.aspect_ratios = (0.5, 1.0, 2.0)
-    # Matching: IoU >= fg_iou_threshold foreground, < bg_iou_threshold background, in between
-    # ignored; low-quality matches make each object's best anchor foreground too.
-    model.fg_iou_threshold = 0.5
-    model.bg_iou_threshold = 0.4
-    model.allow_low_quality_matches = True
-    model.box_coder_weights = (1.0, 1.0, 1.0, 1.0)  # (wx, wy, ww, wh) of the box deltas.
-
-    loss = model.loss = ml_collections.ConfigDict()
-    # The classification loss: "focal" (alpha, gamma), "ce", "alpha_ce" (alpha), "fl_star"
-    # (gamma, fl_star_beta) or "ohem" (the ohem_* fields); see focaljax/detectors/retinanet.py.
-    loss.cls = "focal"
-    loss.alpha = 0.25
-    loss.gamma = 2.0
-    loss.label_smoothing = 0.0  # In [0, 1), of the focal loss's targets.
-    # The focal factor for soft targets (label_smoothing > 0): "pt", (1 - p_t)^gamma as optax,
-    # torchvision and Keras, or "quality", |t - p|^gamma (focaljax.losses.sigmoid_focal_loss).
-    loss.soft_target_mode = "pt"
-    loss.fl_star_beta = 0.0
-    # "ohem": the highest-loss anchors per image, at most this fraction of them positives.
-    loss.ohem_num_samples = 128
-    loss.ohem_positive_fraction = 0.25
-    # "ohem": instead of a positive fraction (set it to 0), SSD's rule: every positive and at most
-    # this many hardest negatives per positive (3.0 is the paper's "OHEM 1:3"); 0.0 is off.
-    loss.ohem_negative_ratio = 0.0
-    # "ohem": NMS by loss over the anchors before they are picked, at this IoU (the paper's OHEM:
-    # 0.5 or 0.7); 0.0 is no NMS. Over the ohem_pre_nms_topk highest-loss anchors (0: all; with a
-    # positive rule, NMS over all of tens of thousands of anchors is slow), comparing the
-    # "anchors" themselves or the boxes the box head predicts for them ("decoded").
-    loss.ohem_nms_iou_threshold = 0.0
-    loss.ohem_pre_nms_topk = 0
-    loss.ohem_nms_boxes = "anchors"
-    # N of the loss: "num_positives" (the paper's max(1, #positive anchors) of the batch) or
-    # "ema" (detectron2's moving average of it, momentum ema_momentum, starting at 100).
-    loss.normalizer = "num_positives"
-    loss.ema_momentum = 0.9
-    # The box loss: "l1" (detectron2's), "smooth_l1" (with box_beta) or "giou" (on the decoded
-    # boxes), times box_weight.
-    loss.box = "l1"
-    loss.box_beta = 0.0
-    loss.box_weight = 1.0
-
-    # Inference: top pre_nms_topk per level above score_threshold, per-class NMS, the best
-    # max_detections per image.
-    post = model.postprocess = ml_collections.ConfigDict()
-    post.pre_nms_topk = 1000
-    post.score_threshold = 0.05
-    post.nms_iou_threshold = 0.5
-    post.max_detections = 100
+    if weights:
+        model.head_norm = "none"
     return model
 
 
 def faster_rcnn_model(weights: str = "") -> ml_collections.ConfigDict:
-    """Every field of `focaljax.detectors.faster_rcnn`'s model config, with detectron2's
-    `faster_rcnn_R_50_FPN_1x` values (and FL-RPN's for the focal-loss RPN), the ResNet-50 from
-    the ImageNet `weights` file or, when it is "", from scratch (`backbone_recipe`). The shapes
-    and VOC configs start from it and say what they change."""
-    model = ml_collections.ConfigDict()
-    model.name = "faster_rcnn"
+    """The Faster R-CNN model config: `focaljax.detectors.faster_rcnn.default_config()` (every
+    field, detectron2's `faster_rcnn_R_50_FPN_1x` values and FL-RPN's for the focal-loss RPN,
+    with what each means), the ResNet-50 from the ImageNet `weights` file or, when it is "", from
+    scratch (`backbone_recipe`). The shapes and VOC configs start from it and say what they
+    change."""
+    model = faster_rcnn.default_config()
     backbone_recipe(model, weights)
-    model.dtype = "float32"  # Compute dtype: "float32", "bfloat16" or "float16".
-    model.fpn_channels = 256
-    # One anchor size per RPN level, P2..P6.
-    model.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
-    model.aspect_ratios = (0.5, 1.0, 2.0)
-
-    rpn = model.rpn = ml_collections.ConfigDict()
-    # FL-RPN's softmax form, or "sampled", "focal_sigmoid", "ce_all", "focal_softmax_shared"
-    # (focaljax/detectors/faster_rcnn.py says what each is).
-    rpn.loss = "focal_softmax"
-    rpn.fg_iou_threshold = 0.7
-    rpn.bg_iou_threshold = 0.3
-    rpn.allow_low_quality_matches = True
-    rpn.box_coder_weights = (1.0, 1.0, 1.0, 1.0)
-    rpn.box_beta = 0.0  # smooth-L1 beta of the box loss; 0 is L1 (detectron2)
-    # "sampled": anchors per image and their largest object fraction.
-    rpn.batch_size_per_image = 256
-    rpn.positive_fraction = 0.5
-    # The modes on every anchor (FL-RPN's focal ones and ce_all): lambda of the classification
-    # term, alpha, gamma (focal only), and the prior object probability the objectness bias
-    # starts from (every mode but "sampled", which starts from a zero bias).
-    rpn.focal_lambda = 0.1
-    rpn.alpha = 0.25
-    rpn.gamma = 2.0
-    rpn.prior_prob = 0.01
-    # Proposals: per level top-k before NMS, then top-k per image after NMS.
-    rpn.train_pre_nms_topk = 2000
-    rpn.train_post_nms_topk = 1000
-    rpn.test_pre_nms_topk = 1000
-    rpn.test_post_nms_topk = 1000
-    rpn.nms_iou_threshold = 0.7
-    rpn.min_size = 0.0
-
-    roi = model.roi = ml_collections.ConfigDict()
-    roi.num_samples = 512
-    roi.positive_fraction = 0.25
-    roi.fg_iou_threshold = 0.5
-    roi.bg_iou_threshold = 0.5
-    roi.append_gt = True
-    roi.box_coder_weights = (10.0, 10.0, 5.0, 5.0)
-    roi.box_beta = 0.0
-    roi.output_size = 7
-    roi.sampling_ratio = 0  # adaptive, detectron2's ROIAlignV2
-    roi.max_sampling_ratio = 0  # 0: no cap on the adaptive grid
-    # "2fc" (detectron2's default): 0 convs, 2 FC of 1024; "4conv1fc": 4 convs of 256, 1 FC.
-    roi.head_num_convs = 0
-    roi.head_conv_dim = 256
-    roi.head_num_fcs = 2
-    roi.head_fc_dim = 1024
-    roi.head_norm = "none"  # or "gn" (ml_collections cannot set None from the command line)
-
-    post = model.postprocess = ml_collections.ConfigDict()
-    post.score_threshold = 0.05
-    post.nms_iou_threshold = 0.5
-    post.max_detections = 100
     return model
 
 
@@ -198,52 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0  # Of the initialization, the data order and the augmentation.
 
-    # What `focaljax.data.build` reads (its docstring says more); every field is required.
-    dataset = config.dataset = ml_collections.ConfigDict()
-    dataset.name = "coco"  # A registered data set: "shapes", "coco", "voc" or "coco_folder".
-    dataset.data_dir = ""  # The TFDS data directory; "" for TFDS's (~/tensorflow_datasets).
-    # What to build, by data set: "shapes" {"config": "default" | "tiny"} or the settings of
-    # focaljax.data.shapes_config; "coco" {"source_dir"}; "voc" {"source_dir", "config": "2007"
-    # | "2012"}; "coco_folder" {"name", "splits"}. A source_dir is read only when the data set is
-    # not prepared in data_dir yet.
-    dataset.builder_kwargs = ml_collections.ConfigDict({"source_dir": ""})
-    # (height, width) of the batch images: each image is resized to fit, keeping its aspect
-    # ratio, and padded. Landscape COCO images get a short side of 800, portrait ones a long side
-    # of 800.
-    dataset.image_size = (800, 1344)
-    dataset.max_boxes = 100  # Box rows per image; COCO train2017 has at most 93 annotations.
-    # The splits trained on and evaluated on ("a+b" joins splits).
-    dataset.train_split = "train"
-    dataset.eval_split = "validation"
-    dataset.horizontal_flip = True  # Random horizontal flips in training.
-    # (low, high) random resize factor in training. No jitter, written as a range so that the
-    # command line can set one, e.g. "(0.8,1.2)".
-    dataset.scale_jitter = (1.0, 1.0)
-    # More training augmentations (focaljax.data.augment), all off here. For images that have no
-    # up (aerial, microscopy): random up-down flips and quarter turns (k * 90 degrees).
-    dataset.vertical_flip = False
-    dataset.rotate90 = False
-    # Color jitter, torchvision's ColorJitter: brightness, contrast and saturation factors uniform
-    # in [1 - s, 1 + s] for a strength s in [0, 1), a hue shift uniform in [-hue, hue] turns (at
-    # most 0.5); 0.0 is off.
-    dataset.brightness = 0.0
-    dataset.contrast = 0.0
-    dataset.saturation = 0.0
-    dataset.hue = 0.0
-    # JPEG re-compression at a quality uniform in (low, high), e.g. (30, 95); () is off.
-    dataset.jpeg_quality = ()
-    # A box-safe random crop before the resize, e.g. (0.5, 1.0): height and width each this
-    # fraction of the image's; () is off. No object is cut below safe_crop_min_visible of its box
-    # area (of 16 random windows the first that cuts none is taken, else the whole image); cut
-    # objects are clipped, those outside dropped (the iterator's num_clipped_boxes and
-    # num_dropped_boxes count them).
-    dataset.safe_crop = ()
-    dataset.safe_crop_min_visible = 0.5
-    # Repeat-factor sampling (LVIS, detectron2's RepeatFactorTrainingSampler): an image is repeated
-    # max(1, sqrt(t / f_c)) times per epoch (stochastically rounded) over its classes c, f_c the
-    # fraction of the train split's images holding c, for this threshold t (e.g. 0.1); 0.0 is off.
-    dataset.repeat_factor_threshold = 0.0
-    dataset.shuffle_buffer_size = 10_000  # Examples; capped at the size of the split.
+    # What `focaljax.data.build` reads, every field required, with what each means:
+    # `focaljax.data.default_config()`, the COCO recipe's values.
+    config.dataset = data.default_config()
 
     config.model = retinanet_model()
 

@@ -1,5 +1,6 @@
 """The installed distribution as users get it: a wheel whose only top-level package is `focaljax`,
-and the README's loss example running from that wheel in a fresh virtual environment."""
+the README's loss example running from that wheel in a fresh virtual environment, and the library's
+default configs (data set and detectors) importing and building there without a checkout."""
 
 from __future__ import annotations
 
@@ -59,8 +60,10 @@ print(loss)
 """
 
 
-def test_the_readme_loss_example_runs_from_the_wheel_in_a_fresh_environment(wheel, tmp_path):
-    env_dir = tmp_path / "env"
+@pytest.fixture(scope="module")
+def fresh_python(wheel, tmp_path_factory) -> tuple[str, str]:
+    """The Python of a fresh virtual environment with the wheel installed, and its site-packages."""
+    env_dir = tmp_path_factory.mktemp("env")
     venv.create(env_dir, with_pip=False)
     python = str(env_dir / "bin" / "python")
     # The dependencies (jax, flax, ...) come from this environment's site-packages, appended to
@@ -78,12 +81,24 @@ def test_the_readme_loss_example_runs_from_the_wheel_in_a_fresh_environment(whee
          "-q", wheel],
         check=True, capture_output=True, text=True, timeout=300,
     )
-    script = tmp_path / "example.py"
-    script.write_text(_readme_loss_example() + DRIVER)
-    result = subprocess.run(
-        [python, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    return python, fresh_site
+
+
+def run_outside_the_checkout(python: str, args: list[str], cwd) -> subprocess.CompletedProcess:
+    """`python args` in `cwd`, on the CPU, with nothing of the checkout on the path."""
+    return subprocess.run(
+        [python, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
         env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ""},
     )
+
+
+def test_the_readme_loss_example_runs_from_the_wheel_in_a_fresh_environment(
+    fresh_python, tmp_path
+):
+    python, fresh_site = fresh_python
+    script = tmp_path / "example.py"
+    script.write_text(_readme_loss_example() + DRIVER)
+    result = run_outside_the_checkout(python, [str(script)], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     location, loss = result.stdout.split()[-2:]
     assert location.startswith(fresh_site), location
@@ -92,3 +107,31 @@ def test_the_readme_loss_example_runs_from_the_wheel_in_a_fresh_environment(whee
         missing = subprocess.run([python, "-c", f"import {name}"], cwd=tmp_path,
                                  capture_output=True, text=True, timeout=60)
         assert f"No module named '{name}'" in missing.stderr
+
+
+DEFAULT_CONFIGS = """
+import jax
+import jax.numpy as jnp
+import focaljax
+from focaljax import data, detectors
+from focaljax.detectors import faster_rcnn, retinanet
+print(retinanet.default_config())
+dataset = data.default_config()
+assert set(dataset) == set(data.FIELDS), sorted(set(dataset) ^ set(data.FIELDS))
+data.build(dataset)  # Lazy: nothing is read.
+for model in (retinanet.default_config(), faster_rcnn.default_config()):
+    detector = detectors.build(model, num_classes=3, image_size=(64, 96))
+    batch = {"image": jax.ShapeDtypeStruct((1, 64, 96, 3), jnp.float32)}
+    jax.eval_shape(detector.init, jax.random.key(0), batch)
+print(focaljax.__file__)
+"""
+
+
+def test_the_library_default_configs_import_and_build_from_the_wheel(fresh_python, tmp_path):
+    # The configs the library documents as the start of a model and a data set config, with no
+    # configs/ on the path: a detector builds from them for a number of classes and an image size.
+    python, fresh_site = fresh_python
+    result = run_outside_the_checkout(python, ["-c", DEFAULT_CONFIGS], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1].startswith(fresh_site), result.stdout[-500:]
+    assert "name: retinanet" in result.stdout

@@ -1,7 +1,7 @@
 """Detection data: TFDS builders, the tf.data input pipeline and the data set registry.
 
 `build(config)` turns the `dataset` part of a training config into a `DetectionDataset`. Every
-field below is required (`configs/default.py` declares them all, with their usual values):
+field below is required (`default_config()` declares them all, with their defaults: start from it):
 
   name                 registered name: "shapes", "coco", "voc" or "coco_folder"
   image_size           (height, width) of the batch images, or one int
@@ -44,6 +44,7 @@ from focaljax.data.augment import Augmentations
 from focaljax.data.coco import CATEGORY_IDS as COCO_CATEGORY_IDS
 from focaljax.data.coco import Coco2017
 from focaljax.data.coco_folder import CocoFolder
+from focaljax.data.defaults import default_config
 from focaljax.data.pipeline import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -81,6 +82,7 @@ __all__ = [
     "coco_ground_truth",
     "create_eval_iterator",
     "create_train_iterator",
+    "default_config",
     "generate_example",
     "load_builder",
     "prepare",
@@ -304,14 +306,14 @@ def build(config: Mapping) -> DetectionDataset:
     Nothing is read or generated until the returned data set is first used.
 
     Raises:
-      ValueError: naming every field of the module docstring that `config` lacks, or for an
+      ValueError: naming every field of `default_config()` that `config` lacks, or for an
         unregistered `config.name`.
     """
     missing = [field for field in FIELDS if field not in config]
     if missing:
         raise ConfigError(
             f"the dataset config lacks {missing}, which focaljax.data.build reads; "
-            "configs/default.py declares every dataset field (start from its get_config().dataset)"
+            "focaljax.data.default_config() declares every dataset field: start from it"
         )
     name = config["name"]
     if name not in _FACTORIES:

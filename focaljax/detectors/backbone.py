@@ -15,11 +15,44 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import ml_collections
 
 from focaljax.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from focaljax.errors import ConfigError
 from focaljax.models import pretrained as pretrained_lib
 from focaljax.models import resnet as resnet_lib
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The backbone fields of a ResNet detector's model config, with their defaults: a ResNet-50
+    trained from scratch with GroupNorm. RetinaNet's and Faster R-CNN's `default_config()` start
+    from them; for ImageNet weights, set `backbone_weights` and the weights' recipe (detectron2's
+    for its MSRA R-50.pkl: `norm="frozen_bn"`, `freeze_at=2`, `stride_in_1x1=True`).
+
+    Examples:
+      >>> config = default_config()
+      >>> config.backbone, config.norm, config.freeze_at, config.backbone_weights
+      ('resnet50', 'gn', 0, '')
+    """
+    config = ml_collections.ConfigDict()
+    # "resnet18", "resnet34", "resnet50", "resnet101" or "resnet_tiny" (focaljax.models.PRESETS).
+    config.backbone = "resnet50"
+    # ImageNet weights of the ResNet, read at a fresh start (never on resume: they are in the
+    # checkpoints): a .safetensors, torch .pth, detectron2 .pkl or Keras .h5 file, "" for none.
+    # The format is detected from the file unless backbone_weights_format names one of
+    # focaljax.models.pretrained.FORMATS.
+    config.backbone_weights = ""
+    config.backbone_weights_format = ""  # Detected from the file.
+    # The ResNet's norm: "bn", "sync_bn" (statistics over the devices), "gn" or "frozen_bn" (the
+    # weight file's statistics, fixed).
+    config.norm = "gn"
+    # detectron2's FREEZE_AT: 0 nothing, 1 the stem, k the stem and stages C2..Ck, which then get
+    # no gradient, no update and no weight decay, and keep their batch-norm statistics.
+    config.freeze_at = 0
+    # A bottleneck's stride in its 1x1 conv (True: MSRA and Keras weights) or its 3x3 conv
+    # (False: torchvision and timm weights); checked against the weights' layout.
+    config.stride_in_1x1 = False
+    return config
 
 
 def check_config(config: Any) -> None:

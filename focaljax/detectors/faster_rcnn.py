@@ -49,6 +49,9 @@ global batch (detectron2's mean).
 Inference: `focaljax.ops.fast_rcnn_postprocess` on the proposals (softmax scores, per-class boxes,
 score > 0.05, per-class NMS 0.5, top 100), plus the proposals themselves, scored by their object
 probability, for the proposal-recall evaluator (AR@100, AR@300, AR@1000).
+
+`default_config()` declares every field of the model config, with detectron2's values; start from
+it and change what differs.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from focaljax import evaluation, losses, ops
 from focaljax.detectors import backbone as backbone_lib
@@ -70,6 +74,84 @@ RPN_LOSSES = ("sampled", "ce_all", "focal_sigmoid", "focal_softmax", "focal_soft
 # The modes with a 2-way (background, object) softmax objectness.
 SOFTMAX_RPN_LOSSES = ("focal_softmax", "focal_softmax_shared")
 PROPOSAL_MAX_DETS = (100, 300, 1000)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field of a Faster R-CNN model config (`config.model`), with detectron2's
+    `faster_rcnn_R_50_FPN_1x` values and FL-RPN's for the focal-loss RPN (the module docstring),
+    the ResNet-50 trained from scratch with GroupNorm (`focaljax.detectors.backbone.default_config`;
+    for ImageNet weights set the weight file and its recipe, as `configs/default.py`'s
+    `faster_rcnn_model(weights)` does). `build_faster_rcnn` reads every field.
+
+    Examples:
+      >>> config = default_config()
+      >>> config.name, config.rpn.loss, config.rpn.focal_lambda, config.roi.num_samples
+      ('faster_rcnn', 'focal_softmax', 0.1, 512)
+      >>> detector = build_faster_rcnn(config, num_classes=80, image_size=(512, 512))
+    """
+    config = ml_collections.ConfigDict()
+    config.name = "faster_rcnn"  # Its name in `focaljax.detectors.BUILDERS`.
+    config.update(backbone_lib.default_config())
+    config.dtype = "float32"  # Compute dtype: "float32", "bfloat16" or "float16".
+    config.fpn_channels = 256
+    # One anchor size per RPN level, P2..P6.
+    config.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
+    config.aspect_ratios = (0.5, 1.0, 2.0)
+
+    rpn = config.rpn = ml_collections.ConfigDict()
+    # FL-RPN's softmax form, or "sampled", "focal_sigmoid", "ce_all", "focal_softmax_shared"
+    # (the module docstring says what each is).
+    rpn.loss = "focal_softmax"
+    rpn.fg_iou_threshold = 0.7
+    rpn.bg_iou_threshold = 0.3
+    rpn.allow_low_quality_matches = True
+    rpn.box_coder_weights = (1.0, 1.0, 1.0, 1.0)
+    rpn.box_beta = 0.0  # smooth-L1 beta of the box loss; 0 is L1 (detectron2)
+    # "sampled": anchors per image and their largest object fraction.
+    rpn.batch_size_per_image = 256
+    rpn.positive_fraction = 0.5
+    # The modes on every anchor (FL-RPN's focal ones and ce_all): lambda of the classification
+    # term, alpha, gamma (focal only), and the prior object probability the objectness bias
+    # starts from (every mode but "sampled", which starts from a zero bias).
+    rpn.focal_lambda = 0.1
+    rpn.alpha = 0.25
+    rpn.gamma = 2.0
+    rpn.prior_prob = 0.01
+    # Proposals: per level top-k before NMS, then top-k per image after NMS.
+    rpn.train_pre_nms_topk = 2000
+    rpn.train_post_nms_topk = 1000
+    rpn.test_pre_nms_topk = 1000
+    rpn.test_post_nms_topk = 1000
+    rpn.nms_iou_threshold = 0.7
+    rpn.min_size = 0.0
+
+    # The RoI head: num_samples RoIs per image, at most positive_fraction foreground (IoU >=
+    # fg_iou_threshold; background below bg_iou_threshold), the ground truth appended to the
+    # proposals; RoIAlign to output_size x output_size.
+    roi = config.roi = ml_collections.ConfigDict()
+    roi.num_samples = 512
+    roi.positive_fraction = 0.25
+    roi.fg_iou_threshold = 0.5
+    roi.bg_iou_threshold = 0.5
+    roi.append_gt = True
+    roi.box_coder_weights = (10.0, 10.0, 5.0, 5.0)
+    roi.box_beta = 0.0
+    roi.output_size = 7
+    roi.sampling_ratio = 0  # adaptive, detectron2's ROIAlignV2
+    roi.max_sampling_ratio = 0  # 0: no cap on the adaptive grid
+    # "2fc" (detectron2's default): 0 convs, 2 FC of 1024; "4conv1fc": 4 convs of 256, 1 FC.
+    roi.head_num_convs = 0
+    roi.head_conv_dim = 256
+    roi.head_num_fcs = 2
+    roi.head_fc_dim = 1024
+    roi.head_norm = "none"  # or "gn" (ml_collections cannot set None from the command line)
+
+    # Inference: per-class scores above score_threshold, per-class NMS, the best max_detections.
+    post = config.postprocess = ml_collections.ConfigDict()
+    post.score_threshold = 0.05
+    post.nms_iou_threshold = 0.5
+    post.max_detections = 100
+    return config
 
 
 def check_config(config: Any, image_size: tuple[int, ...]) -> None:
@@ -121,8 +203,9 @@ def build_faster_rcnn(
     image_size: tuple[int, int],
     axis_name: str | None = None,
 ) -> Detector:
-    """A Faster R-CNN `Detector` for `image_size` (height, width) inputs, from `config` (the
-    `config.model` of `configs/*_faster_rcnn*.py`).
+    """A Faster R-CNN `Detector` for `image_size` (height, width) inputs, from `config` (a model
+    config: `default_config()` with what differs, as the `config.model` of a
+    `configs/*_faster_rcnn*.py`).
 
     The backbone is built as RetinaNet's (`config.backbone`, `norm`, `stride_in_1x1`,
     `freeze_at`, `backbone_weights`; see `build_retinanet`).

@@ -30,6 +30,9 @@ state between steps. The loss terms are `{"cls": ..., "box": ...}`. `L_cls` is c
 
 `L_box` (`config.loss.box`), summed over the four deltas: `"l1"` (detectron2's default),
 `"smooth_l1"` with `box_beta`, or `"giou"` on the decoded predicted and ground-truth boxes.
+
+`default_config()` declares every field of the model config, with what it means and the paper's
+values; start from it and change what differs.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from focaljax import losses
@@ -56,6 +60,91 @@ CLS_LOSSES = ("focal", "ce", "alpha_ce", "fl_star", "ohem")
 NORMALIZERS = ("num_positives", "ema")
 BOX_LOSSES = ("l1", "smooth_l1", "giou")
 OHEM_NMS_BOXES = ("anchors", "decoded")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field of a RetinaNet model config (`config.model`), with what it means and the
+    paper's R50-FPN values (Lin et al. 2017, section 4.1; detectron2's `retinanet_R_50_FPN_1x`),
+    the ResNet-50 trained from scratch with GroupNorm in the backbone and the heads
+    (`focaljax.detectors.backbone.default_config`). For the paper's ImageNet start, set the
+    weight file and its recipe, and the heads' norm to "none" (`configs/default.py`'s
+    `retinanet_model(weights)` does). `build_retinanet` reads every field.
+
+    Examples:
+      >>> config = default_config()
+      >>> config.name, config.min_level, config.max_level, config.loss.cls, config.loss.gamma
+      ('retinanet', 3, 7, 'focal', 2.0)
+      >>> detector = build_retinanet(config, num_classes=80, image_size=(512, 512))
+    """
+    config = ml_collections.ConfigDict()
+    config.name = "retinanet"  # Its name in `focaljax.detectors.BUILDERS`.
+    config.update(backbone_lib.default_config())
+    # The FPN levels P{min_level}..P{max_level} (P3-P7: strides 8-128) and their channels.
+    config.min_level = 3
+    config.max_level = 7
+    config.fpn_channels = 256
+    # The classification and box heads: head_convs convs of head_channels, then the output conv.
+    config.head_convs = 4
+    config.head_channels = 256
+    # The heads' norm: "gn" or "none" (ml_collections cannot set None from the command line). The
+    # paper's heads have none; trained from scratch they converge much faster with GN.
+    config.head_norm = "gn"
+    config.prior_prob = 0.01  # The foreground probability the classifier bias starts from.
+    config.dtype = "float32"  # Compute dtype: "float32", "bfloat16" or "float16".
+    # Anchors: base size anchor_base_scale * stride, times each scale, at each aspect ratio
+    # (height / width). The paper's: 9 per location, sizes 32 (P3) to 512 (P7).
+    config.anchor_base_scale = 4.0
+    config.anchor_scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    config.aspect_ratios = (0.5, 1.0, 2.0)
+    # Matching: IoU >= fg_iou_threshold foreground, < bg_iou_threshold background, in between
+    # ignored; low-quality matches make each object's best anchor foreground too.
+    config.fg_iou_threshold = 0.5
+    config.bg_iou_threshold = 0.4
+    config.allow_low_quality_matches = True
+    config.box_coder_weights = (1.0, 1.0, 1.0, 1.0)  # (wx, wy, ww, wh) of the box deltas.
+
+    loss = config.loss = ml_collections.ConfigDict()
+    # The classification loss: "focal" (alpha, gamma), "ce", "alpha_ce" (alpha), "fl_star"
+    # (gamma, fl_star_beta) or "ohem" (the ohem_* fields); see the module docstring.
+    loss.cls = "focal"
+    loss.alpha = 0.25
+    loss.gamma = 2.0
+    loss.label_smoothing = 0.0  # In [0, 1), of the focal loss's targets.
+    # The focal factor for soft targets (label_smoothing > 0): "pt", (1 - p_t)^gamma as optax,
+    # torchvision and Keras, or "quality", |t - p|^gamma (focaljax.losses.sigmoid_focal_loss).
+    loss.soft_target_mode = "pt"
+    loss.fl_star_beta = 0.0
+    # "ohem": the highest-loss anchors per image, at most this fraction of them positives.
+    loss.ohem_num_samples = 128
+    loss.ohem_positive_fraction = 0.25
+    # "ohem": instead of a positive fraction (set it to 0), SSD's rule: every positive and at most
+    # this many hardest negatives per positive (3.0 is the paper's "OHEM 1:3"); 0.0 is off.
+    loss.ohem_negative_ratio = 0.0
+    # "ohem": NMS by loss over the anchors before they are picked, at this IoU (the paper's OHEM:
+    # 0.5 or 0.7); 0.0 is no NMS. Over the ohem_pre_nms_topk highest-loss anchors (0: all; with a
+    # positive rule, NMS over all of tens of thousands of anchors is slow), comparing the
+    # "anchors" themselves or the boxes the box head predicts for them ("decoded").
+    loss.ohem_nms_iou_threshold = 0.0
+    loss.ohem_pre_nms_topk = 0
+    loss.ohem_nms_boxes = "anchors"
+    # N of the loss: "num_positives" (the paper's max(1, #positive anchors) of the batch) or
+    # "ema" (detectron2's moving average of it, momentum ema_momentum, starting at 100).
+    loss.normalizer = "num_positives"
+    loss.ema_momentum = 0.9
+    # The box loss: "l1" (detectron2's), "smooth_l1" (with box_beta) or "giou" (on the decoded
+    # boxes), times box_weight.
+    loss.box = "l1"
+    loss.box_beta = 0.0
+    loss.box_weight = 1.0
+
+    # Inference: top pre_nms_topk per level above score_threshold, per-class NMS, the best
+    # max_detections per image.
+    post = config.postprocess = ml_collections.ConfigDict()
+    post.pre_nms_topk = 1000
+    post.score_threshold = 0.05
+    post.nms_iou_threshold = 0.5
+    post.max_detections = 100
+    return config
 
 
 def classification_loss(loss_config: Any):
@@ -198,8 +287,9 @@ def build_retinanet(
     image_size: tuple[int, int],
     axis_name: str | None = None,
 ) -> Detector:
-    """A RetinaNet `Detector` for `image_size` (height, width) inputs, from `config` (the
-    `config.model` of `configs/*_retinanet*.py`).
+    """A RetinaNet `Detector` for `image_size` (height, width) inputs, from `config` (a model
+    config: `default_config()` with what differs, as the `config.model` of a
+    `configs/*_retinanet*.py`).
 
     The backbone is `config.backbone` with `config.norm`, its stride where `config.stride_in_1x1`
     puts it and the part `config.freeze_at` names frozen (`Detector.frozen`); at a fresh start

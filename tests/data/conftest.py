@@ -4,8 +4,7 @@ and complete dataset configs for `focaljax.data.build`."""
 import pytest
 import tensorflow_datasets as tfds
 
-from configs import default
-from focaljax.data import Shapes, shapes_config
+from focaljax.data import Shapes, default_config, shapes_config
 
 # Landscape images, so that resizing has an aspect ratio to keep; 11 validation images, so that
 # neither the batches nor two processes divide the split evenly.
@@ -27,10 +26,10 @@ def small_builder(small_data_dir) -> Shapes:
 
 
 def dataset_config(**overrides) -> dict:
-    """A complete dataset config, as `focaljax.data.build` requires: configs/default.py's (COCO)
+    """A complete dataset config, as `focaljax.data.build` requires: `default_config()`'s (COCO)
     with `overrides`, each of which must be one of its fields."""
-    config = default.get_config().dataset.to_dict()
+    config = default_config().to_dict()
     unknown = sorted(set(overrides) - set(config))
     if unknown:
-        raise KeyError(f"configs/default.py declares no dataset fields {unknown}")
+        raise KeyError(f"focaljax.data.default_config() declares no dataset fields {unknown}")
     return {**config, **overrides}

@@ -352,7 +352,7 @@ def test_registry_reads_an_empty_data_dir_as_the_tfds_default():
 def test_registry_names_every_missing_field_and_the_config_that_declares_them():
     config = dataset_config(name="shapes", builder_kwargs={})
     del config["shuffle_buffer_size"], config["eval_split"]
-    with pytest.raises(ValueError, match="configs/default.py") as error:
+    with pytest.raises(ValueError, match=r"focaljax.data.default_config\(\)") as error:
         data.build(config)
     message = str(error.value)
     assert "'eval_split'" in message and "'shuffle_buffer_size'" in message

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
 from focaljax import data as data_lib
 from focaljax import detectors, evaluation, losses
 from focaljax.detectors import faster_rcnn
@@ -33,11 +32,11 @@ SOFTMAX_MODES = ("focal_softmax", "focal_softmax_shared")
 
 
 def tiny_model_config(rpn_loss="focal_softmax"):
-    """The COCO recipe's model scaled to 64x64 images and seconds on a CPU: the tiny ResNet, 16
-    FPN channels, one square anchor of 16, 32, 64 px on P2-P4 (16x16, 8x8 and 4x4 positions: 336
-    anchors), 64 candidates per level before NMS and 32 proposals after, 16 RoIs per image
-    pooled with one sample per bin, a box head of 2 FC of 32."""
-    model = default.faster_rcnn_model()
+    """The library's default model (detectron2's values) scaled to 64x64 images and seconds on a
+    CPU: the tiny ResNet, 16 FPN channels, one square anchor of 16, 32, 64 px on P2-P4 (16x16, 8x8
+    and 4x4 positions: 336 anchors), 64 candidates per level before NMS and 32 proposals after, 16
+    RoIs per image pooled with one sample per bin, a box head of 2 FC of 32."""
+    model = faster_rcnn.default_config()
     model.backbone = "resnet_tiny"
     model.fpn_channels = 16
     model.anchor_sizes = (16.0, 32.0, 64.0)

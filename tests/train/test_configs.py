@@ -1,9 +1,12 @@
 """Every `configs/*.py`: it loads, the trainer accepts it, its data set and detector build, its
-docstring says how to run it, and it declares exactly the fields of `configs/default.py`. The COCO
-config follows the paper's 1x recipe, and the default config is that recipe from scratch."""
+docstring says how to run it, and it declares exactly the fields of `configs/default.py`, whose
+data set and models are the library's defaults (`focaljax.data.default_config`, each detector's
+`default_config`). The COCO config follows the paper's 1x recipe, and the default config is that
+recipe from scratch."""
 
 from __future__ import annotations
 
+import doctest
 import functools
 import importlib
 import pathlib
@@ -16,6 +19,7 @@ import pytest
 from configs import default
 from focaljax import data as data_lib
 from focaljax import detectors
+from focaljax.detectors import backbone, faster_rcnn, retinanet
 from focaljax.ops import anchors as anchor_ops
 from train import checks, optim
 
@@ -157,7 +161,8 @@ def test_a_weight_file_argument_gives_the_papers_backbone_and_none_the_scratch_o
 # Fields whose keys are the data set's builder arguments or XLA's option names, not config fields:
 # they differ from config to config.
 OPEN_FIELDS = ("dataset.builder_kwargs", "compiler_options")
-MODELS = {"retinanet": default.retinanet_model, "faster_rcnn": default.faster_rcnn_model}
+# Each detector's fields, declared in the library next to the builder that reads them.
+MODELS = {"retinanet": retinanet.default_config, "faster_rcnn": faster_rcnn.default_config}
 
 
 def declared_fields(config, prefix=""):
@@ -179,13 +184,49 @@ def test_config_declares_exactly_the_fields_of_the_default_config(name):
     for config in configs:
         fields = {f for f in declared_fields(config) if not f.startswith("model.")}
         assert fields == expected
-        # The model's fields are those of its detector's builder in configs/default.py.
+        # The model's fields are those of its detector's `default_config()`.
         assert declared_fields(config.model) == declared_fields(MODELS[config.model.name]())
 
 
-def test_the_default_config_declares_every_field_that_the_data_pipeline_reads():
-    assert set(default.get_config().dataset) == set(data_lib.FIELDS)
-    data_lib.build(default.get_config().dataset)  # Complete: no field missing.
+def test_the_library_declares_every_field_that_the_data_pipeline_reads():
+    assert set(data_lib.default_config()) == set(data_lib.FIELDS)
+    data_lib.build(data_lib.default_config())  # Complete: no field missing.
+
+
+def test_the_default_config_is_the_librarys_defaults_from_scratch():
+    # configs/default.py composes the library's declarations and changes none of their values:
+    # the data set, and the models without a weight file.
+    config = default.get_config()
+    assert config.dataset.to_dict() == data_lib.default_config().to_dict()
+    assert config.model.to_dict() == retinanet.default_config().to_dict()
+    assert default.faster_rcnn_model().to_dict() == faster_rcnn.default_config().to_dict()
+    # A weight file changes the backbone's fields only (and RetinaNet's heads' norm).
+    changed = {"backbone_weights", "norm", "freeze_at", "stride_in_1x1"}
+    for model, library in ((default.retinanet_model("/data/R-50.pkl"), retinanet.default_config()),
+                           (default.faster_rcnn_model("/data/R-50.pkl"),
+                            faster_rcnn.default_config())):
+        differ = {k for k, v in model.to_dict().items() if library.to_dict()[k] != v}
+        expected = changed | ({"head_norm"} if model.name == "retinanet" else set())
+        assert differ == expected, model.name
+        assert set(backbone.default_config()) <= set(model)
+
+
+@pytest.mark.parametrize(
+    "function", [data_lib.default_config, retinanet.default_config, faster_rcnn.default_config,
+                 backbone.default_config],
+    ids=lambda f: f.__module__,
+)
+def test_library_default_config_example_runs(function):
+    runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+    module = importlib.import_module(function.__module__)
+    tests = doctest.DocTestFinder(recurse=False).find(
+        function, function.__qualname__, module=module, globs=dict(vars(module))
+    )
+    report = []
+    for test in tests:
+        runner.run(test, out=report.append)
+    results = runner.summarize(verbose=False)
+    assert results.attempted > 0 and results.failed == 0, "".join(report)
 
 
 def test_the_default_config_is_the_coco_retinanet_recipe_from_scratch():
