@@ -98,8 +98,10 @@ def detector_anchors(model: Any, image_size: Sequence[int]) -> AnchorSetup:
     `image_size` `(height, width)` inputs: a RetinaNet's, or a Faster R-CNN's RPN's.
 
     Examples:
-      >>> from configs import shapes_retinanet
-      >>> setup = detector_anchors(shapes_retinanet.get_config().model, (128, 128))
+      >>> from focaljax.detectors import retinanet
+      >>> model = retinanet.default_config()  # The shapes config's anchors: 16-101 px, P3-P5.
+      >>> model.update(max_level=5, anchor_base_scale=2.0, aspect_ratios=(1.0,))
+      >>> setup = detector_anchors(model, (128, 128))
       >>> setup.anchors.shape, setup.anchors_per_level, setup.fg_iou_threshold
       ((1008, 4), (768, 192, 48), 0.5)
     """
@@ -354,8 +356,9 @@ def suggest_anchors(
       `target`), or None when nothing on the grid does; `best` covers most objects on the grid.
 
     Examples:
-      >>> from configs import shapes_retinanet
-      >>> model = shapes_retinanet.get_config().model  # 16-101 px anchors, one aspect ratio
+      >>> from focaljax.detectors import retinanet
+      >>> model = retinanet.default_config()  # 16-101 px anchors, one aspect ratio
+      >>> model.update(max_level=5, anchor_base_scale=2.0, aspect_ratios=(1.0,))
       >>> boxes = np.array([[7, 7, 17, 17], [39, 39, 49, 49]], np.float32)  # 10 px, IoU 0.39
       >>> suggestion, _ = suggest_anchors(model, (128, 128), boxes)  # 13.5 px anchors: 0.55
       >>> dict(suggestion.fields), suggestion.coverage
@@ -583,8 +586,9 @@ def anchor_coverage_report(
     image, e.g. from `dataset_boxes`).
 
     Examples:
-      >>> from configs import shapes_retinanet
-      >>> model = shapes_retinanet.get_config().model
+      >>> from focaljax.detectors import retinanet
+      >>> model = retinanet.default_config()  # 16-101 px anchors, one aspect ratio
+      >>> model.update(max_level=5, anchor_base_scale=2.0, aspect_ratios=(1.0,))
       >>> boxes = [np.array([[4, 4, 20, 20], [40, 40, 72, 72]], np.float32), np.zeros((0, 4))]
       >>> report = anchor_coverage_report(model, (128, 128), boxes)
       >>> report.matched.positives.tolist(), report.figures()["positives_per_image"]
