@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from focaljax.errors import ConfigError
 from train import distributed
 
 # XLA options that a backend's steps get unless the config or XLA_FLAGS sets them (the module
@@ -59,7 +60,7 @@ def _explicit_options(config: ml_collections.ConfigDict) -> dict[str, str | bool
     if not isinstance(options, Mapping) or not all(
         isinstance(k, str) and isinstance(v, (str, bool, int, float)) for k, v in options.items()
     ):
-        raise ValueError(
+        raise ConfigError(
             f"config.compiler_options is {options!r}, expected a mapping from XLA option names "
             "to strings or numbers, e.g. {'xla_cpu_experimental_ynn_fusion_type': ''}"
         )
