@@ -114,8 +114,12 @@ def get_config() -> ml_collections.ConfigDict:
     # a suggestion) over this many training images, with a warning below 95%; 0: no report.
     config.anchor_coverage_images = 500
     config.eval_backend = "pycocotools"  # The COCO evaluator: "pycocotools" or "faster_coco_eval".
-    # Also PASCAL VOC's mAP@0.5 (needs a data set with "difficult" flags such as "voc"): "voc07"
-    # (11-point, logged as VOC07_mAP50), "voc" (all-point, VOC_mAP50) or "" (off).
+    # The evaluators of every evaluation, by name (focaljax.evaluation.EVALUATORS): "coco"
+    # (COCO's AP, AP50, ... AR100), "voc07" (PASCAL VOC2007's 11-point mAP@0.5, logged as
+    # VOC07_mAP50) and "voc" (all-point, VOC_mAP50), both needing a data set with VOC's
+    # "difficult" flags such as "voc". The detector adds its own (Faster R-CNN: proposal recall).
+    config.evaluators = ("coco",)
+    # An alias kept for older configs: "voc07" or "voc" adds that evaluator; "" (off).
     config.voc_metric = ""
     # Also COCO's metrics over only the detections scoring at least each of these, logged with
     # the score as suffix (e.g. AP@0.05): with model.postprocess.score_threshold 0.001, the AP at

@@ -12,10 +12,10 @@ timm weights), or without one from scratch with GroupNorm.
 "Difficult" objects are ignore regions in training and left out of evaluation, as VOC does (see
 `focaljax.data.voc`). The trainer reports COCO-style metrics (AP, AP50, ...; with difficult
 objects as crowd regions, AP50 is close to VOC's all-point mAP at IoU 0.5) and, as
-`config.voc_metric = "voc07"` asks, VOC2007's own metric: the 11-point mAP at IoU 0.5 of the VOC
-devkit (`focaljax.evaluation.voc.voc_map`), logged as `VOC07_mAP50` (`eval/VOC07_mAP50` in
-metrics.jsonl and TensorBoard). `--config.voc_metric=voc` reports the all-point (VOC2010+) mAP as
-`VOC_mAP50` instead, `--config.voc_metric=` neither.
+`config.evaluators = ("coco", "voc07")` asks, VOC2007's own metric: the 11-point mAP at IoU 0.5 of
+the VOC devkit (`focaljax.evaluation.voc.voc_map`), logged as `VOC07_mAP50` (`eval/VOC07_mAP50` in
+metrics.jsonl and TensorBoard). `--config.evaluators='("coco","voc")'` reports the all-point
+(VOC2010+) mAP as `VOC_mAP50` instead, `--config.evaluators='("coco",)'` neither.
 
 Command. Prepare once from the official files (nothing is downloaded; about a minute):
 
@@ -63,5 +63,5 @@ def get_config(weights: str = "") -> ml_collections.ConfigDict:
     config.num_epochs = 24.0
     config.eval_every_steps = 5000
     config.checkpoint_every_steps = 1000
-    config.voc_metric = "voc07"  # Also VOC2007's 11-point mAP@0.5, as VOC07_mAP50.
+    config.evaluators = ("coco", "voc07")  # Also VOC2007's 11-point mAP@0.5, as VOC07_mAP50.
     return config

@@ -81,12 +81,7 @@ def check_config(
         raise ConfigError(
             f"config.max_checkpoints_to_keep is {config.max_checkpoints_to_keep}, expected >= 1"
         )
-    voc_metric = config.voc_metric
-    if voc_metric and voc_metric not in evaluate.VOC_METRICS:
-        raise ConfigError(
-            f"config.voc_metric is {voc_metric!r}, expected '' (off) or one of "
-            f"{tuple(evaluate.VOC_METRICS)}"
-        )
+    evaluate.evaluator_names(config)  # Raises for an unknown or repeated evaluator.
     scores = tuple(config.eval_min_scores)
     if any(not isinstance(s, int | float) or not 0 < s <= 1 for s in scores):
         raise ConfigError(

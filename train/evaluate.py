@@ -18,6 +18,7 @@ import numpy as np
 
 from focaljax import data as data_lib
 from focaljax import detectors, evaluation
+from focaljax.errors import ConfigError
 from focaljax.evaluation.visualize import save_detection_grid
 from train import distributed
 
@@ -25,9 +26,6 @@ if TYPE_CHECKING:
     from train.state import TrainState
 
 EVAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-# config.voc_metric -> the name of PASCAL VOC's mAP at IoU 0.5 among the evaluation metrics:
-# "voc07" the 11-point VOC2007 AP, "voc" the all-point area (VOC2010+); "" (default) neither.
-VOC_METRICS = {"voc07": "VOC07_mAP50", "voc": "VOC_mAP50"}
 # The outputs of `Detector.postprocess` that the detection pictures draw.
 DETECTION_KEYS = ("boxes", "scores", "classes", "num_valid")
 
@@ -48,40 +46,57 @@ def min_score_suffix(score: float) -> str:
     return f"@{float(score):g}"
 
 
+def evaluator_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The evaluators `config` names: `config.evaluators`, then `config.voc_metric` when set
+    (an alias kept for older configs: `voc_metric="voc07"` is `evaluators=("coco", "voc07")`);
+    ConfigError for an unknown or repeated name."""
+    voc_metric = config.voc_metric
+    if voc_metric and voc_metric not in evaluation.VOC_METRICS:
+        raise ConfigError(f"config.voc_metric is {voc_metric!r}, expected '' (off) or one of "
+                          f"{tuple(evaluation.VOC_METRICS)}")
+    names = tuple(config.evaluators)
+    if voc_metric and voc_metric not in names:
+        names += (voc_metric,)
+    return evaluation.check_names(names, field="config.evaluators")
+
+
+def read_ground_truth(
+    dataset: data_lib.DetectionDataset, config: ml_collections.ConfigDict
+) -> evaluation.GroundTruth:
+    """The evaluation split's ground truth, read once for every evaluation of the run: COCO's
+    format always, VOC's (with "difficult" flags) when a VOC evaluator is named; ConfigError,
+    before training, for a VOC evaluator on a data set without those flags."""
+    split = config.dataset.eval_split
+    names = evaluator_names(config)
+    voc = None
+    if evaluation.needs_voc(names):
+        try:
+            voc = dataset.voc_ground_truth(split)
+        except ConfigError as error:
+            raise ConfigError(
+                f"config.evaluators names {[n for n in names if n in evaluation.VOC_METRICS]}, "
+                f"but {error}. Leave the VOC evaluators out for this data set."
+            ) from error
+    return evaluation.GroundTruth(
+        coco=dataset.coco_ground_truth(split), category_ids=dataset.info.category_ids,
+        num_classes=dataset.info.num_classes, voc=voc,
+    )
+
+
 def build_evaluators(
-    dataset: data_lib.DetectionDataset,
+    truth: evaluation.GroundTruth,
     detector: detectors.Detector,
     config: ml_collections.ConfigDict,
 ) -> list[evaluation.Evaluator]:
-    """The evaluators of a run: COCO's detection metrics, again over the detections scoring at
-    least each of `config.eval_min_scores` (names suffixed by `min_score_suffix`), PASCAL VOC's
-    mAP when `config.voc_metric` is set, then the detector's own (`Detector.evaluators`)."""
-    ground_truth = dataset.coco_ground_truth(config.dataset.eval_split)
+    """Fresh evaluators for one evaluation: those `config` names (`evaluator_names`; "coco"
+    again over the detections scoring at least each of `config.eval_min_scores`, names
+    suffixed by `min_score_suffix`), then the detector's own (`Detector.evaluators`)."""
     # "faster_coco_eval" gives pycocotools' numbers (to 1e-4, tested) an order of magnitude faster.
-    evaluators: list[evaluation.Evaluator] = [
-        evaluation.CocoDetectionEvaluator(
-            ground_truth, category_ids=dataset.info.category_ids,
-            backend=config.eval_backend,
-        )
-    ]
-    evaluators += [
-        evaluation.CocoDetectionEvaluator(
-            ground_truth, category_ids=dataset.info.category_ids, backend=config.eval_backend,
-            min_score=float(score), suffix=min_score_suffix(score),
-        )
-        for score in config.eval_min_scores
-    ]
-    voc_metric = config.voc_metric
-    if voc_metric:
-        image_ids, truths = dataset.voc_ground_truth(config.dataset.eval_split)
-        evaluators.append(
-            evaluation.VocDetectionEvaluator(
-                image_ids, truths, num_classes=dataset.info.num_classes,
-                use_07_metric=voc_metric == "voc07",
-            )
-        )
-    evaluators.extend(detector.evaluators(ground_truth))
-    return evaluators
+    evaluators = evaluation.build_evaluators(
+        evaluator_names(config), truth, coco_backend=config.eval_backend,
+        coco_min_scores=tuple(config.eval_min_scores), min_score_suffix=min_score_suffix,
+    )
+    return evaluators + list(detector.evaluators(truth.coco))
 
 
 def evaluate(
@@ -91,22 +106,23 @@ def evaluate(
     config: ml_collections.ConfigDict,
     *,
     detector: detectors.Detector,
+    truth: evaluation.GroundTruth,
     grid_path: str | None = None,
 ) -> tuple[dict[str, float], np.ndarray | None]:
     """Metrics of the (replicated) `state` on the evaluation split, and a picture grid.
 
-    Every batch of detections goes to each of `build_evaluators`' evaluators, with each of the
-    detector's `box_outputs` mapped back to original pixels (`focaljax.data.to_original_pixels`)
-    first; the
+    Every batch of detections goes to each of `build_evaluators`' evaluators (fresh ones, from
+    `truth`, the split's ground truth `read_ground_truth` read once), with each of the detector's
+    `box_outputs` mapped back to original pixels (`focaljax.data.to_original_pixels`) first; the
     metrics are the union of theirs (COCO's under `EVAL_METRICS` and the rest of
-    `focaljax.evaluation.STAT_NAMES`, VOC's mAP under its `VOC_METRICS` name, a Faster R-CNN's
-    proposal recall ...). The grid, written to `grid_path` as a PNG, shows the first
-    `config.num_grid_images` images with their predicted and true boxes, in resized-image pixels.
+    `focaljax.evaluation.STAT_NAMES`, VOC's mAP under its `focaljax.evaluation.VOC_METRICS` name,
+    a Faster R-CNN's proposal recall ...). The grid, written to `grid_path` as a PNG, shows the
+    first `config.num_grid_images` images with their predicted and true boxes, in resized-image
+    pixels.
     """
     info = dataset.info
-    ground_truth = dataset.coco_ground_truth(config.dataset.eval_split)
-    evaluators = build_evaluators(dataset, detector, config)
-    sizes = {image["id"]: (image["height"], image["width"]) for image in ground_truth["images"]}
+    evaluators = build_evaluators(truth, detector, config)
+    sizes = {image["id"]: (image["height"], image["width"]) for image in truth.coco["images"]}
     per_device = config.eval_batch_size // jax.device_count()
     grid_images, grid_predictions, grid_truths = [], [], []
     for batch in dataset.eval_iterator(per_device):

@@ -3,7 +3,7 @@
 `train_and_evaluate(config, workdir)` does everything a run needs: it builds the data set and the
 detector named in the config, restores the latest checkpoint of `workdir` if there is one, runs
 the pmapped `train_step` with periodic checkpoints, logs, evaluations (COCO's metrics, plus PASCAL
-VOC's mAP when `config.voc_metric` is set) and detection images, and returns the final evaluation
+VOC's mAP when `config.evaluators` names it) and detection images, and returns the final evaluation
 metrics. This module holds the train state, the steps and the loop; the rest of a run has its own
 module: `checks` (the config), `optim` (optimizer and schedule), `evaluate`, `workdir`
 (checkpoints and run info), `compilation` (`config.compiler_options`), `distributed` (what
@@ -42,9 +42,8 @@ from jax import lax
 from tqdm import tqdm
 
 from focaljax import data as data_lib
-from focaljax import detectors
+from focaljax import detectors, evaluation
 from focaljax.detectors import anchor_coverage
-from focaljax.errors import ConfigError
 from train import checks, compilation, distributed, optim
 from train import evaluate as evaluate_lib
 from train import workdir as workdir_lib
@@ -223,15 +222,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains `config` in `workdir`, resuming from its latest checkpoint, then evaluates.
 
     Returns:
-      The final metrics of `evaluate.build_evaluators`: COCO's (AP, AP50, AP75, APs, APm, APl,
-      AR...), VOC's mAP under its `evaluate.VOC_METRICS` name when `config.voc_metric` is set, and
+      The final metrics of `evaluate.build_evaluators`: those of `config.evaluators` (COCO's AP,
+      AP50, AP75, APs, APm, APl, AR...; VOC's mAP under its `focaljax.evaluation.VOC_METRICS`
+      name), and
       those of the detector's own evaluators (a Faster R-CNN's AR@100, AR@300, AR@1000).
 
     Raises:
       ConfigError: for a config that cannot run, before anything is compiled; for pretrained
         weights that cannot be read or do not fit the detector (`Detector.load_pretrained`, e.g.
-        `config.model.backbone_weights`), before the workdir is made; for `config.voc_metric`
-        on a data set without VOC's "difficult" flags.
+        `config.model.backbone_weights`), before the workdir is made; for a VOC evaluator
+        (`config.evaluators`) on a data set without VOC's "difficult" flags.
       TrainingDivergedError: when the loss or the gradient norm becomes NaN or Inf; the message
         names the step and the last good checkpoint, and nothing is saved after it.
       TrainingInterruptedError: after SIGTERM or Ctrl-C, once the checkpoint of the current step
@@ -249,15 +249,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if not distributed.is_main():
         dataset = data_lib.build(config.dataset)
         info = dataset.info
-    voc_metric = config.voc_metric
-    if voc_metric:
-        # Now rather than at the first evaluation; the ground truth is read once and kept.
-        try:
-            dataset.voc_ground_truth(config.dataset.eval_split)
-        except ConfigError as error:
-            raise ConfigError(
-                f"config.voc_metric is {voc_metric!r}, but {error}. Set it to '' for this data set."
-            ) from error
+    # Read once for every evaluation, and now: a VOC evaluator on a data set without VOC's
+    # "difficult" flags stops the run before it trains.
+    truth = evaluate_lib.read_ground_truth(dataset, config)
     image_size = tuple(int(s) for s in config.dataset.image_size)
     detector = detectors.build(
         config.model, num_classes=info.num_classes, image_size=image_size, axis_name=AXIS_NAME
@@ -297,8 +291,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             report(f"Resuming from the checkpoint at step {resume_step} in {workdir}")
         return _train_loop(
             config, workdir, state,
-            dataset=dataset, detector=detector, tx=tx, learning_rate_fn=learning_rate_fn,
-            step_rng=step_rng, num_steps=num_steps, checkpoints=checkpoints, writer=writer,
+            dataset=dataset, truth=truth, detector=detector, tx=tx,
+            learning_rate_fn=learning_rate_fn, step_rng=step_rng, num_steps=num_steps,
+            checkpoints=checkpoints, writer=writer,
         )
     finally:
         checkpoints.wait_until_finished()
@@ -312,6 +307,7 @@ def _train_loop(
     state: TrainState,
     *,
     dataset: data_lib.DetectionDataset,
+    truth: evaluation.GroundTruth,
     detector: detectors.Detector,
     tx: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
@@ -349,7 +345,8 @@ def _train_loop(
     def run_eval(step: int) -> dict[str, float]:
         grid_path = os.path.join(workdir, f"detections_step_{step}.png")
         metrics, grid = evaluate_lib.evaluate(
-            p_eval_step, state, dataset, config, detector=detector, grid_path=grid_path
+            p_eval_step, state, dataset, config, detector=detector, truth=truth,
+            grid_path=grid_path,
         )
         writer.write_scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
         if grid is not None:

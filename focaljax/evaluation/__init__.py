@@ -16,11 +16,25 @@ from focaljax.evaluation.loss_curves import (
     share_of_hardest,
 )
 from focaljax.evaluation.proposals import ProposalRecallEvaluator
+from focaljax.evaluation.registry import (
+    EVALUATORS,
+    VOC_METRICS,
+    GroundTruth,
+    build_evaluators,
+    check_names,
+    needs_voc,
+)
 from focaljax.evaluation.visualize import class_color, draw_detections, save_detection_grid
 from focaljax.evaluation.voc import voc_ap, voc_map
 
 __all__ = [
+    "EVALUATORS",
     "STAT_NAMES",
+    "VOC_METRICS",
+    "GroundTruth",
+    "build_evaluators",
+    "check_names",
+    "needs_voc",
     "CocoDetectionEvaluator",
     "CocoEvaluator",
     "Evaluator",

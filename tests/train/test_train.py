@@ -35,6 +35,9 @@ IMAGE_SIZE = (64, 64)
         ("dataset.image_size", (64,), r"config.dataset.image_size is \(64,\), expected \(height"),
         ("voc_metric", "voc12", r"config.voc_metric is 'voc12', expected '' \(off\) or one of "
                                 r"\('voc07', 'voc'\)"),
+        ("evaluators", ("coco", "map"), r"config.evaluators names \['map'\], expected names "
+                                        r"from \('coco', 'voc07', 'voc'\)"),
+        ("evaluators", ("coco", "coco"), r"config.evaluators names \['coco'\] more than once"),
         ("compiler_options.xla_cpu_max_isa", (1, 2), r"config.compiler_options is \{.*\}, "
                                                      r"expected a mapping from XLA option names"),
         ("model.freeze_at", 6, r"config.model.freeze_at is 6, expected 0 \(nothing frozen\), 1 "

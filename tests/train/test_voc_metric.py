@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from focaljax import data as data_lib
-from focaljax import detectors
+from focaljax import detectors, evaluation
 from tests.data.fake_sources import write_voc_source
 from tests.train.conftest import bare_model_config, tiny_config
 from train import evaluate as evaluate_lib
@@ -66,7 +66,7 @@ def voc_config(data_dir: str, voc_metric: str) -> ml_collections.ConfigDict:
     config.num_train_steps = 1
     config.checkpoint_every_steps = 0
     config.num_grid_images = 1
-    config.voc_metric = voc_metric
+    config.evaluators = ("coco", voc_metric) if voc_metric else ("coco",)
     return config
 
 
@@ -109,8 +109,10 @@ def _evaluate(detector: detectors.Detector, config: ml_collections.ConfigDict) -
                                            IMAGE_SIZE)
     p_eval_step = jax.pmap(functools.partial(train.eval_step, detector=detector),
                            axis_name=train.AXIS_NAME)
-    metrics, _ = evaluate_lib.evaluate(p_eval_step, train_state.replicate(state),
-                                       data_lib.build(config.dataset), config, detector=detector)
+    dataset = data_lib.build(config.dataset)
+    metrics, _ = evaluate_lib.evaluate(p_eval_step, train_state.replicate(state), dataset, config,
+                                       detector=detector,
+                                       truth=evaluate_lib.read_ground_truth(dataset, config))
     return metrics
 
 
@@ -135,10 +137,10 @@ def test_evaluate_adds_voc_map_of_the_detections_in_original_pixels(
 ):
     metrics = _evaluate(oracle(missed=missed), voc_config(voc_data_dir, voc_metric))
 
-    name = evaluate_lib.VOC_METRICS[voc_metric]
+    name = evaluation.VOC_METRICS[voc_metric]
     assert metrics[name] == pytest.approx(expected, abs=1e-9)
     assert set(evaluate_lib.EVAL_METRICS) <= set(metrics)
-    assert set(evaluate_lib.VOC_METRICS.values()) & set(metrics) == {name}
+    assert set(evaluation.VOC_METRICS.values()) & set(metrics) == {name}
 
 
 def test_evaluate_reports_no_voc_map_when_voc_metric_is_off(voc_data_dir):
@@ -147,7 +149,7 @@ def test_evaluate_reports_no_voc_map_when_voc_metric_is_off(voc_data_dir):
     metrics = _evaluate(oracle(), config)
 
     assert set(evaluate_lib.EVAL_METRICS) <= set(metrics)
-    assert not set(evaluate_lib.VOC_METRICS.values()) & set(metrics)
+    assert not set(evaluation.VOC_METRICS.values()) & set(metrics)
 
 
 def test_run_logs_and_prints_the_voc_map(voc_data_dir, tmp_path, monkeypatch, capsys):
@@ -173,11 +175,11 @@ def test_voc_metric_on_a_data_set_without_difficult_flags_fails_before_training(
     tiny_data_dir, tmp_path
 ):
     config = tiny_config(tiny_data_dir)
-    config.voc_metric = "voc07"
+    config.evaluators = ("coco", "voc07")
     with pytest.raises(
         ValueError,
-        match=r"config.voc_metric is 'voc07', but shapes/tiny/\S+ has no VOC 'difficult' flags: it "
-              r"lacks the features \['objects/is_difficult'\]",
+        match=r"config.evaluators names \['voc07'\], but shapes/tiny/\S+ has no VOC 'difficult' "
+              r"flags: it lacks the features \['objects/is_difficult'\]",
     ):
         train.train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
@@ -205,3 +207,13 @@ def test_declared_box_outputs_reach_the_detectors_evaluators_in_original_pixels(
 
     unmapped = dataclasses.replace(with_proposals, box_outputs=("boxes",))
     assert _evaluate(unmapped, voc_config(voc_data_dir, ""))["AR@100"] == pytest.approx(0.0)
+
+
+def test_voc_metric_is_an_alias_that_adds_its_evaluator(voc_data_dir):
+    config = voc_config(voc_data_dir, "")
+    config.voc_metric = "voc"
+    assert evaluate_lib.evaluator_names(config) == ("coco", "voc")
+    metrics = _evaluate(oracle(missed=(2, DOG)), config)
+    assert metrics["VOC_mAP50"] == pytest.approx((1 / 2 + 1) / 2, abs=1e-9)
+    config.evaluators = ("coco", "voc")  # Named twice over: once.
+    assert evaluate_lib.evaluator_names(config) == ("coco", "voc")
