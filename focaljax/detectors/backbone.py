@@ -1,6 +1,7 @@
 """What a detector with a ResNet backbone does with the backbone fields of its config: ImageNet
-weights merged into its initial variables (`backbone_weights`, `backbone_weights_format`), the
-part of the ResNet that `freeze_at` freezes, and the checks of those fields.
+weights merged into its initial variables (`backbone_weights`, `backbone_weights_format`; read by
+`focaljax.models.weight_readers`, converted by `focaljax.models.pretrained`, merged here at
+`BACKBONE_PATH`), the part of the ResNet that `freeze_at` freezes, and the checks of those fields.
 
 RetinaNet and Faster R-CNN put these into their `Detector` (`load_pretrained`, `frozen`), so the
 trainer reads none of these fields and knows no ResNet: a detector without one leaves both
@@ -11,16 +12,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import flax
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from focaljax.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from focaljax.errors import ConfigError
 from focaljax.models import pretrained as pretrained_lib
 from focaljax.models import resnet as resnet_lib
+from focaljax.models import weight_readers
+
+# Where RetinaNet and FasterRCNN keep their ResNet: ResNetFPN "backbone", its ResNet "resnet".
+BACKBONE_PATH = ("backbone", "resnet")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -40,7 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
     # ImageNet weights of the ResNet, read at a fresh start (never on resume: they are in the
     # checkpoints): a .safetensors, torch .pth, detectron2 .pkl or Keras .h5 file, "" for none.
     # The format is detected from the file unless backbone_weights_format names one of
-    # focaljax.models.pretrained.FORMATS.
+    # focaljax.models.weight_readers.FORMATS.
     config.backbone_weights = ""
     config.backbone_weights_format = ""  # Detected from the file.
     # The ResNet's norm: "bn", "sync_bn" (statistics over the devices), "gn" or "frozen_bn" (the
@@ -59,10 +67,10 @@ def check_config(config: Any) -> None:
     """Raises ConfigError, naming the field, for backbone fields of `config` (`config.model`)
     that no ResNet detector can take: an unknown weight format or `freeze_at`. The weight file
     is read by `load_pretrained`, at a fresh start only: a resumed run does not need it."""
-    if config.backbone_weights_format not in ("", *pretrained_lib.FORMATS):
+    if config.backbone_weights_format not in ("", *weight_readers.FORMATS):
         raise ConfigError(
             f"config.model.backbone_weights_format is {config.backbone_weights_format!r}, "
-            f"expected '' (detected from the file) or one of {pretrained_lib.FORMATS}"
+            f"expected '' (detected from the file) or one of {weight_readers.FORMATS}"
         )
     if not 0 <= config.freeze_at <= resnet_lib.MAX_FREEZE_AT:
         raise ConfigError(
@@ -78,7 +86,8 @@ def load_backbone_weights(
     """The ImageNet weights of the file `config.backbone_weights` (None for ""), converted for
     the ResNet that `config.backbone`, `config.norm` and `config.stride_in_1x1` describe and for
     focaljax's input normalization. The format is `config.backbone_weights_format`, or the one
-    `detect_format` finds when that is "" (see `focaljax.models.pretrained`).
+    `detect_format` finds when that is "" (see `focaljax.models.weight_readers`, and
+    `focaljax.models.pretrained` for the conversion).
 
     Raises:
       ConfigError: naming `config.model.backbone_weights`, the file and what is wrong with it:
@@ -98,7 +107,7 @@ def load_backbone_weights(
             path, resnet, format=config.backbone_weights_format or None,
             input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD,
         )
-    except pretrained_lib.WeightFileError as error:  # Its message starts with the file.
+    except weight_readers.WeightFileError as error:  # Its message starts with the file.
         raise ConfigError(f"config.model.backbone_weights: {error}") from None
     except ConfigError as error:
         raise ConfigError(
@@ -125,19 +134,91 @@ def weights_record(weights: pretrained_lib.PretrainedResNet) -> dict[str, Any]:
     }
 
 
+def merge_backbone(
+    variables: Mapping[str, Any],
+    pretrained: pretrained_lib.PretrainedResNet,
+    *,
+    path: Sequence[str] = BACKBONE_PATH,
+) -> dict[str, Any]:
+    """``variables`` of a detector (``module.init``'s) with its ResNet replaced by ``pretrained``.
+
+    In each collection of ``pretrained.variables`` the subtree at ``path`` (``BACKBONE_PATH``,
+    where RetinaNet and FasterRCNN keep their ResNet; ``()`` for a bare ResNet) is replaced; it
+    must have exactly the same arrays with the same shapes, so a detector built with another
+    depth or norm than the weights were loaded for fails here. Nothing else changes.
+
+    Examples:
+      >>> import numpy as np
+      >>> weights = pretrained_lib.PretrainedResNet(
+      ...     {"params": {"stem_conv": {"kernel": np.ones(2)}}},
+      ...     path="w.pth", format="pth", unused=(), notes=())
+      >>> init = {"params": {"backbone": {"resnet": {"stem_conv": {"kernel": np.zeros(2)}},
+      ...                                 "fpn": {"kernel": np.zeros(3)}}}}
+      >>> merged = merge_backbone(init, weights)
+      >>> merged["params"]["backbone"]["resnet"]["stem_conv"]["kernel"].tolist()
+      [1.0, 1.0]
+      >>> merged["params"]["backbone"]["fpn"]["kernel"].tolist()
+      [0.0, 0.0, 0.0]
+    """
+    variables = flax.core.unfreeze(variables)
+    path = tuple(path)
+    merged = dict(variables)
+    for collection, new in pretrained.variables.items():
+        where = "/".join((collection, *path))
+        node = variables.get(collection)
+        for key in path:
+            if not isinstance(node, Mapping) or key not in node:
+                available = sorted(node) if isinstance(node, Mapping) else []
+                raise ConfigError(
+                    f"the variables have no {where} for the weights of {pretrained.path}; "
+                    f"found {available} at {key!r}'s level"
+                )
+            node = node[key]
+        old_shapes = _flat_shapes(node)
+        new_shapes = _flat_shapes(new)
+        if old_shapes != new_shapes:
+            differences = sorted(
+                f"{name}: {old_shapes.get(name, 'absent')} in the variables, "
+                f"{new_shapes.get(name, 'absent')} in the weights"
+                for name in old_shapes.keys() | new_shapes.keys()
+                if old_shapes.get(name) != new_shapes.get(name)
+            )
+            raise ConfigError(
+                f"the weights of {pretrained.path} do not fit {where} ({len(differences)} "
+                f"differences; built with another depth or norm?): " + "; ".join(differences)
+            )
+        merged[collection] = _replace(variables[collection], path, jax.tree.map(jnp.asarray, new))
+    return merged
+
+
+def _flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    return {
+        "/".join(k.key for k in path): tuple(np.shape(leaf))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def _replace(tree: Mapping[str, Any], path: tuple[str, ...], value: Any) -> Any:
+    if not path:
+        return value
+    out = dict(tree)
+    out[path[0]] = _replace(tree[path[0]], path[1:], value)
+    return out
+
+
 def pretrained_loader(
     config: Any, axis_name: str | None = None
 ) -> Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Any] | None]]:
-    """`Detector.load_pretrained` of a detector whose ResNet sits at
-    `focaljax.models.BACKBONE_PATH`: the initial variables with the weights of
-    `config.backbone_weights` in place of the ResNet's, and their `weights_record`; the
-    variables unchanged and None without a file. The file is read when it is called."""
+    """`Detector.load_pretrained` of a detector whose ResNet sits at `BACKBONE_PATH`: the
+    initial variables with the weights of `config.backbone_weights` in place of the ResNet's
+    (`merge_backbone`), and their `weights_record`; the variables unchanged and None without a
+    file. The file is read when it is called."""
 
     def load_pretrained(variables):
         weights = load_backbone_weights(config, axis_name)
         if weights is None:
             return variables, None
-        return pretrained_lib.merge_backbone(variables, weights), weights_record(weights)
+        return merge_backbone(variables, weights), weights_record(weights)
 
     return load_pretrained
 

@@ -3,15 +3,7 @@ Faster R-CNN networks (no losses)."""
 
 from focaljax.models.faster_rcnn import FasterRCNN, RoIBoxHead, RPNHead
 from focaljax.models.fpn import FPN, ResNetFPN
-from focaljax.models.pretrained import (
-    BACKBONE_PATH,
-    FORMATS,
-    PretrainedResNet,
-    WeightFileError,
-    detect_format,
-    load_resnet_weights,
-    merge_backbone,
-)
+from focaljax.models.pretrained import PretrainedResNet, load_resnet_weights
 from focaljax.models.resnet import (
     PRESETS,
     BasicBlock,
@@ -22,9 +14,9 @@ from focaljax.models.resnet import (
     freeze_mask,
 )
 from focaljax.models.retinanet import RetinaNet, Subnet
+from focaljax.models.weight_readers import FORMATS, WeightFileError, detect_format, read_arrays
 
 __all__ = [
-    "BACKBONE_PATH",
     "FORMATS",
     "FPN",
     "PRESETS",
@@ -44,5 +36,5 @@ __all__ = [
     "detect_format",
     "freeze_mask",
     "load_resnet_weights",
-    "merge_backbone",
+    "read_arrays",
 ]

@@ -1,4 +1,7 @@
-"""Tests of focaljax.models.pretrained, and of the ResNet's stride_in_1x1 and freezing.
+"""Tests of focaljax.models.pretrained (the layouts and their exact conversion, files that do not
+fit the network), and of the ResNet's stride_in_1x1 and freezing. The readers, format detection and
+the restricted unpicklers are tested in test_weight_readers.py; the merge into a detector in
+tests/detectors/test_backbone.py.
 
 The references are independent of focaljax: Keras applications' ResNet50, and a float64 NumPy
 ResNet written from torchvision's definition (``tests/models/weight_files.py``), run on the raw
@@ -8,7 +11,6 @@ arrays of the files in their own layout and with their own input convention. Rel
 
 import doctest
 import functools
-import os
 import pickle
 import re
 
@@ -23,12 +25,7 @@ from safetensors.numpy import save_file
 from focaljax.models import FasterRCNN, RetinaNet, build_resnet, freeze_mask
 from focaljax.models import pretrained as pretrained_lib
 from focaljax.models import resnet as resnet_lib
-from focaljax.models.pretrained import (
-    WeightFileError,
-    detect_format,
-    load_resnet_weights,
-    merge_backbone,
-)
+from focaljax.models.pretrained import WeightFileError, load_resnet_weights
 from tests.models import weight_files
 from tests.models.variables import random_variables
 
@@ -119,26 +116,6 @@ def test_safetensors_and_pth_files_of_the_same_arrays_load_identically(tmp_path,
     np.testing.assert_array_equal(
         kernel, resnet18_state["layer1.0.conv1.weight"].transpose(2, 3, 1, 0)
     )
-
-
-def test_torch_zip_helper_writes_what_torch_save_writes(tmp_path, resnet18_state):
-    """The test helper's file has torch.save's records and pickle opcodes."""
-    import pickletools
-    import zipfile
-
-    weight_files.write_torch_zip(tmp_path / "r18.pth", resnet18_state)
-    with zipfile.ZipFile(tmp_path / "r18.pth") as f:
-        names = f.namelist()
-        ops = list(pickletools.genops(f.read("archive/data.pkl")))
-    assert {"archive/data.pkl", "archive/byteorder", "archive/version", "archive/data/0"} <= set(
-        names
-    )
-    globals_ = {arg for op, arg, _ in ops if op.name == "GLOBAL"}
-    assert globals_ == {
-        "collections OrderedDict", "torch._utils _rebuild_tensor_v2", "torch FloatStorage",
-        "torch LongStorage",
-    }
-    assert sum(op.name == "BINPERSID" for op, _, _ in ops) == len(resnet18_state)
 
 
 # -- MSRA / detectron2 R-50.pkl --------------------------------------------------------------------
@@ -315,26 +292,14 @@ def test_focaljax_data_normalizes_as_the_converted_weights_expect():
     np.testing.assert_array_equal(data.IMAGENET_STD, pretrained_lib.TORCHVISION_STD)
 
 
-# -- Formats and bad files ------------------------------------------------------------------------
+# -- Files that do not fit the network ----------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def resnet18_files(tmp_path_factory, resnet18_state):
     folder = tmp_path_factory.mktemp("r18")
-    save_file(resnet18_state, str(folder / "r18.safetensors"))
     weight_files.write_torch_zip(folder / "r18.pth", resnet18_state)
-    return {"safetensors": folder / "r18.safetensors", "pth": folder / "r18.pth"}
-
-
-def test_format_is_detected_from_the_bytes_not_the_name(
-    tmp_path, resnet18_files, msra_resnet50, keras_resnet50
-):
-    files = {**resnet18_files, "msra_pkl": msra_resnet50[1], "keras_h5": keras_resnet50["notop"]}
-    for expected, path in files.items():
-        renamed = tmp_path / f"{expected}.weights"
-        os.symlink(path, renamed)
-        assert detect_format(path) == expected
-        assert detect_format(renamed) == expected
+    return {"pth": folder / "r18.pth"}
 
 
 def test_a_file_without_resnet_weights_is_refused(tmp_path):
@@ -362,62 +327,6 @@ def test_a_resnet18_file_for_a_resnet50_lists_every_difference(resnet18_files):
     assert "layer1.0.conv1.weight (64, 64, 3, 3), expected (64, 64, 1, 1)" in misshaped
 
 
-@pytest.mark.parametrize("fmt", ["safetensors", "pth", "msra_pkl", "keras_h5"])
-def test_a_truncated_file_fails_naming_it(tmp_path, fmt, resnet18_files, msra_resnet50,
-                                          keras_resnet50):
-    source = {**resnet18_files, "msra_pkl": msra_resnet50[1], "keras_h5": keras_resnet50["notop"]}
-    data = source[fmt].read_bytes()
-    path = tmp_path / f"truncated{source[fmt].suffix}"
-    path.write_bytes(data[: len(data) // 2])
-    resnet = build_resnet(18) if fmt in resnet18_files else RESNET50_MSRA
-    with pytest.raises(WeightFileError, match=rf"^{re.escape(str(path))}: .*truncat"):
-        load_resnet_weights(path, resnet, format=fmt)
-
-
-class _RunsACommand:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-@pytest.mark.parametrize("fmt", ["msra_pkl", "pth"])
-def test_a_pickle_that_would_run_code_is_refused_before_it_runs(tmp_path, fmt):
-    marker = tmp_path / "ran"
-    payload = {"conv1_w": _RunsACommand(marker)}
-    path = tmp_path / ("evil.pkl" if fmt == "msra_pkl" else "evil.pth")
-    if fmt == "msra_pkl":
-        path.write_bytes(pickle.dumps(payload, protocol=2))
-    else:
-        weight_files.write_torch_zip(path, {}, data_pkl=pickle.dumps(payload, protocol=2))
-    with pytest.raises(WeightFileError, match=rf"^{re.escape(str(path))}: unsafe or corrupt "
-                                              rf"pickle: refused global {os.system.__module__}"
-                                              r"\.system"):
-        load_resnet_weights(path, RESNET50_MSRA if fmt == "msra_pkl" else build_resnet(18))
-    assert not marker.exists()
-
-
-def test_files_of_unsupported_vintages_are_explained(tmp_path):
-    legacy = tmp_path / "resnet50-19c8e357.pth"
-    legacy.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + b"\x80\x02K\x01.")
-    with pytest.raises(WeightFileError, match=rf"^{re.escape(str(legacy))}: a torch file in "
-                                              "the pre-1.6"):
-        detect_format(legacy)
-    keras3 = tmp_path / "model.weights.h5"
-    with h5py.File(keras3, "w") as f:
-        f.create_group("layers/conv2d/vars")["0"] = np.zeros(3)
-        f.create_group("vars")
-    with pytest.raises(WeightFileError, match=rf"^{re.escape(str(keras3))}: a Keras 3 "
-                                              r"\.weights\.h5 file"):
-        load_resnet_weights(keras3, RESNET50_MSRA)
-    unknown = tmp_path / "weights.bin2"
-    unknown.write_bytes(b"GGUF" + bytes(20))
-    with pytest.raises(WeightFileError, match=rf"^{re.escape(str(unknown))}: unknown weight "
-                                              "file"):
-        detect_format(unknown)
-
-
 def test_a_network_that_cannot_take_the_weights_is_refused(resnet18_files, msra_resnet50):
     with pytest.raises(ValueError, match=r"norm='gn', which has no place for the batch norm"):
         load_resnet_weights(resnet18_files["pth"], build_resnet(18, norm="gn"))
@@ -435,33 +344,6 @@ def test_weights_for_trainable_bn_put_scale_and_bias_in_params(resnet18_files):
                                 {"scale": stem["scale"], "bias": stem["bias"]})
     chex.assert_trees_all_equal(trainable["batch_stats"]["stem_norm"],
                                 {"mean": stem["mean"], "var": stem["var"]})
-
-
-# -- Into a detector -----------------------------------------------------------------------------
-
-
-def test_merge_backbone_replaces_only_the_detectors_resnet(resnet18_files):
-    detector = RetinaNet(num_classes=3, backbone="resnet18", fpn_channels=8, head_channels=8,
-                         head_convs=1)
-    variables = random_variables(detector, jnp.zeros((1, 64, 64, 3)), train=False)
-    loaded = load_resnet_weights(resnet18_files["safetensors"], build_resnet(18))
-    merged = merge_backbone(variables, loaded)
-    for collection in ("params", "batch_stats"):
-        chex.assert_trees_all_equal(merged[collection]["backbone"]["resnet"],
-                                    loaded.variables[collection])
-    chex.assert_trees_all_equal(merged["params"]["backbone"]["fpn"],
-                                variables["params"]["backbone"]["fpn"])
-    chex.assert_trees_all_equal(merged["params"]["cls_subnet"], variables["params"]["cls_subnet"])
-    bigger = RetinaNet(num_classes=3, backbone="resnet34", fpn_channels=8, head_channels=8,
-                       head_convs=1)
-    shapes = jax.eval_shape(lambda: bigger.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
-                                                train=False))
-    with pytest.raises(ValueError, match=r"do not fit batch_stats/backbone/resnet .*"
-                                         r"stage2_block2/norm1/bias: \(64,\) in the variables, "
-                                         r"absent in the weights"):
-        merge_backbone(shapes, loaded)
-    with pytest.raises(ValueError, match=r"no batch_stats/neck/resnet .* found \['backbone'\]"):
-        merge_backbone(variables, loaded, path=("neck", "resnet"))
 
 
 # -- stride_in_1x1 and freezing -------------------------------------------------------------------
