@@ -111,7 +111,7 @@ def loss_rows(sizes: Sequence[int], dtypes: Sequence[str], repeats: int) -> list
             # Logits and targets in, the gradient out: what a fused pass must move.
             gb_s = 3 * logits.nbytes / (ms["focaljax"] * 1e-3) / 1e9
             rows.append(f"| {dtype} | {n:,} | {ms['focaljax']:.3f} | {ms['floor']:.3f} "
-                        f"| {ms['focaljax'] / ms['floor']:.2f}x | {gb_s:.0f} "
+                        f"| {ms['focaljax'] / ms['floor']:.2f}x | {gb_s:.3g} "
                         f"| {peak if peak else 'unknown'} |")
     return rows
 

@@ -21,7 +21,6 @@ per-device batch size, seed, shuffle buffer size and augmentation settings are u
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -31,7 +30,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
-from PIL import Image
 
 from focaljax.data import sampling
 from focaljax.data.augment import Augmentations, random_geometric, random_photometric
@@ -227,7 +225,7 @@ def create_train_iterator(
     if num_examples == 0:
         raise ConfigError(f"split {split!r} of {builder.info.full_name} has no example for process "
                          f"{jax.process_index()} of {jax.process_count()}")
-    records = _read_records(builder, host_split, first_position)
+    records = read_records(builder, host_split, first_position)
 
     key = tf.constant([seed, jax.process_index()], tf.int64)
     shuffle_key = tf.random.experimental.stateless_fold_in(key, 0)
@@ -317,7 +315,7 @@ def create_eval_iterator(
             key=None,
         )
 
-    ds = _read_records(builder, host_split, first_position)
+    ds = read_records(builder, host_split, first_position)
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(host_batch_size).prefetch(tf.data.AUTOTUNE)
     return DeviceBatchIterator(
@@ -327,75 +325,6 @@ def create_eval_iterator(
         max_boxes=max_boxes,
         num_batches=math.ceil(largest_share / host_batch_size),
     )
-
-
-def coco_ground_truth(
-    builder_or_name: str | tfds.core.DatasetBuilder,
-    *,
-    data_dir: str | None = None,
-    split: str,
-    category_ids: Sequence[int] | None = None,
-) -> dict:
-    """The ground truth of the whole `split` as a COCO-format annotation dict.
-
-    Boxes are `[x, y, width, height]` in original image pixels; `area` is `objects/area` when the
-    data set has it (the visible pixels for "shapes", the segment area for COCO), else the box
-    area. Image ids are those of the batches (`image/id`, or the 1-based position in the split).
-
-    Args:
-      builder_or_name, data_dir, split: as `create_eval_iterator`.
-      category_ids: COCO category id of each contiguous label; default `label + 1`.
-
-    Returns:
-      {"info", "images": [{id, width, height, file_name}], "annotations": [{id, image_id,
-      category_id, bbox, area, iscrowd}], "categories": [{id, name}]}, loadable by
-      `pycocotools.coco.COCO`.
-    """
-    builder = load_builder(builder_or_name, data_dir=data_dir)
-    class_names = builder.info.features["objects"]["label"].names
-    if category_ids is None:
-        category_ids = [label + 1 for label in range(len(class_names))]
-    if len(category_ids) != len(class_names):
-        raise ConfigError(
-            f"category_ids has {len(category_ids)} entries, expected one per class "
-            f"({len(class_names)}: {class_names})"
-        )
-    images, annotations = [], []
-    records = _read_records(builder, split, 0)
-    for example in tfds.as_numpy(records):
-        image_id = int(example["image_id"])
-        with Image.open(io.BytesIO(example["image"])) as image:
-            width, height = image.size
-        filename = example.get("image/filename", b"").decode() or f"{image_id:012d}.png"
-        images.append({"id": image_id, "width": width, "height": height, "file_name": filename})
-        objects = example["objects"]
-        # float32 normalized coordinates: round to 1/1000 pixel to drop their representation error.
-        ymin, xmin, ymax, xmax = (
-            np.round(c.astype(np.float64) * s, 3)
-            for c, s in zip(objects["bbox"].T, (height, width, height, width), strict=True)
-        )
-        areas = objects.get("area", (xmax - xmin) * (ymax - ymin))
-        is_crowd = objects.get("is_crowd", np.zeros(len(xmin), bool))
-        for i, label in enumerate(objects["label"]):
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": int(category_ids[label]),
-                    "bbox": [float(xmin[i]), float(ymin[i]), float(xmax[i] - xmin[i]),
-                             float(ymax[i] - ymin[i])],
-                    "area": float(areas[i]),
-                    "iscrowd": int(is_crowd[i]),
-                }
-            )
-    return {
-        "info": {"description": f"{builder.info.full_name} {split}"},
-        "images": images,
-        "annotations": annotations,
-        "categories": [
-            {"id": int(c), "name": name} for c, name in zip(category_ids, class_names, strict=True)
-        ],
-    }
 
 
 def _check_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -421,7 +350,7 @@ def _host_split(builder: tfds.core.DatasetBuilder, split: str, *, drop_remainder
     return shares[index], sizes[index], sum(sizes[:index])
 
 
-def _read_records(builder: tfds.core.DatasetBuilder, split, first_position: int) -> tf.data.Dataset:
+def read_records(builder: tfds.core.DatasetBuilder, split, first_position: int) -> tf.data.Dataset:
     """The examples of `split` in their stored order, images still encoded, with `image_id`
     (`image/id`, else 1 + position in the split) and only the features the pipeline reads."""
     records = builder.as_dataset(
@@ -465,7 +394,7 @@ def _repeated_epochs(
     repeat-factor sampling at `threshold` (module docstring), each shuffled with
     `epoch_seed(epoch)`."""
     labels = [objects["label"] for objects in tfds.as_numpy(
-        _read_records(builder, split, 0).map(lambda example: example["objects"])
+        read_records(builder, split, 0).map(lambda example: example["objects"])
     )]
     factors = sampling.repeat_factors(labels, threshold=threshold)
     factors = factors[first_position:first_position + num_examples]

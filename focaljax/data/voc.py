@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -227,35 +227,3 @@ def _image_id(name: str, image_list: epath.Path) -> int:
                          "like 000005 or 2008_000008 (for other data, write a COCO-format JSON "
                          "and use focaljax.data.coco_folder)")
     return image_id
-
-
-def voc_ground_truth(
-    ground_truth: Mapping, category_ids: Sequence[int]
-) -> tuple[list[int], list[dict[str, np.ndarray]]]:
-    """The ground truth of a `VocDetection` split in the format of `voc_map`.
-
-    Args:
-      ground_truth: its COCO-format ground truth (`DetectionDataset.coco_ground_truth`), where
-        `iscrowd` is the "difficult" flag.
-      category_ids: the category id of each label (`DatasetInfo.category_ids`).
-
-    Returns:
-      The image ids, and for each image `{"boxes": float [M, 4] xyxy original pixels,
-      "labels": int [M], "difficult": bool [M]}`.
-    """
-    label_of = {int(c): label for label, c in enumerate(category_ids)}
-    image_ids = [int(image["id"]) for image in ground_truth["images"]]
-    per_image: dict[int, list[Mapping]] = {image_id: [] for image_id in image_ids}
-    for annotation in ground_truth["annotations"]:
-        per_image[int(annotation["image_id"])].append(annotation)
-    entries = []
-    for image_id in image_ids:
-        annotations = per_image[image_id]
-        boxes = np.array([a["bbox"] for a in annotations], np.float64).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        entries.append({
-            "boxes": boxes,
-            "labels": np.array([label_of[int(a["category_id"])] for a in annotations], np.int64),
-            "difficult": np.array([bool(a["iscrowd"]) for a in annotations], bool),
-        })
-    return image_ids, entries
