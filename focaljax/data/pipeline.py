@@ -34,9 +34,7 @@ from absl import logging
 from focaljax.data import sampling
 from focaljax.data.augment import Augmentations, random_geometric, random_photometric
 from focaljax.errors import ConfigError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from focaljax.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
 
 _REQUIRED_FEATURES = ("image", "objects/bbox", "objects/label")
 # Per-example counts that `DeviceBatchIterator` takes out of the batches and adds up.

@@ -21,7 +21,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from focaljax.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from focaljax.errors import ConfigError
 from focaljax.models import pretrained as pretrained_lib
 from focaljax.models import resnet as resnet_lib
@@ -105,7 +104,7 @@ def load_backbone_weights(
     try:
         return pretrained_lib.load_resnet_weights(
             path, resnet, format=config.backbone_weights_format or None,
-            input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD,
+            input_mean=pretrained_lib.IMAGENET_MEAN, input_std=pretrained_lib.IMAGENET_STD,
         )
     except weight_readers.WeightFileError as error:  # Its message starts with the file.
         raise ConfigError(f"config.model.backbone_weights: {error}") from None

@@ -65,17 +65,19 @@ from focaljax.models.weight_readers import FORMATS, WeightFileError, detect_form
 # FORMATS, WeightFileError and detect_format are the readers'; they are this module's API too.
 __all__ = [
     "FORMATS",
-    "TORCHVISION_MEAN",
-    "TORCHVISION_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "PretrainedResNet",
     "WeightFileError",
     "detect_format",
     "load_resnet_weights",
 ]
 
-# The RGB input normalization of torchvision's and timm's weights, which focaljax.data uses too.
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
+# ImageNet's RGB mean and standard deviation (in [0, 1] units): the input normalization of
+# torchvision's and timm's weights, and focaljax's own (focaljax.data normalizes with these), so
+# that those weights need no folding. The one home of these numbers.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _FOCALJAX_EPS = 1e-5
 _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
@@ -106,8 +108,8 @@ _TORCHVISION = _Layout(
     conv_bias=False,
     bn_eps=1e-5,
     bgr=False,
-    pixel_mean=tuple(255.0 * m for m in TORCHVISION_MEAN),
-    pixel_std=tuple(255.0 * s for s in TORCHVISION_STD),
+    pixel_mean=tuple(255.0 * m for m in IMAGENET_MEAN),
+    pixel_std=tuple(255.0 * s for s in IMAGENET_STD),
     classifier=re.compile(r"fc\.(weight|bias)"),
     skipped=re.compile(r".*\.num_batches_tracked"),
     block_key=re.compile(r"layer(\d)\.(\d+)\.conv(\d)\.weight"),
@@ -178,8 +180,8 @@ def load_resnet_weights(
     resnet: resnet_lib.ResNet,
     *,
     format: str | None = None,
-    input_mean: Sequence[float] = TORCHVISION_MEAN,
-    input_std: Sequence[float] = TORCHVISION_STD,
+    input_mean: Sequence[float] = IMAGENET_MEAN,
+    input_std: Sequence[float] = IMAGENET_STD,
 ) -> PretrainedResNet:
     """Reads ImageNet ResNet weights from ``path`` and converts them for ``resnet``.
 

@@ -285,13 +285,6 @@ def test_keras_file_of_the_test_helper_gives_the_numpy_features_on_keras_input(t
     assert loaded.format == "keras_h5"
 
 
-def test_focaljax_data_normalizes_as_the_converted_weights_expect():
-    from focaljax import data
-
-    np.testing.assert_array_equal(data.IMAGENET_MEAN, pretrained_lib.TORCHVISION_MEAN)
-    np.testing.assert_array_equal(data.IMAGENET_STD, pretrained_lib.TORCHVISION_STD)
-
-
 # -- Files that do not fit the network ----------------------------------------------------------
 
 
