@@ -67,6 +67,9 @@ def _explicit_options(config: ml_collections.ConfigDict) -> dict[str, str | bool
     return dict(options)
 
 
+_COMPILED = 0  # Steps made by `with_compiler_options` in this process, for their barriers' names.
+
+
 def with_compiler_options(fn: Callable, options: Mapping[str, Any]) -> Callable:
     """`fn` (`jax.jit`- or `jax.pmap`-ed), compiled at its first call, for the shapes of its
     arguments, with XLA `options`.
@@ -80,6 +83,10 @@ def with_compiler_options(fn: Callable, options: Mapping[str, Any]) -> Callable:
     if not options:
         return fn
     compiled = None
+    global _COMPILED
+    _COMPILED += 1
+    # The same on every process: they build their steps in the same order.
+    barrier_name = f"compiled step {_COMPILED}"
     # With several processes the executable takes and returns global arrays over the devices of
     # all of them, where `fn` itself takes this process's (`distributed.global_view`).
     mesh = distributed.device_mesh(distributed.AXIS_NAME)
@@ -96,6 +103,9 @@ def with_compiler_options(fn: Callable, options: Mapping[str, Any]) -> Callable:
                     "compiling without them"
                 )
                 compiled = lowered.compile()
+            # The first run of the step creates its collective contexts; a process that arrives
+            # there more than 30 s after another (compiling slowly) fails Gloo's set-up.
+            distributed.wait_for_every_process(barrier_name)
         outputs = compiled(*distributed.global_view(args, mesh, distributed.AXIS_NAME))
         return distributed.local_view(outputs, mesh, distributed.AXIS_NAME)
 

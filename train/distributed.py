@@ -17,6 +17,9 @@ single-process run) and calls these functions where processes must agree:
   between processes run an order of magnitude faster than one per leaf.
 * `lost_peer`: whether an error is a collective's whose peer process is gone.
 * `barrier`: all processes wait for each other (e.g. while process 0 prepares the data set).
+* `wait_for_every_process`: the same through the coordination service, with no collective over
+  the devices: before the first run of a freshly compiled step, so that no process reaches the
+  step's first collective long after another (Gloo gives a process 30 s to join it).
 
 With one process every function is the identity or close to it, so single- and multi-process runs
 take the same code path.
@@ -33,6 +36,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from orbax.checkpoint import multihost as orbax_multihost
 from tqdm import tqdm
 
 # The device axis of the trainer's pmapped steps: the devices of all processes.
@@ -54,6 +58,16 @@ def barrier(name: str) -> None:
     """Returns once every process has called `barrier(name)`; at once with one process."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
+
+
+def wait_for_every_process(name: str, *, timeout_s: int = 1800) -> None:
+    """Returns once every process has called it with `name` (unique per call); at once with one
+    process. A barrier of JAX's coordination service (through orbax's
+    `multihost.get_barrier_sync_fn`), not a collective: it creates no collective context, so it
+    can come before the first one. A process still compiling after `timeout_s`, or lost, fails
+    it."""
+    if jax.process_count() > 1:
+        orbax_multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
 
 
 def global_view(tree: Any, mesh: Mesh, axis_name: str) -> Any:
