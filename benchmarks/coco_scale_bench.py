@@ -41,7 +41,6 @@ the same thing, to float32 rounding).
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import pathlib
 import platform
@@ -59,11 +58,12 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+import train_step_bench  # noqa: E402
 
 from configs import coco_faster_rcnn_r50, coco_retinanet_r50  # noqa: E402
 from focaljax import detectors  # noqa: E402
 from focaljax.models import resnet  # noqa: E402
-from train import compilation, optim, train  # noqa: E402
+from train import compilation, train  # noqa: E402
 
 NUM_CLASSES = 80
 MODELS = {"retinanet": coco_retinanet_r50, "faster_rcnn": coco_faster_rcnn_r50}
@@ -116,22 +116,7 @@ def random_batch(num_devices: int, per_device: int, image_size: Sequence[int],
 def train_step(config: ml_collections.ConfigDict) -> tuple[detectors.Detector, Callable, Any]:
     """`(detector, pmapped train step, replicated initial state)` of `config`, the step as the
     trainer pmaps it (state donated), not compiled yet."""
-    image_size = tuple(config.dataset.image_size)
-    detector = detectors.build(
-        config.model, num_classes=NUM_CLASSES, image_size=image_size, axis_name=train.AXIS_NAME
-    )
-    learning_rate_fn = optim.create_learning_rate_fn(config, config.num_train_steps, ())
-    tx = optim.create_optimizer(config, learning_rate_fn, frozen=detector.frozen)
-    initial = train.create_train_state(jax.random.PRNGKey(0), detector, tx, image_size)
-    step = jax.pmap(
-        functools.partial(
-            train.train_step, detector=detector, tx=tx, learning_rate_fn=learning_rate_fn,
-            rng=jax.random.PRNGKey(1),
-        ),
-        axis_name=train.AXIS_NAME,
-        donate_argnums=(0,),
-    )
-    return detector, step, train.replicate(initial)
+    return train_step_bench.pmapped_step(config, NUM_CLASSES, donate=True)
 
 
 def memory(compiled: Any) -> dict[str, int]:

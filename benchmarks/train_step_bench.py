@@ -49,8 +49,9 @@ from train import (
 )
 
 
-def pmapped_step(config, num_classes: int):
-    """`(pmapped train step, replicated initial state)` of `config`, without compiler options."""
+def pmapped_step(config, num_classes: int, *, donate: bool = False):
+    """`(detector, pmapped train step, replicated initial state)` of `config`, without compiler
+    options; `donate`: the state donated, as the trainer pmaps the step."""
     image_size = tuple(config.dataset.image_size)
     detector = detectors.build(
         config.model, num_classes=num_classes, image_size=image_size, axis_name=train.AXIS_NAME
@@ -64,8 +65,9 @@ def pmapped_step(config, num_classes: int):
             rng=jax.random.PRNGKey(1),
         ),
         axis_name=train.AXIS_NAME,
+        donate_argnums=(0,) if donate else (),
     )
-    return step, train.replicate(initial)
+    return detector, step, train.replicate(initial)
 
 
 def main() -> None:
@@ -85,14 +87,14 @@ def main() -> None:
     candidates = {}  # name -> [step, state]
     if args.compare == "options":
         options = compilation.compiler_options(config)
-        step, state = pmapped_step(config, num_classes)
+        _, step, state = pmapped_step(config, num_classes)
         candidates[f"with {options}"] = [compilation.with_compiler_options(step, options), state]
         candidates["without"] = [step, train.replicate(jax.tree.map(lambda x: x[0], state))]
     else:
         for name, module in (("faster_rcnn", shapes_faster_rcnn), ("retinanet", shapes_retinanet)):
             other = module.get_config()
             assert other.batch_size == config.batch_size
-            step, state = pmapped_step(other, num_classes)
+            _, step, state = pmapped_step(other, num_classes)
             candidates[name] = [
                 compilation.with_compiler_options(step, compilation.compiler_options(other)), state
             ]
