@@ -134,7 +134,7 @@ def test_unknown_studies_presets_and_settings_are_refused_with_the_valid_ones():
     with pytest.raises(grid.StudyError, match="unknown study tabel1; valid studies: table1, "
                                               "figure4, rpn"):
         runner.resolve_request("tabel1", "full", None)
-    with pytest.raises(grid.StudyError, match="unknown preset 'fast'; valid presets: full, quick"):
+    with pytest.raises(grid.StudyError, match="unknown preset 'fast'; valid presets: full, short, quick"):
         runner.resolve_request("table1", "fast", None)
     with pytest.raises(grid.StudyError, match="unknown setting 'paper'; valid settings: base, "
                                               "paper_regime, rpn_regime"):
@@ -162,7 +162,7 @@ def test_a_run_made_from_another_config_is_refused_naming_the_fields(tmp_path):
     assert runner.config_differences({"a": {"b": 1}}, {"a": 1}) == ["a"]
 
 
-@pytest.mark.parametrize("study_dir", ["docs/study_results/table1"])
+@pytest.mark.parametrize("study_dir", ["docs/study_results/table1", "docs/study_results/table1_short"])
 def test_the_committed_study_runs_are_reproduced_by_todays_configs(study_dir):
     # A change of a default would make `make study` refuse to resume the committed study.
     runs_dir = os.path.join(ROOT, study_dir, "runs")
@@ -191,7 +191,7 @@ def test_the_command_line_reports_a_bad_preset_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: unknown preset 'fast'; valid presets: full, quick"]
+    assert errors == ["error: unknown preset 'fast'; valid presets: full, short, quick"]
     assert "Traceback" not in result.stderr
 
 
