@@ -65,6 +65,7 @@ import ml_collections
 
 from focaljax import evaluation, losses, ops
 from focaljax.detectors import backbone as backbone_lib
+from focaljax.detectors import zoo as zoo_lib
 from focaljax.detectors.detector import DTYPES, Batch, Detector, LossOutput, optional
 from focaljax.errors import ConfigError
 from focaljax.models import FasterRCNN
@@ -92,11 +93,16 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = "faster_rcnn"  # Its name in `focaljax.detectors.BUILDERS`.
     config.update(backbone_lib.default_config())
+    config.update(zoo_lib.default_config())
     config.dtype = "float32"  # Compute dtype: "float32", "bfloat16" or "float16".
     config.fpn_channels = 256
     # One anchor size per RPN level, P2..P6.
     config.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
     config.aspect_ratios = (0.5, 1.0, 2.0)
+    # Where the anchors sit and how they are rounded: "focaljax" (cells centred at
+    # (x + 0.5) * stride), or the model zoos' "detectron2" and "torchvision", which their COCO
+    # weights need (focaljax.ops.anchors.CONVENTIONS).
+    config.anchor_convention = "focaljax"
 
     rpn = config.rpn = ml_collections.ConfigDict()
     # FL-RPN's softmax form, or "sampled", "focal_sigmoid", "ce_all", "focal_softmax_shared"
@@ -139,6 +145,9 @@ def default_config() -> ml_collections.ConfigDict:
     roi.output_size = 7
     roi.sampling_ratio = 0  # adaptive, detectron2's ROIAlignV2
     roi.max_sampling_ratio = 0  # 0: no cap on the adaptive grid
+    # RoIAlign's half-pixel shift (detectron2's ROIAlignV2); False for the original RoIAlign
+    # (torchvision's Faster R-CNN).
+    roi.aligned = True
     # "2fc" (detectron2's default): 0 convs, 2 FC of 1024; "4conv1fc": 4 convs of 256, 1 FC.
     roi.head_num_convs = 0
     roi.head_conv_dim = 256
@@ -162,6 +171,10 @@ def check_config(config: Any, image_size: tuple[int, ...]) -> None:
             f"image size {tuple(image_size)} is not (height, width) in pixels, both positive"
         )
     backbone_lib.check_config(config)
+    zoo_lib.check_config(config)
+    if config.anchor_convention not in ops.anchors.CONVENTIONS:
+        raise ConfigError(f"model.anchor_convention is {config.anchor_convention!r}, expected "
+                          f"one of {ops.anchors.CONVENTIONS}")
     rpn, roi = config.rpn, config.roi
     if rpn.loss not in RPN_LOSSES:
         raise ConfigError(f"model.rpn.loss is {rpn.loss!r}, expected one of {RPN_LOSSES}")
@@ -235,6 +248,7 @@ def build_faster_rcnn(
         fpn_channels=config.fpn_channels,
         anchor_sizes=tuple(float(s) for s in config.anchor_sizes),
         aspect_ratios=tuple(float(r) for r in config.aspect_ratios),
+        anchor_convention=config.anchor_convention,
         rpn_objectness="softmax" if softmax else "sigmoid",
         rpn_prior_prob=None if rpn.loss == "sampled" else rpn.prior_prob,
         rpn_box_coder_weights=tuple(rpn.box_coder_weights),
@@ -249,6 +263,7 @@ def build_faster_rcnn(
         roi_output_size=roi.output_size,
         roi_sampling_ratio=roi.sampling_ratio,
         roi_max_sampling_ratio=roi.max_sampling_ratio or None,
+        roi_aligned=bool(roi.aligned),
         head_num_convs=roi.head_num_convs,
         head_conv_dim=roi.head_conv_dim,
         head_num_fcs=roi.head_num_fcs,
@@ -314,7 +329,9 @@ def build_faster_rcnn(
         rng_collections=("roi_sampling",),
         box_outputs=("boxes", "proposals"),
         evaluators=evaluators,
-        load_pretrained=backbone_lib.pretrained_loader(config, axis_name),
+        load_pretrained=zoo_lib.pretrained_loader(
+            config, module, num_classes=num_classes, axis_name=axis_name
+        ),
         frozen=backbone_lib.frozen_parts(config.freeze_at),
     )
 

@@ -47,10 +47,12 @@ import numpy as np
 
 from focaljax import losses
 from focaljax.detectors import backbone as backbone_lib
+from focaljax.detectors import zoo as zoo_lib
 from focaljax.detectors.detector import DTYPES, Batch, Detector, LossOutput, optional
 from focaljax.errors import ConfigError
 from focaljax.losses.classification import SOFT_TARGET_MODES
 from focaljax.models import RetinaNet
+from focaljax.models.retinanet import P6_INPUTS
 from focaljax.ops import anchors as anchor_ops
 from focaljax.ops import matching
 from focaljax.ops.boxes import BoxCoder
@@ -79,10 +81,13 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.name = "retinanet"  # Its name in `focaljax.detectors.BUILDERS`.
     config.update(backbone_lib.default_config())
+    config.update(zoo_lib.default_config())
     # The FPN levels P{min_level}..P{max_level} (P3-P7: strides 8-128) and their channels.
     config.min_level = 3
     config.max_level = 7
     config.fpn_channels = 256
+    # What P6 is computed from: "c5" (the paper's, detectron2's) or "p5" (torchvision's v1).
+    config.p6_input = "c5"
     # The classification and box heads: head_convs convs of head_channels, then the output conv.
     config.head_convs = 4
     config.head_channels = 256
@@ -96,6 +101,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.anchor_base_scale = 4.0
     config.anchor_scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     config.aspect_ratios = (0.5, 1.0, 2.0)
+    # Where the anchors sit and how they are rounded: "focaljax" (cells centred at
+    # (x + 0.5) * stride), or the model zoos' "detectron2" and "torchvision", which their COCO
+    # weights need (focaljax.ops.anchors.CONVENTIONS).
+    config.anchor_convention = "focaljax"
     # Matching: IoU >= fg_iou_threshold foreground, < bg_iou_threshold background, in between
     # ignored; low-quality matches make each object's best anchor foreground too.
     config.fg_iou_threshold = 0.5
@@ -236,6 +245,14 @@ def check_config(config: Any, image_size: tuple[int, ...]) -> None:
         )
     _check_loss_config(config.loss)
     backbone_lib.check_config(config)
+    zoo_lib.check_config(config)
+    if config.anchor_convention not in anchor_ops.CONVENTIONS:
+        raise ConfigError(f"model.anchor_convention is {config.anchor_convention!r}, expected "
+                          f"one of {anchor_ops.CONVENTIONS}")
+    if config.p6_input not in P6_INPUTS:
+        raise ConfigError(
+            f"model.p6_input is {config.p6_input!r}, expected one of {tuple(P6_INPUTS)}"
+        )
     if not 0 < config.prior_prob < 1:
         raise ConfigError(f"model.prior_prob is {config.prior_prob}, expected a value in (0, 1)")
     if config.dtype not in DTYPES:
@@ -261,7 +278,8 @@ def retinanet_anchors(
         for level in range(config.min_level, config.max_level + 1)
     ]
     anchors = anchor_ops.generate_anchors(
-        image_size, **levels, anchor_sizes=anchor_sizes, **anchor_kwargs
+        image_size, **levels, anchor_sizes=anchor_sizes, **anchor_kwargs,
+        convention=config.anchor_convention,
     )
     return anchors, anchor_ops.num_anchors_per_level(image_size, **levels, **anchor_kwargs)
 
@@ -320,6 +338,7 @@ def build_retinanet(
         dtype=DTYPES[config.dtype],
         stride_in_1x1=config.stride_in_1x1,
         freeze_at=config.freeze_at,
+        p6_input=config.p6_input,
     )
     box_coder = BoxCoder(weights=tuple(config.box_coder_weights))
     loss_fn = make_loss_fn(
@@ -352,7 +371,10 @@ def build_retinanet(
         initial_loss_state=(
             {"normalizer": jnp.float32(losses.EMA_NORMALIZER_INIT)} if use_ema else {}
         ),
-        load_pretrained=backbone_lib.pretrained_loader(config, axis_name),
+        load_pretrained=zoo_lib.pretrained_loader(
+            config, module, num_classes=num_classes, axis_name=axis_name,
+            anchor_shape=(len(config.anchor_scales), len(config.aspect_ratios)),
+        ),
         frozen=backbone_lib.frozen_parts(config.freeze_at),
     )
 

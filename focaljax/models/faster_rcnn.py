@@ -231,6 +231,9 @@ class FasterRCNN(nn.Module):
       fpn_channels: channels of every pyramid level.
       anchor_sizes: anchor size of each RPN level P2..P(1 + len), one per level (32..512).
       aspect_ratios: anchor aspect ratios (height / width) at every location.
+      anchor_convention: where the anchors sit and how they are rounded, one of
+        :data:`focaljax.ops.anchors.CONVENTIONS` (``"torchvision"`` and ``"detectron2"`` for
+        their COCO weights).
       rpn_objectness, rpn_prior_prob: see :class:`RPNHead`.
       rpn_box_coder_weights: weights of the RPN's box coding (1, 1, 1, 1).
       train_proposals, test_proposals: :class:`ProposalSettings` of each mode.
@@ -240,6 +243,8 @@ class FasterRCNN(nn.Module):
       roi_output_size: RoIAlign's output size (7).
       roi_sampling_ratio: RoIAlign's samples per bin and axis, 0 for adaptive.
       roi_max_sampling_ratio: a cap of the adaptive grid, or None.
+      roi_aligned: RoIAlign's half-pixel shift (detectron2's ``ROIAlignV2``); False for the
+        original RoIAlign of torchvision's Faster R-CNN.
       head_num_convs, head_conv_dim, head_num_fcs, head_fc_dim, head_norm: :class:`RoIBoxHead`.
       dtype: computation dtype; parameters and outputs are float32.
     """
@@ -251,6 +256,7 @@ class FasterRCNN(nn.Module):
     fpn_channels: int = 256
     anchor_sizes: tuple[float, ...] = (32.0, 64.0, 128.0, 256.0, 512.0)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_convention: str = "focaljax"
     rpn_objectness: str = "sigmoid"
     rpn_prior_prob: float | None = None
     rpn_box_coder_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
@@ -263,6 +269,7 @@ class FasterRCNN(nn.Module):
     roi_output_size: int = 7
     roi_sampling_ratio: int = 0
     roi_max_sampling_ratio: int | None = None
+    roi_aligned: bool = True
     head_num_convs: int = 0
     head_conv_dim: int = 256
     head_num_fcs: int = 2
@@ -322,7 +329,8 @@ class FasterRCNN(nn.Module):
         levels = {"min_level": self.RPN_MIN_LEVEL, "max_level": self.rpn_max_level}
         shape = {"scales": (1.0,), "aspect_ratios": tuple(self.aspect_ratios)}
         anchors = ops.generate_anchors(
-            image_size, **levels, anchor_sizes=tuple(self.anchor_sizes), **shape
+            image_size, **levels, anchor_sizes=tuple(self.anchor_sizes), **shape,
+            convention=self.anchor_convention,
         )
         return anchors, tuple(ops.num_anchors_per_level(image_size, **levels, **shape))
 
@@ -387,7 +395,7 @@ class FasterRCNN(nn.Module):
                 maps, boxes, min_level=self.roi_min_level, max_level=self.roi_max_level,
                 output_size=(self.roi_output_size, self.roi_output_size),
                 sampling_ratio=self.roi_sampling_ratio,
-                max_sampling_ratio=self.roi_max_sampling_ratio, aligned=True,
+                max_sampling_ratio=self.roi_max_sampling_ratio, aligned=self.roi_aligned,
             )
         )([features[f"P{level}"] for level in roi_levels], rois)
         batch, num_rois = rois.shape[:2]

@@ -89,7 +89,7 @@ class _Layout:
     """How a family of files names, lays out and preprocesses a ResNet."""
 
     name: str
-    stride_in_1x1: bool
+    stride_in_1x1: bool | None  # None: the file does not say (a detectron2 model-zoo file)
     kernel_layout: str  # "OIHW" or "HWIO"
     conv_bias: bool
     bn_eps: float
@@ -142,6 +142,12 @@ _KERAS = _Layout(
 )
 _LAYOUTS = {"safetensors": _TORCHVISION, "pth": _TORCHVISION, "msra_pkl": _MSRA,
             "keras_h5": _KERAS}
+# The ResNets inside COCO detectors (focaljax.models.zoo), by their names in MSRA's or
+# torchvision's layout: torchvision's detectors start from torchvision's ImageNet weights;
+# detectron2's from MSRA's R-50.pkl (stride in the 1x1 conv) or, in some projects, from
+# torchvision's (stride in the 3x3 conv), which its model-zoo files cannot tell apart.
+RESNET_LAYOUTS = {"torchvision": _TORCHVISION,
+                  "detectron2": dataclasses.replace(_MSRA, stride_in_1x1=None)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +241,26 @@ def load_resnet_weights(
         )
     layout = _LAYOUTS[format]
     _check_network(resnet, layout)
-    arrays = read_arrays(path, format)
+    return convert_resnet_arrays(
+        read_arrays(path, format), resnet, layout=layout, path=path, format=format,
+        input_mean=input_mean, input_std=input_std,
+    )
+
+
+def convert_resnet_arrays(
+    arrays: Mapping[str, np.ndarray],
+    resnet: resnet_lib.ResNet,
+    *,
+    layout: _Layout,
+    path: str,
+    format: str,
+    input_mean: Sequence[float] = IMAGENET_MEAN,
+    input_std: Sequence[float] = IMAGENET_STD,
+) -> PretrainedResNet:
+    """The conversion of :func:`load_resnet_weights` on arrays already read, named as ``layout``
+    (one of ``RESNET_LAYOUTS`` for a detector's ResNet) names them; ``path`` and ``format`` are
+    the file's, for the messages and the record."""
+    _check_network(resnet, layout)
     shapes = jax.eval_shape(
         lambda: resnet.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     )
@@ -263,7 +288,8 @@ def _check_network(resnet: resnet_lib.ResNet, layout: _Layout) -> None:
             f"statistics of pretrained weights; expected one of {_NORMS} (detectron2 and the "
             "paper fine-tune with 'frozen_bn')"
         )
-    if resnet.block == "bottleneck" and resnet.stride_in_1x1 != layout.stride_in_1x1:
+    if (resnet.block == "bottleneck" and layout.stride_in_1x1 is not None
+            and resnet.stride_in_1x1 != layout.stride_in_1x1):
         raise ConfigError(
             f"{layout.name} weights put a bottleneck's stride in its "
             f"{'1x1' if layout.stride_in_1x1 else '3x3'} convolution: build the ResNet with "

@@ -19,6 +19,8 @@ from focaljax.models import fpn as fpn_lib
 from focaljax.models import resnet as resnet_lib
 
 HEAD_NORMS = (None, "gn")
+# What P6 is computed from: C5 (the paper, detectron2) or P5 (torchvision's v1 RetinaNet).
+P6_INPUTS = {"c5": "conv_c5", "p5": "conv_p5"}
 
 # The paper's head initialization: gaussian weights with sigma = 0.01, zero bias.
 _head_init = nn.initializers.normal(stddev=0.01)
@@ -83,9 +85,9 @@ class RetinaNet(nn.Module):
     The anchor axis ``A = sum_l ceil(H / 2**l) * ceil(W / 2**l) * num_anchors`` over levels
     ``l = min_level..max_level`` is flattened in the order (level, y, x, anchor), the order of
     ``focaljax.ops.anchors.generate_anchors``. ``box_deltas`` are the box coder's encoded
-    ``(dx, dy, dw, dh)`` of each anchor. The FPN makes P6 from C5, as the paper does (see
-    :mod:`focaljax.models.fpn`). The outputs are cast to float32 whatever ``dtype`` is, so that
-    the loss sees full-precision logits.
+    ``(dx, dy, dw, dh)`` of each anchor. The FPN makes P6 from C5, as the paper does, or from P5
+    with ``p6_input="p5"`` (see :mod:`focaljax.models.fpn`). The outputs are cast to float32
+    whatever ``dtype`` is, so that the loss sees full-precision logits.
 
     Attributes:
       num_classes: foreground classes (no background class: sigmoid classification).
@@ -102,6 +104,8 @@ class RetinaNet(nn.Module):
       dtype: computation dtype, e.g. ``jnp.bfloat16``; parameters and outputs are float32.
       stride_in_1x1, freeze_at: the backbone's stride layout (True for MSRA / Keras weights) and
         frozen part (detectron2's ``FREEZE_AT``), see :class:`~focaljax.models.resnet.ResNet`.
+      p6_input: ``"c5"`` (the paper's, detectron2's) or ``"p5"`` (torchvision's
+        ``retinanet_resnet50_fpn``): what the FPN's P6 convolution takes.
     """
 
     num_classes: int
@@ -119,10 +123,13 @@ class RetinaNet(nn.Module):
     dtype: Any = jnp.float32
     stride_in_1x1: bool = False
     freeze_at: int = 0
+    p6_input: str = "c5"
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
             raise ConfigError(f"num_classes is {self.num_classes}, expected >= 1")
+        if self.p6_input not in P6_INPUTS:
+            raise ConfigError(f"p6_input is {self.p6_input!r}, expected one of {tuple(P6_INPUTS)}")
         if self.num_anchors < 1:
             raise ConfigError(f"num_anchors is {self.num_anchors}, expected >= 1")
         if not 0.0 < self.prior_prob < 1.0:
@@ -154,7 +161,7 @@ class RetinaNet(nn.Module):
             channels=self.fpn_channels,
             min_level=self.min_level,
             max_level=self.max_level,
-            extra_block="conv_c5",
+            extra_block=P6_INPUTS[self.p6_input],
             norm=self.norm,
             axis_name=self.axis_name,
             dtype=self.dtype,

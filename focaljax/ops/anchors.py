@@ -11,6 +11,19 @@ The anchors are returned flattened in the order (level, y, x, anchor), anchor in
 `scale_index * len(aspect_ratios) + ratio_index`, so a head output of shape `[h, w, A * C]`
 reshaped to `[h * w * A, C]` lines up with them level by level.
 
+The model zoos place their anchors differently (`convention=`), which converted COCO weights
+need (`focaljax.models.zoo`):
+
+* `"focaljax"` (the default): as above.
+* `"detectron2"`: cells centred at `(x * stride, y * stride)`, detectron2's
+  `ANCHOR_GENERATOR.OFFSET` of 0.0; sizes and coordinates as above.
+* `"torchvision"`: torchvision's `AnchorGenerator`: each size `s * k` truncated to an integer (the
+  `int(x * 2 ** (1 / 3))` of its RetinaNet; the FPN RPN's sizes are integers already), the anchor
+  corners around the cell rounded to integers (half to even, `torch.round`), cells at
+  `(x * stride_x, y * stride_y)` with the stride of each axis `image size // cells` (integer
+  division: it is `2**l` only where the size divides by `2**l`, so P6 and P7 of an input padded to
+  a multiple of 32 are not).
+
 RetinaNet uses the defaults (P3-P7, 9 anchors per cell). The FPN RPN uses one size per level:
 `min_level=2, max_level=6, anchor_sizes=(32, 64, 128, 256, 512), scales=(1.0,)`.
 """
@@ -24,6 +37,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CONVENTIONS",
     "DEFAULT_ASPECT_RATIOS",
     "DEFAULT_SCALES",
     "generate_anchors",
@@ -36,6 +50,8 @@ DEFAULT_SCALES = (2**0, 2 ** (1 / 3), 2 ** (2 / 3))
 """RetinaNet's anchor scales: multipliers of the base size, three per octave."""
 DEFAULT_ASPECT_RATIOS = (0.5, 1.0, 2.0)
 """RetinaNet's anchor aspect ratios, `height / width`."""
+CONVENTIONS = ("focaljax", "detectron2", "torchvision")
+"""Where the anchors of a cell are centred and how they are rounded (see the module docstring)."""
 
 
 def _check_levels(min_level: int, max_level: int) -> None:
@@ -123,11 +139,19 @@ def check_per_anchor_outputs(
 
 
 def _cell_anchors(
-    size: float, scales: Sequence[float], aspect_ratios: Sequence[float]
+    size: float, scales: Sequence[float], aspect_ratios: Sequence[float], convention: str
 ) -> np.ndarray:
     """`[len(scales) * len(aspect_ratios), 4]` anchors centred at the origin, scale-major."""
     scaled = size * np.asarray(scales, np.float64)[:, None]
     sqrt_ratios = np.sqrt(np.asarray(aspect_ratios, np.float64))[None, :]
+    if convention == "torchvision":
+        # In float32, as torchvision computes them, so that the rounding below matches its.
+        scaled = np.trunc(scaled).astype(np.float32)
+        sqrt_ratios = np.sqrt(np.asarray(aspect_ratios, np.float32))[None, :]
+        half_w = (np.float32(1) / sqrt_ratios * scaled).reshape(-1) / np.float32(2)
+        half_h = (sqrt_ratios * scaled).reshape(-1) / np.float32(2)
+        cell = np.stack([-half_w, -half_h, half_w, half_h], axis=-1)
+        return np.round(cell).astype(np.float64)
     half_w = (scaled / sqrt_ratios / 2).reshape(-1)
     half_h = (scaled * sqrt_ratios / 2).reshape(-1)
     return np.stack([-half_w, -half_h, half_w, half_h], axis=-1)
@@ -141,6 +165,7 @@ def generate_anchors(
     anchor_sizes: Sequence[float] | None = None,
     scales: Sequence[float] = DEFAULT_SCALES,
     aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
+    convention: str = "focaljax",
 ) -> np.ndarray:
     """All anchors of a feature pyramid, as a constant NumPy array.
 
@@ -151,6 +176,8 @@ def generate_anchors(
       anchor_sizes: base size of each level, one per level; default `4 * 2**level`.
       scales: multipliers of the base size, the same at every level.
       aspect_ratios: `height / width` of the anchors.
+      convention: one of `CONVENTIONS`, where the cells' anchors are centred and how they are
+        rounded (the module docstring).
 
     Returns:
       float32 `[A, 4]` xyxy anchors in image pixels, ordered (level, y, x, anchor) with
@@ -178,14 +205,19 @@ def generate_anchors(
     _check_positive("anchor_sizes", anchor_sizes)
     _check_positive("scales", scales)
     _check_positive("aspect_ratios", aspect_ratios)
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention is {convention!r}, expected one of {CONVENTIONS}")
 
     per_level = []
     for level, (height, width), size in zip(levels, sizes, anchor_sizes, strict=True):
-        stride = 2**level
-        centre_x = (np.arange(width, dtype=np.float64) + 0.5) * stride
-        centre_y = (np.arange(height, dtype=np.float64) + 0.5) * stride
+        stride_y = stride_x = 2**level
+        offset = 0.5 if convention == "focaljax" else 0.0
+        if convention == "torchvision":
+            stride_y, stride_x = image_size[0] // height, image_size[1] // width
+        centre_x = (np.arange(width, dtype=np.float64) + offset) * stride_x
+        centre_y = (np.arange(height, dtype=np.float64) + offset) * stride_y
         cx, cy = np.meshgrid(centre_x, centre_y)
         centres = np.stack([cx, cy, cx, cy], axis=-1)
-        anchors = centres[:, :, None, :] + _cell_anchors(size, scales, aspect_ratios)
+        anchors = centres[:, :, None, :] + _cell_anchors(size, scales, aspect_ratios, convention)
         per_level.append(anchors.reshape(-1, 4))
     return np.concatenate(per_level).astype(np.float32)
