@@ -275,7 +275,7 @@ class _Mapping:
         self.variables = jax.tree.map(np.asarray, variables)
         self.arrays = arrays
         self.used: set[str] = set()
-        self.filled: set[tuple[str, ...]] = set()
+        self.filled: set[tuple[str, ...]] = set()  # where a file array went, fitting or not
         self.missing: list[str] = []
         self.misshaped: list[str] = []
 
@@ -297,6 +297,7 @@ class _Mapping:
         if target is None:
             self.misshaped.append(f"{key} has no place {'/'.join(where)} in the detector")
             return
+        self.filled.add(where)
         shape = target.shape if rows is None else (*target.shape[:-1], int(np.sum(rows)))
         if value.shape != shape:
             self.misshaped.append(
@@ -309,7 +310,6 @@ class _Mapping:
             updated = np.array(target, np.float32)
             updated[..., rows] = value
             node[where[-1]] = updated
-        self.filled.add(where)
 
     def conv(self, where: tuple[str, ...], prefix: str, bias: bool = True) -> None:
         weight = self.get(prefix + ".weight")
