@@ -1,4 +1,5 @@
-"""Detections on a folder of images with a trained workdir: COCO results JSON and annotated PNGs.
+"""Detections on a folder of images with a trained workdir: COCO results JSON and annotated PNGs;
+a command over `focaljax.Predictor`, which does the same from Python (and tiled prediction).
 
   python -m train.predict --workdir runs/shapes_retinanet --images photos/ --output predictions/
 
@@ -24,16 +25,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from focaljax.data import preprocess_image, to_original_pixels
 from focaljax.errors import ConfigError, MissingFileError
 from focaljax.evaluation.coco import detections_to_coco
 from focaljax.evaluation.visualize import draw_detections
+from focaljax.inference import Predictor
 from train import cli, compilation
 from train import workdir as workdir_lib
 
@@ -53,12 +52,6 @@ def find_images(folder: str | os.PathLike) -> list[str]:
     if not paths:
         raise MissingFileError(f"{folder} holds no image ({', '.join(IMAGE_SUFFIXES)})")
     return paths
-
-
-def _preprocess(image: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, float]:
-    """The evaluation data's preprocessing (`focaljax.data.preprocess_image`), in NumPy."""
-    inputs, scale = preprocess_image(image, image_size)
-    return inputs.numpy(), float(scale)
 
 
 def _load_rgb(path: Path) -> np.ndarray:
@@ -81,65 +74,50 @@ def predict(
         raise ConfigError(f"batch_size is {batch_size}, expected >= 1")
     if Path(output_dir).resolve() == Path(image_dir).resolve():
         raise ConfigError("--output is the --images folder; the annotated PNGs would overwrite it")
-    run = workdir_lib.load_trained(workdir, step)
-    config, info, detector = run.config, run.info, run.detector
-    image_size = tuple(int(s) for s in config.dataset.image_size)
+    config, _ = workdir_lib.read_run_info(workdir)
+    predictor = Predictor.from_workdir(
+        workdir, step, batch_size=batch_size,
+        compiler_options=compilation.compiler_options(config),
+    )
     names = find_images(image_dir)
     drawings = [str(Path(name).with_suffix(".png")) for name in names]
     clashes = sorted({d for d in drawings if drawings.count(d) > 1})
     if clashes:
         raise ConfigError(f"several images would be drawn to each of {clashes}; rename them")
 
-
-    def detect(variables, images):
-        batch = {"image": images}
-        outputs, _ = detector.apply(variables, batch, train=False)
-        return detector.postprocess(outputs, batch)
-
-    options = compilation.compiler_options(config)
-    detect = compilation.with_compiler_options(jax.jit(detect), options)
-
     results, images = [], []
     for start in range(0, len(names), batch_size):
         chunk = names[start : start + batch_size]
         originals = [_load_rgb(Path(image_dir) / name) for name in chunk]
-        inputs, scales = zip(*(_preprocess(image, image_size) for image in originals), strict=True)
-        # Padding to a full batch keeps one compiled shape.
-        inputs = np.stack(inputs + (np.zeros_like(inputs[0]),) * (batch_size - len(chunk)))
-        detections = jax.device_get(detect(run.variables, jnp.asarray(inputs)))
-        detections = {k: v[: len(chunk)] for k, v in detections.items()}
-        boxes = to_original_pixels(
-            detections["boxes"], np.asarray(scales, np.float32),
-            np.array([image.shape[:2] for image in originals]),
-        )
-        image_ids = np.arange(start + 1, start + len(chunk) + 1)
-        results += detections_to_coco(
-            image_ids, boxes, detections["scores"], detections["classes"],
-            detections["num_valid"], info.category_ids,
-        )
-        for i, (name, original) in enumerate(zip(chunk, originals, strict=True)):
-            images.append({"id": int(image_ids[i]), "file_name": name,
+        for image_id, name, original, detections in zip(
+            range(start + 1, start + len(chunk) + 1), chunk, originals,
+            predictor.predict(originals), strict=True,
+        ):
+            results += detections_to_coco(
+                [image_id], detections.boxes[None], detections.scores[None],
+                detections.classes[None], [len(detections)], predictor.category_ids,
+            )
+            images.append({"id": image_id, "file_name": name,
                            "width": original.shape[1], "height": original.shape[0]})
-            count = int(detections["num_valid"][i])
             drawing = draw_detections(
-                original, boxes[i, :count], detections["classes"][i, :count],
-                detections["scores"][i, :count], info.class_names,
-                score_threshold=draw_threshold,
+                original, detections.boxes, detections.classes, detections.scores,
+                predictor.class_names, score_threshold=draw_threshold,
             )
             path = Path(output_dir) / Path(name).with_suffix(".png")
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(drawing).save(path)
 
     categories = [
-        {"id": int(c), "name": n} for c, n in zip(info.category_ids, info.class_names, strict=True)
+        {"id": int(c), "name": n}
+        for c, n in zip(predictor.category_ids, predictor.class_names, strict=True)
     ]
     with open(Path(output_dir) / "results.json", "w") as f:
         json.dump(results, f)
     with open(Path(output_dir) / "images.json", "w") as f:
         json.dump({"images": images, "categories": categories}, f, indent=1)
     print(
-        f"{len(results)} detections on {len(images)} images (checkpoint at step {run.step} of "
-        f"{workdir}) -> {output_dir}"
+        f"{len(results)} detections on {len(images)} images (checkpoint at step "
+        f"{predictor.step} of {workdir}) -> {output_dir}"
     )
     return {"results": results, "images": images}
 

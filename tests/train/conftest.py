@@ -3,6 +3,9 @@ RetinaNet config over it, and one finished training run."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import jax
 import ml_collections
 import pytest
@@ -63,3 +66,17 @@ def trained_run(tiny_data_dir, tmp_path_factory) -> tuple[str, dict[str, float]]
     workdir = str(tmp_path_factory.mktemp("trained"))
     metrics = train.train_and_evaluate(tiny_config(tiny_data_dir), workdir)
     return workdir, metrics
+
+
+@pytest.fixture()
+def workdir_scoring_everything(trained_run, tmp_path) -> str:
+    """A copy of the trained run whose detector keeps every candidate (score threshold 0), so
+    that a 4-step model has detections to compare."""
+    workdir = str(tmp_path / "workdir")
+    shutil.copytree(trained_run[0], workdir)
+    with open(f"{workdir}/config.json") as f:
+        config = json.load(f)
+    config["model"]["postprocess"]["score_threshold"] = 0.0
+    with open(f"{workdir}/config.json", "w") as f:
+        json.dump(config, f)
+    return workdir

@@ -3,17 +3,22 @@ annotated PNGs."""
 
 from __future__ import annotations
 
+import functools
 import json
-import shutil
 
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+import focaljax
 from focaljax import data as data_lib
 from train import predict
 from train import workdir as workdir_lib
+from train.distributed import AXIS_NAME
+from train.state import TrainState, replicate
+from train.train import eval_step
 
 
 def test_preprocess_image_equals_the_evaluation_pipeline(tmp_path):
@@ -33,18 +38,43 @@ def test_preprocess_image_equals_the_evaluation_pipeline(tmp_path):
         assert scale == batch["scale"][index, 0] == 1.5
 
 
-@pytest.fixture()
-def workdir_scoring_everything(trained_run, tmp_path) -> str:
-    """A copy of the trained run whose detector keeps every candidate (score threshold 0), so
-    that a 4-step model has detections to compare."""
-    workdir = str(tmp_path / "workdir")
-    shutil.copytree(trained_run[0], workdir)
-    with open(f"{workdir}/config.json") as f:
-        config = json.load(f)
-    config["model"]["postprocess"]["score_threshold"] = 0.0
-    with open(f"{workdir}/config.json", "w") as f:
-        json.dump(config, f)
-    return workdir
+def test_the_predictor_of_a_workdir_gives_the_detections_of_the_evaluation(
+    workdir_scoring_everything
+):
+    predictor = focaljax.Predictor.from_workdir(workdir_scoring_everything)
+    config, info = workdir_lib.read_run_info(workdir_scoring_everything)
+    assert predictor.class_names == info.class_names and predictor.step == 4
+    # The trainer's evaluation: its pmapped `eval_step` on an evaluation batch, boxes mapped back
+    # by the batch's scale.
+    run = workdir_lib.load_trained(workdir_scoring_everything)
+    params = run.variables["params"]
+    state = TrainState(step=4, params=params, opt_state=None, loss_state={},
+                       model_state={k: v for k, v in run.variables.items() if k != "params"})
+    dataset = data_lib.build(config.dataset)
+    batch = next(dataset.eval_iterator(config.eval_batch_size // jax.device_count()))
+    evaluate = jax.pmap(functools.partial(eval_step, detector=run.detector), axis_name=AXIS_NAME)
+    expected = jax.device_get(evaluate(replicate(state), batch))
+    expected = {k: v.reshape((-1,) + v.shape[2:]) for k, v in expected.items()}
+    images = [data_lib.generate_example(dataset.builder.builder_config, "validation", i)["image"]
+              for i in range(len(expected["scores"]))]
+    boxes = data_lib.to_original_pixels(
+        expected["boxes"], batch["scale"].reshape(-1), np.array([i.shape[:2] for i in images])
+    )
+
+    detections = predictor.predict(images)
+
+    for i, found in enumerate(detections):
+        count = expected["num_valid"][i]
+        assert len(found) == count == 20
+        np.testing.assert_allclose(found.boxes, boxes[i, :count], atol=1e-3)
+        np.testing.assert_allclose(found.scores, expected["scores"][i, :count], rtol=1e-5)
+        np.testing.assert_array_equal(found.classes, expected["classes"][i, :count])
+        assert found.class_names == tuple(info.class_names[c] for c in found.classes)
+    # An image no larger than a tile is predicted whole (alone: a batch of one).
+    tiled, whole = predictor.predict_tiles(images[0]), predictor.predict(images[0])
+    np.testing.assert_array_equal(tiled.boxes, whole.boxes)
+    np.testing.assert_array_equal(tiled.scores, whole.scores)
+    np.testing.assert_allclose(whole.boxes, detections[0].boxes, atol=1e-3)
 
 
 def test_predict_writes_coco_results_in_original_pixels_and_annotated_pngs(
