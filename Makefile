@@ -27,7 +27,7 @@ train: $(STAMP)
 	$(PY) -m train --config configs/shapes_$(MODEL).py --workdir $(WORKDIR)
 
 # `make study` runs the paper's study (Table 1 and Figure 4 on data built for the paper's regime,
-# the "full" preset, 2,400 steps a run, 3 seeds a row, 52 runs: about 6.5 hours on 2 CPU cores
+# the "full" preset, 4,800 steps a run, 3 seeds a row, 52 runs: about 12 hours on 2 CPU cores
 # (estimated from its runs), see README "Reproducing the paper"); PRESET=quick for a one-seed look of at most an hour, labelled not converged; STUDY=rpn
 # for the FL-RPN comparison. Rerunning resumes; results in $(STUDY_DIR)/study.md.
 STUDY ?= table1,figure4
