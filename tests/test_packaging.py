@@ -135,3 +135,53 @@ def test_the_library_default_configs_import_and_build_from_the_wheel(fresh_pytho
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-1].startswith(fresh_site), result.stdout[-500:]
     assert "name: retinanet" in result.stdout
+
+
+PREDICTOR_FROM_A_WORKDIR = """
+import os
+import sys
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import focaljax
+from focaljax import data
+from focaljax.detectors import retinanet
+from focaljax.inference import workdir
+
+workdir_path = sys.argv[1]
+model = retinanet.default_config()
+model.backbone, model.min_level, model.max_level = "resnet_tiny", 3, 4
+model.fpn_channels = model.head_channels = 16
+model.head_convs = 1
+model.postprocess.score_threshold = 0.0
+config = ml_collections.ConfigDict({"model": model, "dataset": data.default_config()})
+config.dataset.image_size = (64, 64)
+info = data.DatasetInfo("mine", 2, ("tree", "car"), (1, 2), {"train": 1})
+detector = workdir.build_detector(config, 2)
+variables = detector.init(jax.random.key(0), {"image": jnp.zeros((1, 64, 64, 3))})
+# What the trainer leaves: run info, and checkpoints whose params and model_state are the variables.
+os.makedirs(workdir_path)
+workdir.write_run_info(workdir_path, config, info)
+checkpoints = workdir.checkpoint_manager(workdir_path)
+checkpoints.save(7, args=ocp.args.StandardSave({"params": variables["params"]}))
+checkpoints.wait_until_finished()
+
+predictor = focaljax.Predictor.from_workdir(workdir_path)
+image = np.random.default_rng(0).integers(0, 256, (80, 150, 3), np.uint8)
+detections = predictor(image)
+assert predictor.step == 7 and len(detections) > 0
+assert set(detections.class_names) <= {"tree", "car"}
+assert detections.boxes[:, 2].max() <= 150 and detections.boxes[:, 3].max() <= 80
+print(focaljax.inference.__file__)
+"""
+
+
+def test_the_predictor_reads_a_workdir_from_the_wheel(fresh_python, tmp_path):
+    python, fresh_site = fresh_python
+    result = run_outside_the_checkout(
+        python, ["-c", PREDICTOR_FROM_A_WORKDIR, str(tmp_path / "workdir")], tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1].startswith(fresh_site), result.stdout[-500:]
