@@ -164,7 +164,9 @@ def evaluate(
 
 def format_metrics_table(metrics: Mapping[str, float]) -> str:
     """The COCO metrics as a table, then one line for the other metrics of the evaluators (AP,
-    AP50 and AP75 at each `config.eval_min_scores`, VOC's mAP, proposal recall ...), if any."""
+    AP50 and AP75 at each `config.eval_min_scores`, VOC's mAP, proposal recall ...), if any,
+    then each category's AP in a table of three columns (as detectron2 prints it)."""
+    per_category, metrics = evaluation.split_per_category(metrics)
     header = " | ".join(f"{name:>6}" for name in EVAL_METRICS)
     values = " | ".join(f"{metrics[name]:6.3f}" for name in EVAL_METRICS)
     # Of the COCO metrics at a minimum score (AP@0.05 ...), AP, AP50 and AP75 only.
@@ -172,4 +174,16 @@ def format_metrics_table(metrics: Mapping[str, float]) -> str:
               if name not in evaluation.STAT_NAMES
               and (name.split("@")[0] not in evaluation.STAT_NAMES
                    or name.split("@")[0] in EVAL_METRICS[:3])]
-    return "\n".join([header, values] + (["  ".join(others)] if others else []))
+    lines = [header, values] + (["  ".join(others)] if others else [])
+    return "\n".join(lines + _per_category_table(per_category))
+
+
+def _per_category_table(per_category: Mapping[str, float], columns: int = 3) -> list[str]:
+    """Lines of `category | AP` pairs, `columns` pairs a line; none without categories."""
+    if not per_category:
+        return []
+    width = max(len("category"), *(len(name) for name in per_category))
+    cells = [f"{name:<{width}} | {value:5.3f}" for name, value in per_category.items()]
+    header = " | ".join([f"{'category':<{width}} | {'AP':>5}"] * min(columns, len(cells)))
+    rows = [" | ".join(cells[i:i + columns]) for i in range(0, len(cells), columns)]
+    return ["Per-category AP:", header, *rows]

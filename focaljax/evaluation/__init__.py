@@ -7,6 +7,8 @@ from focaljax.evaluation.evaluator import (
     CocoDetectionEvaluator,
     Evaluator,
     VocDetectionEvaluator,
+    per_category_name,
+    split_per_category,
 )
 from focaljax.evaluation.loss_curves import (
     anchor_focal_losses,
@@ -47,8 +49,10 @@ __all__ = [
     "curve_points",
     "detections_to_coco",
     "draw_detections",
+    "per_category_name",
     "save_detection_grid",
     "share_of_hardest",
+    "split_per_category",
     "voc_ap",
     "voc_map",
 ]

@@ -298,6 +298,11 @@ class CocoEvaluator:
             raise RuntimeError("summary_table() needs evaluate() to have run first")
         return self._summary
 
+    @property
+    def category_names(self) -> dict[int, str]:
+        """The ground truth's category names by COCO category id."""
+        return {int(c["id"]): str(c.get("name", c["id"])) for c in self._ground_truth["categories"]}
+
     def per_category_ap(self) -> dict[int, float]:
         """AP@[0.50:0.95] (all areas, 100 detections) of each COCO category id, from the last
         ``evaluate``; NaN for a category without ground truth."""

@@ -57,7 +57,9 @@ class CocoDetectionEvaluator:
 
     ``evaluate`` returns the twelve numbers of ``CocoEvaluator.evaluate`` under the names of
     ``STAT_NAMES`` (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl), NaN where
-    undefined, over every image of the ground truth. With ``min_score``, only the detections
+    undefined, over every image of the ground truth, and the AP of each category under
+    ``AP/<category name>`` (``per_category_name``; detectron2 logs the same as
+    ``bbox/AP-<name>``). With ``min_score``, only the detections
     scoring at least that much count, and each name gets ``suffix``: the AP a detector
     post-processed at a lower score threshold would have had at ``min_score`` (the RetinaNet
     paper's inference keeps scores >= 0.05; a model still learning to be confident can rank
@@ -75,8 +77,9 @@ class CocoDetectionEvaluator:
       ...      "classes": np.array([[0]]), "num_valid": np.array([1])},
       ...     {"image_id": np.array([1]), "valid": np.array([True])},
       ... )
-      >>> round(evaluator.evaluate()["AP"], 3)
-      1.0
+      >>> metrics = evaluator.evaluate()
+      >>> round(metrics["AP"], 3), round(metrics["AP/cat"], 3)
+      (1.0, 1.0)
     """
 
     def __init__(
@@ -134,9 +137,40 @@ class CocoDetectionEvaluator:
         )
 
     def evaluate(self) -> dict[str, float]:
-        """``{name + suffix: value for name in STAT_NAMES}``, floats in [0, 1] or NaN."""
-        return {f"{name}{self.suffix}": value
-                for name, value in self.coco_evaluator.evaluate().items()}
+        """``{name + suffix: value for name in STAT_NAMES}`` and ``{per_category_name(name,
+        suffix): AP}`` for each category of the ground truth, floats in [0, 1] or NaN."""
+        metrics = {f"{name}{self.suffix}": value
+                   for name, value in self.coco_evaluator.evaluate().items()}
+        names = self.coco_evaluator.category_names
+        for category_id, value in self.coco_evaluator.per_category_ap().items():
+            metrics[per_category_name(names[category_id], self.suffix)] = value
+        return metrics
+
+
+def per_category_name(category: str, suffix: str = "") -> str:
+    """The metric name of a category's AP: ``AP<suffix>/<category>``, spaces as underscores
+    (TensorBoard's tags keep them badly).
+
+    Examples:
+      >>> per_category_name("traffic light", "@0.05")
+      'AP@0.05/traffic_light'
+    """
+    return f"AP{suffix}/{category.replace(' ', '_')}"
+
+
+def split_per_category(metrics: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """``metrics`` as (the per-category APs over all detections, by category name; the metrics
+    that are not per category). The per-category APs at a minimum score are in neither.
+
+    Examples:
+      >>> split_per_category({"AP": 0.5, "AP/cat": 0.7, "AP@0.05/cat": 0.6})
+      ({'cat': 0.7}, {'AP': 0.5})
+    """
+    per_category = {name[len("AP/"):]: value for name, value in metrics.items()
+                    if name.startswith("AP/")}
+    rest = {name: value for name, value in metrics.items()
+            if not (name.startswith("AP") and "/" in name)}
+    return per_category, rest
 
 
 class VocDetectionEvaluator:

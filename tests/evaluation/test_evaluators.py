@@ -295,10 +295,21 @@ def test_coco_detection_evaluator_equals_coco_evaluator_on_the_real_examples():
     direct = CocoEvaluator(gt)
     direct.add(detections_to_coco([1, 2], boxes[:2], scores[:2], classes[:2], [4, 3], category_ids))
     expected = direct.evaluate()
-    assert set(metrics) == set(STAT_NAMES)
+    per_category = {f"AP/class{c}" for c in category_ids}
+    assert set(metrics) == set(STAT_NAMES) | per_category
     for name in STAT_NAMES:
         assert metrics[name] == pytest.approx(expected[name], nan_ok=True), name
     assert 0 < metrics["AP"] < 1
+    # Each category's AP is the AP of an evaluation of that category alone.
+    results = detections_to_coco([1, 2], boxes[:2], scores[:2], classes[:2], [4, 3], category_ids)
+    for category_id in category_ids:
+        alone = CocoEvaluator({**gt, "categories": [{"id": category_id, "name": "x"}],
+                               "annotations": [a for a in gt["annotations"]
+                                               if a["category_id"] == category_id]})
+        alone.add([r for r in results if r["category_id"] == category_id])
+        expected_ap = alone.evaluate()["AP"]
+        assert metrics[f"AP/class{category_id}"] == pytest.approx(expected_ap), category_id
+    assert len({metrics[name] for name in per_category}) == 2  # Not one number twice.
 
 
 @pytest.mark.parametrize("min_score", [0.3, 0.6])
@@ -327,7 +338,9 @@ def test_coco_detection_evaluator_at_a_min_score_equals_evaluating_only_those_de
         direct.add(detections_to_coco([image_id], boxes[b, rows][None], scores[b, rows][None],
                                       classes[b, rows][None], [len(rows)], category_ids))
     expected = direct.evaluate()
-    assert set(metrics) == {f"{name}@x" for name in STAT_NAMES}
+    assert set(metrics) == ({f"{name}@x" for name in STAT_NAMES}
+                            | {f"AP@x/class{c}" for c in category_ids})
+    assert metrics["AP@x/class3"] == pytest.approx(direct.per_category_ap()[3])
     for name in STAT_NAMES:
         assert metrics[f"{name}@x"] == pytest.approx(expected[name], nan_ok=True), name
     valid_scores = np.concatenate([scores[b, :n] for b, n in enumerate(num_valid)])

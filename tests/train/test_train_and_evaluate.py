@@ -54,6 +54,9 @@ def test_run_leaves_metrics_checkpoints_tensorboard_events_and_a_detection_grid(
     tags = {value.tag for event in tf.compat.v1.train.summary_iterator(events)
             for value in event.summary.value}
     assert {"train/loss", "train/images_per_second", "eval/AP", "eval/detections"} <= tags
+    with open(os.path.join(workdir, "dataset_info.json")) as f:
+        per_class = {f"eval/AP/{name}" for name in json.load(f)["class_names"]}
+    assert len(per_class) > 1 and per_class <= tags and per_class <= set(records[-1])
 
     with Image.open(os.path.join(workdir, "detections_step_4.png")) as grid:
         assert grid.mode == "RGB" and grid.width > 4 * 64  # Four 64x64 cells in a row.
@@ -66,6 +69,20 @@ def test_final_metrics_are_the_coco_box_metrics(trained_run):
     assert set(evaluate_lib.EVAL_METRICS) <= set(metrics)
     for name in ("AP", "AP50", "AP75"):
         assert 0.0 <= metrics[name] <= 1.0
+
+
+def test_the_evaluation_report_has_a_table_of_the_ap_of_each_category():
+    metrics = {name: 0.5 for name in evaluate_lib.EVAL_METRICS}
+    metrics |= {"AP@0.05": 0.25, "AP/circle": 0.75, "AP/square": 0.125, "AP/traffic_light": 0.0,
+                "AP/star": 1.0, "AP@0.05/circle": 0.5}
+    lines = evaluate_lib.format_metrics_table(metrics).splitlines()
+    assert lines[2] == "AP@0.05: 0.250"  # The per-category APs at a minimum score: not shown.
+    assert lines[3:] == [
+        "Per-category AP:",
+        "category      |    AP | category      |    AP | category      |    AP",
+        "circle        | 0.750 | square        | 0.125 | traffic_light | 0.000",
+        "star          | 1.000",
+    ]
 
 
 def _sigterm_at(stop_step: int):
