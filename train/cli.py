@@ -1,6 +1,8 @@
 """What every `train` entry point does with its command line before the work starts: a bad flag or
 a misspelled config field ends in one line naming it and what was expected, and exit status 2,
-never a traceback.
+never a traceback; and JAX's persistent compilation cache goes on (`--compilation_cache`), so that
+a rerun, a resumed run or a prediction after training skips the compilations an earlier process
+made (BENCHMARKS.md, "Time to the first step").
 
   app.run(main, flags_parser=cli.parse_flags)
 """
@@ -15,6 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import ml_collections
 from absl import flags, logging
 
@@ -26,6 +29,27 @@ flags.DEFINE_bool(
     "verbose", False,
     "Show the libraries' info logs (TFDS, orbax) and TFDS's own output while preparing data.",
 )
+
+
+def _default_compilation_cache() -> str:
+    """$JAX_COMPILATION_CACHE_DIR when set, else focaljax's folder of the user's cache."""
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(home, "focaljax", "jax")
+
+
+flags.DEFINE_string(
+    "compilation_cache", _default_compilation_cache(),
+    "Folder of JAX's persistent compilation cache, shared by every run and entry point; "
+    "'' turns it off.",
+)
+
+
+def use_compilation_cache(folder: str) -> None:
+    """Turns JAX's persistent compilation cache on in `folder` (created when first written), or
+    off for ''. JAX keeps only compilations of at least a second
+    (`jax_persistent_cache_min_compile_time_secs`), keyed by the program, the compiler options and
+    the devices, so a changed program is compiled anew, never mixed up."""
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(folder) if folder else None)
 
 
 def quiet_libraries() -> None:
@@ -146,7 +170,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     reported in one line."""
     check_config_overrides(argv)
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
     except flags.Error as error:  # absl puts one line per bad flag.
         fail("; ".join(line.strip() for line in str(error).splitlines() if line.strip()))
-    return []
+    use_compilation_cache(flags.FLAGS.compilation_cache)
+    return remaining

@@ -46,10 +46,9 @@ def bare_model_config(name: str) -> ml_collections.ConfigDict:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """The runs of a test session compile the same steps again and again; a persistent cache
-    turns the repeats into look-ups."""
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
+def compilation_cache():
+    """The runs of a test session compile the same steps again and again; the session's
+    persistent cache (tests/conftest.py) turns the repeats into look-ups, however short."""
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 

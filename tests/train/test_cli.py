@@ -73,3 +73,23 @@ def test_every_entry_point_reports_a_bad_flag_in_one_line(args, expected, tmp_pa
     result = _run(*(arg.format(tmp=tmp_path / "run") for arg in args))
     assert _the_error(result) == expected
     assert not (tmp_path / "run").exists()  # Nothing was started.
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--compilation_cache={tmp}/cache", "{tmp}/cache"),
+    ("--compilation_cache=", "None"),
+    (None, "{tmp}/from_env"),
+])
+def test_every_entry_point_turns_the_persistent_compilation_cache_on_unless_told_not_to(
+    tmp_path, flag, expected
+):
+    argv = ["x"] + ([flag.format(tmp=tmp_path)] if flag else [])
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, jax; from train import cli; "
+         f"cli.parse_flags({argv!r}); print(jax.config.jax_compilation_cache_dir)"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu",
+             "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "from_env")},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == expected.format(tmp=tmp_path)

@@ -32,8 +32,7 @@ def test_command_line_overrides_reach_the_config_and_bad_values_exit_with_a_mess
         [sys.executable, "-m", "train", "--config", "configs/shapes_retinanet.py",
          "--workdir", str(tmp_path / "run"), *overrides],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu",
-             "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},  # With tests/conftest.py's XLA_FLAGS.
     )
     assert result.returncode == 1
     assert result.stderr.strip().endswith(message)

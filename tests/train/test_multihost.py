@@ -64,7 +64,9 @@ def _start(config_file: pathlib.Path, workdir: pathlib.Path, cache_dir: str) -> 
     """Starts the 2 processes of one run; their output goes to `workdir`.p{i}.log."""
     port = _free_port()
     env = {
-        **os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2", "XLA_FLAGS": "",
+        **os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2",
+        # tests/conftest.py's compiler level, without its 4 devices a process.
+        "XLA_FLAGS": "--xla_backend_optimization_level=0",
         "JAX_COMPILATION_CACHE_DIR": cache_dir, "PYTHONUNBUFFERED": "1",
     }
     processes = []

@@ -183,8 +183,7 @@ def test_a_file_that_is_no_weight_file_ends_the_command_with_one_line_naming_it(
         [sys.executable, "-m", "train", "--config", "configs/shapes_retinanet.py",
          "--workdir", str(tmp_path / "run"), f"--config.model.backbone_weights={path}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "JAX_PLATFORMS": "cpu",
-             "XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},  # With tests/conftest.py's XLA_FLAGS.
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
