@@ -160,7 +160,11 @@ config = ml_collections.ConfigDict({"model": model, "dataset": data.default_conf
 config.dataset.image_size = (64, 64)
 info = data.DatasetInfo("mine", 2, ("tree", "car"), (1, 2), {"train": 1})
 detector = workdir.build_detector(config, 2)
-variables = detector.init(jax.random.key(0), {"image": jnp.zeros((1, 64, 64, 3))})
+# Random variables of the detector's shapes (its own init runs op by op, for half a minute).
+shapes = jax.eval_shape(detector.init, jax.random.key(0),
+                        {"image": jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)})
+rng = np.random.default_rng(0)
+variables = jax.tree.map(lambda s: rng.normal(0, 0.1, s.shape).astype(s.dtype), shapes)
 # What the trainer leaves: run info, and checkpoints whose params and model_state are the variables.
 os.makedirs(workdir_path)
 workdir.write_run_info(workdir_path, config, info)
