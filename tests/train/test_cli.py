@@ -64,6 +64,8 @@ def _the_error(result: subprocess.CompletedProcess) -> str:
     (("train.predict", "--workdir", "{tmp}"),
      "error: flag --images=None: Flag --images must have a value other than None.; "
      "flag --output=None: Flag --output must have a value other than None."),
+    (("train.export", "--workdir", "{tmp}"),
+     "error: flag --output=None: Flag --output must have a value other than None."),
     (("train.prepare_data", "--dataset", "cityscapes"),
      "error: flag --dataset=cityscapes: value should be one of <coco|voc|coco_folder>"),
     (("train.study", "--study", "table1", "--workdir", "{tmp}", "--seeds", "two"),
