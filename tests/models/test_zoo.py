@@ -61,6 +61,24 @@ def _assert_close(actual, expected, what):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-5 * scale, err_msg=what)
 
 
+def _same_rows_nearly_in_order(actual, expected):
+    """The index of the row of `actual` equal to each row of `expected` to float32 rounding (as
+    `_assert_close`), one to one; rows may trade places only with near neighbours, as proposals
+    whose scores tie to rounding do (seen: two adjacent proposals swapped when XLA compiled at
+    another optimisation level)."""
+    scale = max(1.0, float(np.abs(expected).max()))
+    free = np.ones(len(actual), bool)
+    order = []
+    for k, row in enumerate(expected):
+        close = free & (np.abs(actual - row).max(axis=1) <= 1e-5 * scale)
+        assert close.any(), f"row {k} {row} has no equal in focaljax's"
+        order.append(int(np.argmax(close)))
+        free[order[-1]] = False
+    order = np.asarray(order)
+    assert np.abs(order - np.arange(len(order))).max() <= 2, order
+    return order
+
+
 def _assert_same_detections(detections, fixture, label_offset):
     """Each image's detections are the reference's: the same count and, for each reference
     detection, one of focaljax's with its label, score and box (the order may differ only
@@ -133,11 +151,11 @@ def _check_faster_rcnn(case, variables):
     logit_columns = [90 if c == 0 else c - 1 for c in columns]
     for i, count in enumerate(fixture["num_proposals"]):
         assert int(outputs["proposals"]["valid"][i].sum()) == count
-        _assert_close(outputs["proposals"]["boxes"][i][:count], fixture["proposals"][i][:count],
-                      "proposals")
-        _assert_close(np.asarray(outputs["roi_cls_logits"][i][:count])[:, logit_columns],
+        order = _same_rows_nearly_in_order(np.asarray(outputs["proposals"]["boxes"][i][:count]),
+                                           fixture["proposals"][i][:count])
+        _assert_close(np.asarray(outputs["roi_cls_logits"][i])[order][:, logit_columns],
                       fixture["roi_cls_logits"][i][:count], "roi_cls_logits")
-        _assert_close(np.asarray(outputs["roi_box_deltas"][i][:count])[:, columns[1:] - 1],
+        _assert_close(np.asarray(outputs["roi_box_deltas"][i])[order][:, columns[1:] - 1],
                       fixture["roi_box_deltas"][i][:count, 1:], "roi_box_deltas")
     _assert_same_detections(detections, fixture, label_offset=1)
 

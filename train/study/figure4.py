@@ -15,8 +15,8 @@ import numpy as np
 from focaljax import data as data_lib
 from focaljax import evaluation
 from focaljax.detectors.retinanet import anchor_targets, retinanet_anchors
+from focaljax.inference import load_trained
 from focaljax.ops.boxes import BoxCoder
-from train import workdir as workdir_lib
 from train.study.studies import FIGURE4_GAMMAS
 
 # Evaluation images of Figure 4. Their logits are kept in memory: images x anchors x classes x 4
@@ -33,7 +33,7 @@ def figure4_anchors(
     labels and weights from the matcher of its loss (`anchor_targets`)."""
     dataset = data_lib.build(config.dataset)
     image_size = tuple(int(s) for s in config.dataset.image_size)
-    run = workdir_lib.load_trained(workdir)
+    run = load_trained(workdir)
     detector, variables = run.detector, run.variables
     anchors, _ = retinanet_anchors(config.model, image_size)
     targets_of = anchor_targets(
