@@ -16,13 +16,16 @@ BENCHMARKS.md:
                XLA's memory analysis of the step (arguments + outputs - aliased + temporaries)
   NMS          `focaljax.ops.non_max_suppression` on 1k-20k boxes (`benchmarks/nms_bench.py`'s
                boxes and timing), 100 and 1000 outputs
-  pipeline     not run: there is no input pipeline benchmark in benchmarks/ yet (issue #25)
+  pipeline     `benchmarks/input_pipeline_bench.py` on the host's CPUs at reduced size: 64 generated
+               COCO-sized JPEGs through the training pipeline at 800x1344 against the bare
+               decode-resize floor, images/s, images per CPU-second and the cores to feed 10
+               images/s (an estimate from the per-core rate)
 
 On a CPU (`--quick`) the same runs at reduced sizes (resnet_tiny, narrow FPN and heads, RetinaNet
-on P3-P4 only, 128x128 images, 1 image, small loss and NMS sizes) in one process;
-`tests/test_device_bench.py` runs it for RetinaNet in float32 only, the step in a process of its
-own as on an accelerator (compiling all four steps takes minutes on 2 cores), so that the script
-is known to run before an accelerator is lent.
+on P3-P4 only, 128x128 images, 1 image, small loss and NMS sizes, 8 pipeline images of 64x48) in
+one process; `tests/test_device_bench.py` runs it for RetinaNet in float32 only, the step in a
+process of its own as on an accelerator (compiling all four steps takes minutes on 2 cores), so
+that the script is known to run before an accelerator is lent.
 
   python benchmarks/device_bench.py                 # on the accelerator: the BENCHMARKS.md table
   python benchmarks/device_bench.py --quick         # CPU, reduced sizes: minutes on 2 cores
@@ -46,6 +49,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import coco_scale_bench  # noqa: E402
+import input_pipeline_bench  # noqa: E402
 import jax  # noqa: E402
 import loss_bench  # noqa: E402
 import ml_collections  # noqa: E402
@@ -54,7 +58,7 @@ import nms_bench  # noqa: E402
 from focaljax.ops import non_max_suppression  # noqa: E402
 from train import compilation  # noqa: E402
 
-# nms_bench imports TensorFlow, which this script never runs: keep it off the accelerator.
+# TensorFlow (nms_bench's import, the input pipeline) runs on the host: keep it off the accelerator.
 nms_bench.tf.config.set_visible_devices([], "GPU")
 
 # Peak memory bandwidth in GB/s by `device_kind`, from the vendors' datasheets.
@@ -231,7 +235,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     sizes = (1000,) if args.quick else (1000, 5000, 20000)
     print("\n".join(nms_rows(sizes, (100, 1000), 3 if args.quick else 20)), flush=True)
 
-    print("\n## Input pipeline\n\nNot run: no input pipeline benchmark in benchmarks/ yet.")
+    quick = args.quick
+    pipeline = input_pipeline_bench.run(
+        num_images=8 if quick else 64,
+        sizes=input_pipeline_bench.QUICK_SIZES if quick else input_pipeline_bench.COCO_SIZES,
+        image_size=(64, 64) if quick else None, batch=2 if quick else None,
+        batches=2 if quick else 3, rounds=1 if quick else 2, profile=False,
+    )
+    height, width = pipeline["image_size"]
+    print(f"\n## Input pipeline, {pipeline['num_images']} JPEGs -> {height}x{width}, batches of "
+          f"{pipeline['batch']}, on the host's CPUs: {pipeline['cores']}\n")
+    print("\n".join(input_pipeline_bench.table(pipeline)), flush=True)
     print(f"\nTotal: {time.perf_counter() - start:.0f} s")
 
 

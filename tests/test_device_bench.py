@@ -44,4 +44,7 @@ def test_the_device_script_prints_every_table_on_a_cpu_at_reduced_sizes():
     nms = _table(output, "## NMS")
     assert [(row[0], row[1], row[2]) for row in nms] == [("1000", "100", "100"),
                                                          ("1000", "1000", "111")]
-    assert "## Input pipeline" in output
+    pipeline = _table(output, "## Input pipeline")
+    assert [row[0] for row in pipeline] == ["pipeline", "floor"]
+    assert all(float(row[1]) > 0 and float(row[3]) > 0 for row in pipeline)  # images/s, /CPU-s
+    assert pipeline[1][4] == "1.00"  # The floor against itself.
