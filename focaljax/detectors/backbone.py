@@ -116,17 +116,20 @@ def load_backbone_weights(
         ) from None
 
 
-def weights_record(weights: pretrained_lib.PretrainedResNet) -> dict[str, Any]:
-    """Where converted weights came from, as plain data: the file's absolute path, format, size
-    in bytes and sha256, the arrays left unused (the classifier), the notes of the conversion,
-    and `summary`, the lines a log shows."""
-    with open(weights.path, "rb") as f:
+def file_record(path: str, format: str) -> dict[str, Any]:
+    """Which weight file, as plain data: its absolute path, format, size in bytes and sha256."""
+    with open(path, "rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"path": os.path.abspath(path), "format": format, "bytes": os.path.getsize(path),
+            "sha256": sha256}
+
+
+def weights_record(weights: pretrained_lib.PretrainedResNet) -> dict[str, Any]:
+    """Where converted weights came from, as plain data: the file (`file_record`), the arrays
+    left unused (the classifier), the notes of the conversion, and `summary`, the lines a log
+    shows."""
     return {
-        "path": os.path.abspath(weights.path),
-        "format": weights.format,
-        "bytes": os.path.getsize(weights.path),
-        "sha256": sha256,
+        **file_record(weights.path, weights.format),
         "unused": list(weights.unused),
         "notes": list(weights.notes),
         "summary": weights.report,

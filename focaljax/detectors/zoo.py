@@ -10,8 +10,6 @@ nothing), so that a config without a zoo file behaves as before these fields.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -153,13 +151,8 @@ def apply_preset(model: ml_collections.ConfigDict, preset: str) -> None:
 
 def weights_record(weights: zoo_lib.ZooWeights) -> dict[str, Any]:
     """Where converted zoo weights came from, as plain data (the backbone's record's fields)."""
-    with open(weights.path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     return {
-        "path": os.path.abspath(weights.path),
-        "format": weights.format,
-        "bytes": os.path.getsize(weights.path),
-        "sha256": sha256,
+        **backbone_lib.file_record(weights.path, weights.format),
         "family": weights.family,
         "architecture": weights.architecture,
         "notes": list(weights.notes),
