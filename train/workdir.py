@@ -3,8 +3,8 @@
 What else a workdir holds (config.json, dataset_info.json, pretrained_weights.json, the
 checkpoints' folder) and how it is read for inference has its home in the library,
 `focaljax.inference.workdir` (installed, so that `focaljax.Predictor` reads a workdir without a
-checkout); this module re-exports those names for the trainer, `train.predict`, `train.export` and
-the study.
+checkout); this module re-exports those names for the trainer, `train.predict` and
+`train.export`.
 """
 
 from __future__ import annotations
