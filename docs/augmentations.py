@@ -5,8 +5,8 @@
 Each row is the first batch of `focaljax.data.create_train_iterator` (seed 0, horizontal flip and
 scale jitter off) with one setting of `Augmentations`, on a small "shapes" split generated in a
 temporary folder; each column is the same training image, so that a row shows what its setting
-does. Boxes are the batch's, in the batch's pixels: where they sit on the objects, the boxes moved
-with the pixels.
+does (a mosaic's is the top-left quarter, the next images of the stream the others). Boxes are the
+batch's, in the batch's pixels: where they sit on the objects, the boxes moved with the pixels.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ ROWS = (
     ("jpeg_quality (5, 15)", Augmentations(jpeg_quality=(5, 15))),
     ("safe_crop (0.4, 0.8),\nmin visible 0.6",
      Augmentations(safe_crop=(0.4, 0.8), safe_crop_min_visible=0.6)),
-    ("all of them", Augmentations(
+    ("mosaic 1.0", Augmentations(mosaic=1.0)),
+    ("all of them,\nmosaic 0.5", Augmentations(
         vertical_flip=True, rotate90=True, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
-        jpeg_quality=(20, 60), safe_crop=(0.4, 0.8), safe_crop_min_visible=0.6,
+        jpeg_quality=(20, 60), safe_crop=(0.4, 0.8), safe_crop_min_visible=0.6, mosaic=0.5,
     )),
 )
 

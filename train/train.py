@@ -334,9 +334,11 @@ def _train_loop(
     )
     step = int(state.step[0])
     per_device_batch = config.batch_size // jax.device_count()
-    # The iterator starts at the batch of `step`, so a resumed run sees the data it would have.
+    # The iterator starts at the batch of `step`, so a resumed run sees the data it would have;
+    # it prints the summary of its repeat factors, if any, once here.
     train_iter = jax_utils.prefetch_to_device(
-        dataset.train_iterator(per_device_batch, config.seed, step), 2, axis_name=AXIS_NAME
+        dataset.train_iterator(per_device_batch, config.seed, step, print_fn=report), 2,
+        axis_name=AXIS_NAME,
     )
 
     def save(step: int) -> None:

@@ -14,7 +14,7 @@ field below is required (`default_config()` declares them all, with their defaul
   scale_jitter         (low, high) random resize factor for training, or None for none
   shuffle_buffer_size  examples in the shuffle buffer, e.g. 10_000 (capped at the size of the split)
   vertical_flip, rotate90, brightness, contrast, saturation, hue, jpeg_quality, safe_crop,
-  safe_crop_min_visible
+  safe_crop_min_visible, mosaic
                        more training augmentations, those of `focaljax.data.augment.Augmentations`
                        (a (low, high) range written () for off, as the config does)
   repeat_factor_threshold

@@ -1,12 +1,14 @@
 """Training augmentations of the tf.data pipeline beyond its flip, scale jitter and crop.
 
 Geometric ones act on the decoded image (uint8 `[h, w, 3]`) and its boxes (float32 `[N, 4]`,
-normalized `ymin, xmin, ymax, xmax`, TFDS's layout), before the pipeline resizes it:
-`box_safe_crop`, `flip_up_down`, `rotate90`. Photometric ones act on the resized image (float32
+normalized `ymin, xmin, ymax, xmax`, TFDS's layout), before the pipeline resizes it: `mosaic`
+(4 images made one, on a canvas of the batch's image size), then `box_safe_crop`, `flip_up_down`,
+`rotate90`. Photometric ones act on the resized image (float32
 pixels in [0, 255]) and leave the boxes alone: `color_jitter`, `jpeg_recompress`. Every draw is
 stateless, from a key that `random_augment` derives from the pipeline's per-position key, so that
 a resumed pipeline yields the same batches. Everything works on images of any size; the pipeline
-resizes and pads afterwards, so that batch shapes stay fixed.
+resizes and pads afterwards, so that batch shapes stay fixed (a mosaic's canvas is the batch's
+image size).
 
 `Augmentations()` is every one of them off: the pipeline then runs exactly as without this module.
 """
@@ -14,6 +16,7 @@ resizes and pads afterwards, so that batch shapes stay fixed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -23,9 +26,13 @@ from focaljax.errors import ConfigError
 NUM_CROP_CANDIDATES = 16
 # ITU-R BT.601 luma, torchvision's and tf.image's grayscale.
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+# The range of a mosaic's centre, as a fraction of each side of the canvas: YOLOv4's (darknet's
+# load_data_mosaic cuts at 20-80%), so that each of the 4 images keeps at least a fifth of a side.
+MOSAIC_CENTER_RANGE = (0.2, 0.8)
 # Keys folded from the pipeline's per-position key; the flip, scale jitter and crop of the
 # pipeline split that key into three and are unchanged by these.
-_KEY_TAGS = {"crop": 101, "vertical_flip": 102, "rotate90": 103, "color": 104, "jpeg": 105}
+_KEY_TAGS = {"crop": 101, "vertical_flip": 102, "rotate90": 103, "color": 104, "jpeg": 105,
+             "mosaic": 106}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +51,9 @@ class Augmentations:
       safe_crop: (low, high), a box-safe random crop whose height and width are each a fraction
         of the image's, uniform in [low, high] (in (0, 1]), or None for none.
       safe_crop_min_visible: the smallest fraction of an object's box area that a crop may keep
-        (`box_safe_crop`).
+        (`box_safe_crop`), and that a mosaic keeps (`mosaic`: objects cut below it are dropped).
+      mosaic: the probability that a training image is a mosaic (`mosaic`) of itself and the next
+        3 images of the pipeline's stream; 0 is off.
     """
 
     vertical_flip: bool = False
@@ -56,6 +65,7 @@ class Augmentations:
     jpeg_quality: tuple[int, int] | None = None
     safe_crop: tuple[float, float] | None = None
     safe_crop_min_visible: float = 0.5
+    mosaic: float = 0.0
 
     def __post_init__(self):
         for name in ("brightness", "contrast", "saturation"):
@@ -81,9 +91,12 @@ class Augmentations:
                 f"safe_crop_min_visible is {self.safe_crop_min_visible}, expected a fraction "
                 "in (0, 1]"
             )
+        if not 0 <= self.mosaic <= 1:
+            raise ConfigError(f"mosaic is {self.mosaic}, expected a probability in [0, 1]")
 
     @property
     def geometric(self) -> bool:
+        """Whether `random_geometric` changes anything (the mosaic is the pipeline's)."""
         return self.vertical_flip or self.rotate90 or self.safe_crop is not None
 
     @property
@@ -186,6 +199,91 @@ def box_safe_crop(
     window_size = tf.tile(window[2:] - window[:2], [2])
     cropped = tf.clip_by_value((pixel_boxes - corner) / window_size, 0.0, 1.0)
     return image, tf.boolean_mask(cropped, keep), keep, clipped
+
+
+def mosaic(
+    images: Sequence[tf.Tensor],
+    boxes: Sequence[tf.Tensor],
+    center: tf.Tensor,
+    *,
+    output_size: tuple[int, int],
+    min_visible: float,
+    fill: Sequence[float],
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """4 images made one (Bochkovskiy et al., "YOLOv4", 2020: mosaic), on a canvas of
+    `output_size` split into 4 quarters at `center`.
+
+    Image i goes into quarter i, top-left, top-right, bottom-left, bottom-right, with the corner
+    that faces `center` on it (ultralytics' placement): the top-left image's bottom-right corner
+    is at `center`, the top-right image's bottom-left corner, and so on. What lies outside its
+    quarter is cut off; what of the quarter it leaves uncovered is `fill`. An object keeps its box,
+    clipped to the quarter, when at least `min_visible` of its box area is inside it (as
+    `box_safe_crop` counts it, `visible_fractions`); otherwise it is dropped.
+
+    Args:
+      images: 4 images `[h_i, w_i, 3]` of pixels in [0, 255] (rounded to uint8 here), e.g. each
+        resized to fit `output_size`, as the pipeline gives them.
+      boxes: 4 float32 `[N_i, 4]`, normalized yxyx of their images.
+      center: int32 `[2]`, (y, x) pixels of the canvas where the 4 quarters meet, each in
+        [0, size].
+      output_size: (height, width) of the canvas.
+      min_visible: in (0, 1].
+      fill: the pixel (3 values in [0, 255]) of what no image covers.
+
+    Returns:
+      The canvas (uint8 `[height, width, 3]`), the normalized yxyx boxes of the kept objects, in
+      the order of `boxes`' concatenation, `keep` and `clipped` (bool `[sum N_i]`, as
+      `box_safe_crop`'s: which objects were kept, and which of those were cut).
+    """
+    height, width = output_size
+    center = tf.cast(center, tf.int32)[None]
+    sizes = tf.stack([tf.shape(image)[:2] for image in images])  # [4, 2]
+    # 1 where a quarter (and the image in it) lies before the centre: top, left.
+    before = tf.constant([[1, 1], [1, 0], [0, 1], [0, 0]], tf.int32)
+    window_start = (1 - before) * center
+    window_end = window_start + before * center + (1 - before) * ([[height, width]] - center)
+    offset = center - before * sizes  # Each image's top-left pixel on the canvas.
+    start = tf.maximum(window_start, offset)
+    extent = tf.maximum(tf.minimum(window_end, offset + sizes) - start, 0)
+    pad_before = tf.minimum(start - window_start, window_end - window_start)
+    pad_after = window_end - window_start - pad_before - extent
+    fill = tf.constant(fill, tf.float32)
+    quarters = []
+    for i, image in enumerate(images):
+        pixels = tf.round(tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0))
+        part = tf.slice(pixels, tf.concat([start[i] - offset[i], [0]], 0),
+                        tf.concat([extent[i], [3]], 0))
+        padding = tf.concat([tf.stack([pad_before[i], pad_after[i]], axis=1), [[0, 0]]], 0)
+        quarters.append(tf.pad(part - fill, padding) + fill)
+    canvas = tf.concat([tf.concat(quarters[:2], axis=1), tf.concat(quarters[2:], axis=1)], axis=0)
+    canvas = tf.ensure_shape(tf.cast(canvas, tf.uint8), [height, width, 3])
+
+    image_index = tf.repeat(tf.range(4), [tf.shape(b)[0] for b in boxes])
+    windows = tf.cast(tf.concat([window_start, window_end], axis=1), tf.float32)  # [4, 4] yxyx
+    scale = tf.cast(tf.tile(tf.gather(sizes, image_index), [1, 2]), tf.float32)
+    shift = tf.cast(tf.tile(tf.gather(offset, image_index), [1, 2]), tf.float32)
+    pixel_boxes = tf.concat(boxes, 0) * scale + shift
+    visible = tf.gather(tf.transpose(visible_fractions(pixel_boxes, windows)), image_index,
+                        batch_dims=1)
+    keep = visible >= min_visible
+    window = tf.gather(windows, image_index)
+    inside = tf.clip_by_value(pixel_boxes, tf.tile(window[:, :2], [1, 2]),
+                              tf.tile(window[:, 2:], [1, 2]))
+    normalized = tf.boolean_mask(inside, keep) / [height, width, height, width]
+    return canvas, normalized, keep, keep & (visible < 1.0)
+
+
+def draw_mosaic(
+    key: tf.Tensor, *, probability: float, output_size: tuple[int, int]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """`(on, center)` of the example of `key`: whether it is a mosaic (bool, with
+    `probability`), and the centre (int32 `[2]`, (y, x) pixels) of its canvas of `output_size`,
+    each coordinate uniform in `MOSAIC_CENTER_RANGE` of its side, rounded."""
+    on_key, center_key = tf.unstack(tf.random.experimental.stateless_split(_key(key, "mosaic"), 2))
+    low, high = MOSAIC_CENTER_RANGE
+    fractions = tf.random.stateless_uniform([2], center_key, minval=low, maxval=high)
+    center = tf.cast(tf.round(fractions * tf.constant(output_size, tf.float32)), tf.int32)
+    return tf.random.stateless_uniform([], on_key) < probability, center
 
 
 def adjust_brightness(image: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:

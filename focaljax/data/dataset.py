@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from focaljax.data.augment import Augmentations
 from focaljax.data.ground_truth import coco_ground_truth, voc_ground_truth
@@ -96,9 +97,15 @@ class DetectionDataset:
         )
 
     def train_iterator(
-        self, per_device_batch_size: int, seed: int, start_step: int = 0
+        self,
+        per_device_batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        *,
+        print_fn: Callable[[str], None] = logging.info,
     ) -> DeviceBatchIterator:
-        """Infinite training batches of `config.train_split`; see `create_train_iterator`."""
+        """Infinite training batches of `config.train_split`; see `create_train_iterator`, which
+        gives `print_fn` the summary of the repeat factors."""
         config = self.config
         return create_train_iterator(
             self.builder,
@@ -113,6 +120,7 @@ class DetectionDataset:
             shuffle_buffer_size=config["shuffle_buffer_size"],
             augmentations=self.augmentations,
             repeat_factor_threshold=config["repeat_factor_threshold"],
+            print_fn=print_fn,
         )
 
     def eval_iterator(self, per_device_batch_size: int) -> DeviceBatchIterator:

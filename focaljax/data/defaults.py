@@ -57,6 +57,13 @@ def default_config() -> ml_collections.ConfigDict:
     # num_dropped_boxes count them).
     config.safe_crop = ()
     config.safe_crop_min_visible = 0.5
+    # Mosaic (YOLOv4): with this probability, e.g. 0.5, a training image is made of 4, itself and
+    # the next 3 of the shuffled stream, each resized to fit image_size as a single image is, on an
+    # image_size canvas split into quarters at a random centre (20-80% of each side); each image
+    # shows its part that faces the centre. Objects with less than safe_crop_min_visible of their
+    # box area in their quarter are dropped, the others clipped (counted as the crop's are). 0.0 is
+    # off. A mosaic decodes and resizes 4 images for one.
+    config.mosaic = 0.0
     # Repeat-factor sampling (LVIS, detectron2's RepeatFactorTrainingSampler): an image is repeated
     # max(1, sqrt(t / f_c)) times per epoch (stochastically rounded) over its classes c, f_c the
     # fraction of the train split's images holding c, for this threshold t (e.g. 0.1); 0.0 is off.

@@ -9,7 +9,9 @@ Resumption. Training randomness is stateless, keyed by `(seed, process_index, po
 `position` counts this process's examples from the start of training (epoch * examples + index):
 epoch `e` reads the records in a fixed order and shuffles them with a buffer seeded by
 `(seed, process_index, e)`; flip, scale jitter and crop of the example at `position` are drawn
-from a key folded from `position`, and so are the augmentations of `focaljax.data.augment`. With
+from a key folded from `position`, and so are the augmentations of `focaljax.data.augment`. A
+mosaic at `position` is made of the examples at `position` to `position + 3` (a window sliding
+over the stream after the shuffle), which a resumed stream holds alike. With
 repeat-factor sampling (`focaljax.data.sampling`), epoch `e` holds each record as often as a draw
 keyed by `(seed, process_index, e)` says, so that its length, and where each epoch starts, are
 known without reading it; positions count the repeated examples.
@@ -22,7 +24,7 @@ per-device batch size, seed, shuffle buffer size and augmentation settings are u
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -31,7 +33,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from focaljax.data import sampling
+from focaljax.data import augment, sampling
 from focaljax.data.augment import Augmentations, random_geometric, random_photometric
 from focaljax.errors import ConfigError
 from focaljax.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
@@ -39,6 +41,11 @@ from focaljax.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
 _REQUIRED_FEATURES = ("image", "objects/bbox", "objects/label")
 # Per-example counts that `DeviceBatchIterator` takes out of the batches and adds up.
 _COUNTS = ("num_objects", "num_dropped_boxes", "num_clipped_boxes")
+# The images of a mosaic besides the example's own: the next ones of the stream.
+_MOSAIC_PARTNERS = 3
+# What a mosaic's canvas shows where no image is: the ImageNet mean, which the normalization makes
+# about 0, as it is in the padding of the batch images.
+_MOSAIC_FILL = tuple(round(255 * m) for m in IMAGENET_MEAN)
 
 
 def load_builder(
@@ -169,6 +176,7 @@ def create_train_iterator(
     shuffle_buffer_size: int = 10_000,
     augmentations: Augmentations | None = None,
     repeat_factor_threshold: float = 0.0,
+    print_fn: Callable[[str], None] = logging.info,
 ) -> DeviceBatchIterator:
     """Infinite, shuffled, augmented training batches of this process's share of `split`.
 
@@ -176,10 +184,13 @@ def create_train_iterator(
     its aspect ratio to fit in `image_size` (times a factor drawn uniformly from `scale_jitter`,
     then randomly cropped to `image_size` when larger), normalized with the ImageNet mean and std
     and padded bottom/right with zeros. Boxes become xyxy pixels of the resized image; boxes left
-    with no area by the crop are dropped. The `augmentations` that are on come in too: the box-safe
-    crop, vertical flip and 90-degree rotation before the horizontal flip, the color jitter and JPEG
-    re-compression after the resize (`focaljax.data.augment`); `scale` is then that of the image
-    as cropped and turned.
+    with no area by the crop are dropped. The `augmentations` that are on come in too: the mosaic,
+    box-safe crop, vertical flip and 90-degree rotation before the horizontal flip, the color
+    jitter and JPEG re-compression after the resize (`focaljax.data.augment`); `scale` is then
+    that of the image as cropped and turned (of a mosaic, that of its canvas, `image_size`: 1
+    without scale jitter). A mosaic is made of the example and the next 3 of the stream, each
+    decoded and resized to fit `image_size` as a single image is (`augment.mosaic`); it has the
+    example's `image_id`.
 
     Args:
       builder_or_name: a prepared TFDS builder, or a registered TFDS name such as "shapes/tiny".
@@ -197,7 +208,8 @@ def create_train_iterator(
         a full permutation each epoch when the split is no larger.
       augmentations: the augmentations of `focaljax.data.augment`; None is all off.
       repeat_factor_threshold: t of repeat-factor sampling (`focaljax.data.sampling`); 0 is off.
-        The factors are computed over the whole `split` and summarized in one log line.
+        The factors are computed over the whole `split` and summarized in one line.
+      print_fn: what that line goes to (the trainer prints it on process 0).
 
     Returns:
       An infinite `DeviceBatchIterator` of batches in the DEVELOPERS.md format.
@@ -245,14 +257,16 @@ def create_train_iterator(
             builder, split, records, key, epoch_seed,
             first_position=first_position, num_examples=num_examples,
             threshold=repeat_factor_threshold, shuffle_buffer_size=shuffle_buffer_size,
-            start=start_step * host_batch_size,
+            start=start_step * host_batch_size, print_fn=print_fn,
         )
     else:
         start_epoch, skip = divmod(start_step * host_batch_size, num_examples)
         ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(skip)
+    if augmentations.mosaic:
+        ds = _with_partners(ds, _MOSAIC_PARTNERS)
     image_feature = builder.info.features["image"]
 
-    def preprocess(position, example):
+    def preprocess(position, example, partners=None):
         example_key = tf.random.experimental.stateless_fold_in(augment_key, position)
         return _preprocess(
             example,
@@ -263,6 +277,7 @@ def create_train_iterator(
             horizontal_flip=horizontal_flip,
             scale_jitter=scale_jitter,
             augmentations=augmentations,
+            partners=partners,
         )
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
@@ -387,16 +402,17 @@ def _repeated_epochs(
     threshold: float,
     shuffle_buffer_size: int,
     start: int,
+    print_fn: Callable[[str], None],
 ) -> tf.data.Dataset:
     """`(position, example)` from the `start`-th on, epochs of this process's `records` with
     repeat-factor sampling at `threshold` (module docstring), each shuffled with
-    `epoch_seed(epoch)`."""
+    `epoch_seed(epoch)`; the factors of the whole `split` summarized to `print_fn`."""
     labels = [objects["label"] for objects in tfds.as_numpy(
         read_records(builder, split, 0).map(lambda example: example["objects"])
     )]
     factors = sampling.repeat_factors(labels, threshold=threshold)
+    print_fn(sampling.summary(factors, threshold=threshold))
     factors = factors[first_position:first_position + num_examples]
-    logging.info("%s", sampling.summary(factors, threshold=threshold))
     buffer_size = min(shuffle_buffer_size, int(np.sum(np.ceil(factors))))
     repeat_key = tf.random.experimental.stateless_fold_in(key, 2)
     factors = tf.constant(factors, tf.float64)
@@ -421,6 +437,22 @@ def _repeated_epochs(
         start_epoch, epoch_start = start_epoch + 1, epoch_start + size
     ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch)
     return ds.enumerate(start=epoch_start).skip(start - epoch_start)
+
+
+def _with_partners(ds: tf.data.Dataset, count: int) -> tf.data.Dataset:
+    """`(position, example)` -> `(position, example, partners)`: `partners` the examples of the
+    next `count` elements of `ds`, batched (their objects ragged), from a window sliding over it:
+    each element is read once."""
+
+    def window(positions, examples):
+        return tf.data.Dataset.zip((positions, examples)).ragged_batch(count + 1)
+
+    def split(positions, examples):
+        first = tf.nest.map_structure(lambda t: t[0], examples)
+        return positions[0], first, tf.nest.map_structure(lambda t: t[1:], examples)
+
+    windows = ds.window(count + 1, shift=1, drop_remainder=True).flat_map(window)
+    return windows.map(split)
 
 
 def preprocess_image(image: Any, image_size: int | Sequence[int]) -> tuple[tf.Tensor, tf.Tensor]:
@@ -481,20 +513,24 @@ def _preprocess(
     horizontal_flip: bool = False,
     scale_jitter: tuple[float, float] | None = None,
     augmentations: Augmentations | None = None,
+    partners: dict | None = None,
 ) -> dict[str, tf.Tensor]:
-    """Decodes, augments (when `key` is given), resizes, normalizes and pads one example."""
+    """Decodes, augments (when `key` is given), resizes, normalizes and pads one example; with
+    `partners` (`_with_partners`'), a mosaic when `augmentations.mosaic` draws one."""
     height, width = image_size
-    image = image_feature.decode_example(example["image"])
-    image.set_shape([None, None, 3])
-    objects = example["objects"]
-    boxes = tf.reshape(tf.cast(objects["bbox"], tf.float32), [-1, 4])
-    labels = tf.cast(objects["label"], tf.int32)
-    is_crowd = tf.cast(objects.get("is_crowd", tf.zeros_like(labels)), tf.bool)
+    image, boxes, labels, is_crowd = _decode(example, image_feature)
     num_input_objects = tf.shape(labels)[0]
     clipped = tf.zeros([num_input_objects], tf.bool)
+    if partners is not None:
+        image, boxes, labels, is_crowd, clipped, num_input_objects = _random_mosaic(
+            (image, boxes, labels, is_crowd), partners, key=key, image_feature=image_feature,
+            image_size=image_size, augmentations=augmentations,
+        )
     if key is not None and augmentations is not None and augmentations.geometric:
-        image, boxes, kept, clipped = random_geometric(image, boxes, key, augmentations)
-        labels, is_crowd, clipped = (tf.boolean_mask(t, kept) for t in (labels, is_crowd, clipped))
+        image, boxes, kept, cut = random_geometric(image, boxes, key, augmentations)
+        labels, is_crowd, clipped = (
+            tf.boolean_mask(t, kept) for t in (labels, is_crowd, clipped | cut)
+        )
 
     original_size = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = _fit_scale(original_size, image_size)
@@ -550,6 +586,60 @@ def _preprocess(
         "num_dropped_boxes": num_input_objects - num_objects,
         "num_clipped_boxes": tf.reduce_sum(tf.cast(clipped & keep, tf.int32)),
     }
+
+
+def _decode(
+    example: dict, image_feature: tfds.features.Image
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """`(image uint8 [h, w, 3], boxes [N, 4] normalized yxyx, labels int32 [N], is_crowd bool
+    [N])` of a record."""
+    image = image_feature.decode_example(example["image"])
+    image.set_shape([None, None, 3])
+    objects = example["objects"]
+    boxes = tf.reshape(tf.cast(objects["bbox"], tf.float32), [-1, 4])
+    labels = tf.cast(objects["label"], tf.int32)
+    is_crowd = tf.cast(objects.get("is_crowd", tf.zeros_like(labels)), tf.bool)
+    return image, boxes, labels, is_crowd
+
+
+def _random_mosaic(
+    decoded: tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor],
+    partners: dict,
+    *,
+    key: tf.Tensor,
+    image_feature: tfds.features.Image,
+    image_size: tuple[int, int],
+    augmentations: Augmentations,
+) -> tuple[tf.Tensor, ...]:
+    """The example's `decoded` image and objects, or, when `augment.draw_mosaic` says so, the
+    mosaic of it and its `partners` (decoded only then), with `clipped` (bool, per object) and the
+    number of objects it was made from."""
+    on, center = augment.draw_mosaic(key, probability=augmentations.mosaic,
+                                     output_size=image_size)
+
+    def single():
+        image, boxes, labels, is_crowd = decoded
+        num_objects = tf.shape(labels)[0]
+        return image, boxes, labels, is_crowd, tf.zeros([num_objects], tf.bool), num_objects
+
+    def compose():
+        examples = [decoded] + [
+            _decode(tf.nest.map_structure(lambda t, i=i: t[i], partners), image_feature)
+            for i in range(_MOSAIC_PARTNERS)
+        ]
+        images = []
+        for image, *_ in examples:
+            size = tf.cast(tf.shape(image)[:2], tf.float32)
+            images.append(tf.image.resize(image, _resized_size(size, _fit_scale(size, image_size))))
+        canvas, boxes, keep, clipped = augment.mosaic(
+            images, [boxes for _, boxes, _, _ in examples], center, output_size=image_size,
+            min_visible=augmentations.safe_crop_min_visible, fill=_MOSAIC_FILL,
+        )
+        labels, is_crowd = (tf.concat([example[i] for example in examples], 0) for i in (2, 3))
+        return (canvas, boxes, tf.boolean_mask(labels, keep), tf.boolean_mask(is_crowd, keep),
+                tf.boolean_mask(clipped, keep), tf.shape(labels)[0])
+
+    return tf.cond(on, compose, single)
 
 
 def to_original_pixels(boxes: np.ndarray, scale: np.ndarray, image_sizes: np.ndarray) -> np.ndarray:

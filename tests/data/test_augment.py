@@ -29,7 +29,7 @@ from tests.data.test_pipeline import (
 
 ALL_ON = Augmentations(
     vertical_flip=True, rotate90=True, brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05,
-    jpeg_quality=(40, 90), safe_crop=(0.5, 1.0), safe_crop_min_visible=0.6,
+    jpeg_quality=(40, 90), safe_crop=(0.5, 1.0), safe_crop_min_visible=0.6, mosaic=0.5,
 )
 
 
@@ -135,6 +135,81 @@ def test_box_safe_crop_of_an_image_without_objects_crops():
     assert crop.shape == (HEIGHT // 2, WIDTH // 2, 3) and crop_boxes.shape == (0, 4)
 
 
+MOSAIC_SIZE = (32, 40)
+MOSAIC_FILL = (124, 116, 104)
+
+
+def _numpy_mosaic(images, masks, center, *, size, min_visible):
+    """The canvas of `size` and, for each object (a mask of its box in its image), whether it is
+    kept, is cut, and the normalized yxyx extent of its pixels on the canvas: each canvas pixel
+    looked up in the image of its quarter."""
+    height, width = size
+    cy, cx = center
+    ys, xs = np.indices(size)
+    canvas = np.empty((height, width, 3))
+    canvas[:] = MOSAIC_FILL
+    keep, clipped, boxes = [], [], []
+    for i, (image, image_masks) in enumerate(zip(images, masks, strict=True)):
+        h, w = image.shape[:2]
+        top, left = i < 2, i % 2 == 0
+        source_y = ys - (cy - h if top else cy)
+        source_x = xs - (cx - w if left else cx)
+        shown = (((ys < cy) == top) & ((xs < cx) == left) & (source_y >= 0) & (source_y < h)
+                 & (source_x >= 0) & (source_x < w))
+        canvas[shown] = image[source_y[shown], source_x[shown]]
+        for mask in image_masks:
+            visible = np.zeros(size, bool)
+            visible[shown] = mask[source_y[shown], source_x[shown]]
+            fraction = visible.sum() / mask.sum()
+            keep.append(fraction >= min_visible)
+            clipped.append(keep[-1] and fraction < 1)
+            if keep[-1]:
+                boxes.append(_normalized_extent(visible))
+    return canvas, np.array(keep), np.array(clipped), np.reshape(boxes, (-1, 4))
+
+
+def test_mosaic_places_the_four_images_and_their_boxes_around_the_centre():
+    rng = np.random.default_rng(8)
+    # A full-size image, images narrower and shorter than the canvas and one smaller than most
+    # quarters, so that the fill shows; random boxes, one of them the whole image.
+    sizes = [(32, 40), (20, 40), (32, 24), (12, 16)]
+    images, masks, boxes = [], [], []
+    for h, w in sizes:
+        images.append(rng.integers(0, 256, (h, w, 3), np.uint8))
+        corners = np.sort(rng.integers(0, [h + 1, w + 1], (4, 2, 2)), axis=1)
+        corners[:, 1] += corners[:, 0] == corners[:, 1]  # At least a pixel: [y0, x0, y1, x1].
+        pixel_boxes = np.concatenate([np.minimum(corners.reshape(4, 4), [h - 1, w - 1, h, w]),
+                                      [[0, 0, h, w]]])
+        image_masks, image_boxes = _masks_and_boxes(h, w, pixel_boxes)
+        masks.append(image_masks)
+        boxes.append(tf.constant(image_boxes))
+    num_dropped = num_clipped = 0
+    for center in [(16, 20), (7, 33), (25, 6), (0, 0), (32, 40), (0, 17)]:
+        canvas, mosaic_boxes, keep, clipped = (t.numpy() for t in augment.mosaic(
+            [tf.constant(image) for image in images], boxes, tf.constant(center),
+            output_size=MOSAIC_SIZE, min_visible=0.5, fill=MOSAIC_FILL,
+        ))
+        want_canvas, want_keep, want_clipped, want_boxes = _numpy_mosaic(
+            images, masks, center, size=MOSAIC_SIZE, min_visible=0.5)
+        np.testing.assert_array_equal(canvas, want_canvas, err_msg=str(center))
+        np.testing.assert_array_equal(keep, want_keep, err_msg=str(center))
+        np.testing.assert_array_equal(clipped, want_clipped, err_msg=str(center))
+        np.testing.assert_allclose(mosaic_boxes, want_boxes, atol=1e-6, err_msg=str(center))
+        num_dropped += (~keep).sum()
+        num_clipped += clipped.sum()
+    assert num_dropped > 0 and num_clipped > 0
+
+
+def test_mosaic_draws_its_centre_in_the_middle_of_the_canvas_with_its_probability():
+    draws = [augment.draw_mosaic(_key(i), probability=0.3, output_size=(100, 200))
+             for i in range(200)]
+    on = np.array([bool(d[0]) for d in draws])
+    centers = np.array([d[1].numpy() for d in draws])
+    assert 0.2 < on.mean() < 0.4
+    assert np.all((centers >= [20, 40]) & (centers <= [80, 160]))
+    assert np.all(centers.min(axis=0) < [30, 60]) and np.all(centers.max(axis=0) > [70, 140])
+
+
 def _gray(image: np.ndarray) -> np.ndarray:
     return image @ np.array([0.299, 0.587, 0.114])
 
@@ -206,6 +281,7 @@ def test_jpeg_recompression_is_pillows_jpeg_at_that_quality(quality):
         ({"jpeg_quality": (90, 40)}, "jpeg_quality"),
         ({"safe_crop": (0.0, 1.0)}, "safe_crop"),
         ({"safe_crop_min_visible": 0.0}, "safe_crop_min_visible"),
+        ({"mosaic": 1.5}, "mosaic"),
     ],
 )
 def test_invalid_settings_are_rejected(kwargs, message):
@@ -262,6 +338,44 @@ def test_pipeline_counts_the_objects_a_safe_crop_drops_and_clips(small_builder):
     _check_format(batches[0], 2, SMALL_SETTINGS["image_size"])
 
 
+def test_pipeline_mosaic_is_the_image_and_the_next_three_of_the_stream(small_builder):
+    # The images fit the batch at scale 1: the canvas is the batch image, its pixels its boxes'.
+    height, width = SMALL_SETTINGS["image_size"]
+    iterator = data.create_train_iterator(
+        small_builder, image_size=(height, width), max_boxes=4 * MAX_BOXES,
+        per_device_batch_size=2, seed=0, horizontal_flip=False,
+        augmentations=Augmentations(mosaic=1.0, safe_crop_min_visible=0.5),
+    )
+    batches = list(itertools.islice(iterator, 2))
+    flat = _flat({k: np.concatenate([b[k] for b in batches]) for k in KEYS})
+    sources = [_source(small_builder, "train", i) for i in flat["image_id"]]
+    num_dropped = 0
+    for j in range(len(sources) - 3):
+        quartet = sources[j : j + 4]
+        images = [source["image"] for source in quartet]
+        masks = [_masks_and_boxes(height, width, np.round(
+            source["pixel_boxes"][:, [1, 0, 3, 2]]).astype(int))[0] for source in quartet]
+        pixels = _pixels(flat["image"][j])
+        centers = [(cy, cx) for cy in range(round(0.2 * height), round(0.8 * height) + 1)
+                   for cx in range(round(0.2 * width), round(0.8 * width) + 1)
+                   if np.allclose(pixels[0, 0], images[0][height - cy, width - cx], atol=1e-2)]
+        matches = [center for center in centers if np.allclose(
+            pixels, _numpy_mosaic(images, masks, center, size=(height, width), min_visible=0.5)[0],
+            atol=1e-2)]
+        assert len(matches) == 1, matches
+        _, keep, _, boxes = _numpy_mosaic(images, masks, matches[0], size=(height, width),
+                                          min_visible=0.5)
+        num = int(keep.sum())
+        np.testing.assert_allclose(flat["boxes"][j][:num],
+                                   boxes[:, [1, 0, 3, 2]] * [width, height, width, height],
+                                   atol=1e-3)
+        labels = np.concatenate([source["label"] for source in quartet])[keep]
+        np.testing.assert_array_equal(flat["labels"][j][:num], labels)
+        assert np.all(flat["labels"][j][num:] == -1) and flat["scale"][j] == 1.0
+        num_dropped += (~keep).sum()
+    assert num_dropped > 0
+
+
 def _assert_same_batches(expected: list[dict], batches: list[dict]) -> None:
     for want, batch in zip(expected, batches, strict=True):
         for key in KEYS:
@@ -290,7 +404,8 @@ def test_every_augmentation_changes_the_batches_and_all_off_changes_nothing(smal
                                                augmentations=Augmentations()))
     for name, value in (("vertical_flip", True), ("rotate90", True), ("brightness", 0.5),
                         ("contrast", 0.5), ("saturation", 0.5), ("hue", 0.2),
-                        ("jpeg_quality", (10, 20)), ("safe_crop", (0.5, 0.7))):
+                        ("jpeg_quality", (10, 20)), ("safe_crop", (0.5, 0.7)),
+                        ("mosaic", 1.0)):
         augmented = _train_batches(small_builder, 1, per_device_batch_size=2,
                                    augmentations=Augmentations(**{name: value}))
         assert not np.array_equal(augmented[0]["image"], plain[0]["image"]), name
@@ -300,7 +415,7 @@ def test_every_augmentation_changes_the_batches_and_all_off_changes_nothing(smal
 def test_registry_passes_the_augmentation_fields(small_builder, small_data_dir):
     fields = {"vertical_flip": True, "rotate90": True, "brightness": 0.2, "contrast": 0.2,
               "saturation": 0.2, "hue": 0.02, "jpeg_quality": (50, 90), "safe_crop": (0.5, 1.0),
-              "safe_crop_min_visible": 0.7}
+              "safe_crop_min_visible": 0.7, "mosaic": 0.5}
     assert set(fields) == set(data.AUGMENTATION_FIELDS)
     dataset = data.build(dataset_config(
         name="shapes", image_size=SMALL_SETTINGS["image_size"], max_boxes=MAX_BOXES,

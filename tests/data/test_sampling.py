@@ -124,7 +124,8 @@ def test_resuming_with_repeat_factor_sampling_yields_the_batches_of_an_uninterru
     small_builder
 ):
     kwargs = {"repeat_factor_threshold": THRESHOLD, "shuffle_buffer_size": 5,
-              "augmentations": Augmentations(rotate90=True, brightness=0.2, safe_crop=(0.6, 1.0))}
+              "augmentations": Augmentations(rotate90=True, brightness=0.2, safe_crop=(0.6, 1.0),
+                                            mosaic=0.5)}
     full = _train_batches(small_builder, 12, **kwargs)
     first_epoch = collections.Counter(_image_ids(full[:6]).tolist())
     assert max(first_epoch.values()) == 2  # some images come twice in an epoch

@@ -1,5 +1,5 @@
 """`train_and_evaluate` end to end on the tiny shapes data set: what a run leaves in its workdir,
-resumption after SIGTERM, and the stop on a NaN loss."""
+resumption after SIGTERM, the stop on a NaN loss, and what a run prints at its start."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from focaljax import data as data_lib
+from focaljax.data import sampling
 from tests.train.conftest import tiny_config
 from train import evaluate as evaluate_lib
 from train import train
@@ -151,8 +153,8 @@ class _NanImagesFrom:
     def __getattr__(self, name):
         return getattr(self._dataset, name)
 
-    def train_iterator(self, per_device_batch_size, seed, start_step=0):
-        batches = self._dataset.train_iterator(per_device_batch_size, seed, start_step)
+    def train_iterator(self, per_device_batch_size, seed, start_step=0, **kwargs):
+        batches = self._dataset.train_iterator(per_device_batch_size, seed, start_step, **kwargs)
         for step, batch in enumerate(batches, start=start_step + 1):
             if step >= self._first_bad_step:
                 batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
@@ -173,3 +175,20 @@ def test_nan_loss_stops_training_naming_the_step_and_the_last_good_checkpoint(
     manager = workdir_lib.checkpoint_manager(workdir, create=False)
     assert manager.all_steps() == [2]
     manager.close()
+
+
+def test_a_run_with_repeat_factor_sampling_prints_their_summary_once_at_its_start(
+    tiny_data_dir, tmp_path, monkeypatch, capsys
+):
+    config = tiny_config(tiny_data_dir)
+    config.dataset.repeat_factor_threshold = 1.0
+    monkeypatch.setattr(train, "SummaryWriter", _sigterm_at(1))  # The start is all it needs.
+    with pytest.raises(train.TrainingInterruptedError):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    builder = data_lib.build(config.dataset).builder
+    labels = [example["objects"]["label"]
+              for example in builder.as_dataset(split="train").as_numpy_iterator()]
+    factors = sampling.repeat_factors(labels, threshold=1.0)
+    assert factors.max() > 1.0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed.count(sampling.summary(factors, threshold=1.0)) == 1
