@@ -46,6 +46,8 @@ SETTINGS = (
         vertical_flip=True, rotate90=True, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
         jpeg_quality=(30, 95), safe_crop=(0.5, 1.0),
     ), 0.0),
+    ("mosaic 0.5", Augmentations(mosaic=0.5), 0.0),
+    ("mosaic 1.0", Augmentations(mosaic=1.0), 0.0),
     ("repeat_factor_threshold 1.0", Augmentations(), 1.0),
 )
 

@@ -250,9 +250,9 @@ def mosaic(
     fill = tf.constant(fill, tf.float32)
     quarters = []
     for i, image in enumerate(images):
-        pixels = tf.round(tf.clip_by_value(tf.cast(image, tf.float32), 0.0, 255.0))
-        part = tf.slice(pixels, tf.concat([start[i] - offset[i], [0]], 0),
+        part = tf.slice(image, tf.concat([start[i] - offset[i], [0]], 0),
                         tf.concat([extent[i], [3]], 0))
+        part = tf.round(tf.clip_by_value(tf.cast(part, tf.float32), 0.0, 255.0))
         padding = tf.concat([tf.stack([pad_before[i], pad_after[i]], axis=1), [[0, 0]]], 0)
         quarters.append(tf.pad(part - fill, padding) + fill)
     canvas = tf.concat([tf.concat(quarters[:2], axis=1), tf.concat(quarters[2:], axis=1)], axis=0)

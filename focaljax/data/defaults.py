@@ -62,11 +62,12 @@ def default_config() -> ml_collections.ConfigDict:
     # image_size canvas split into quarters at a random centre (20-80% of each side); each image
     # shows its part that faces the centre. Objects with less than safe_crop_min_visible of their
     # box area in their quarter are dropped, the others clipped (counted as the crop's are). 0.0 is
-    # off. A mosaic decodes and resizes 4 images for one.
+    # off. A mosaic decodes and resizes 4 images for one, and their objects share max_boxes rows.
     config.mosaic = 0.0
     # Repeat-factor sampling (LVIS, detectron2's RepeatFactorTrainingSampler): an image is repeated
     # max(1, sqrt(t / f_c)) times per epoch (stochastically rounded) over its classes c, f_c the
     # fraction of the train split's images holding c, for this threshold t (e.g. 0.1); 0.0 is off.
+    # A training run prints how many images are repeated, and by how much, at its start.
     config.repeat_factor_threshold = 0.0
     config.shuffle_buffer_size = 10_000  # Examples; capped at the size of the split.
     return config
