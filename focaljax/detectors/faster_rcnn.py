@@ -96,6 +96,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.update(zoo_lib.default_config())
     config.dtype = "float32"  # Compute dtype: "float32", "bfloat16" or "float16".
     config.fpn_channels = 256
+    # The FPN's norm after its lateral and output convs: "none" (convs with a bias) or
+    # "frozen_bn" (convs without, then a fixed affine map: torchvision's v2 batch norm at test).
+    config.fpn_norm = "none"
     # One anchor size per RPN level, P2..P6.
     config.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
     config.aspect_ratios = (0.5, 1.0, 2.0)
@@ -108,6 +111,7 @@ def default_config() -> ml_collections.ConfigDict:
     # FL-RPN's softmax form, or "sampled", "focal_sigmoid", "ce_all", "focal_softmax_shared"
     # (the module docstring says what each is).
     rpn.loss = "focal_softmax"
+    rpn.num_convs = 1  # The head's 3x3 convs (with ReLU) before its 1x1 outputs; torchvision v2: 2.
     rpn.fg_iou_threshold = 0.7
     rpn.bg_iou_threshold = 0.3
     rpn.allow_low_quality_matches = True
@@ -153,7 +157,9 @@ def default_config() -> ml_collections.ConfigDict:
     roi.head_conv_dim = 256
     roi.head_num_fcs = 2
     roi.head_fc_dim = 1024
-    roi.head_norm = "none"  # or "gn" (ml_collections cannot set None from the command line)
+    # After each conv: "none", "gn" or "frozen_bn" (torchvision v2's batch norm at test); the
+    # convs have no bias with a norm (ml_collections cannot set None from the command line).
+    roi.head_norm = "none"
 
     # Inference: per-class scores above score_threshold, per-class NMS, the best max_detections.
     post = config.postprocess = ml_collections.ConfigDict()
@@ -246,12 +252,14 @@ def build_faster_rcnn(
         stride_in_1x1=config.stride_in_1x1,
         freeze_at=config.freeze_at,
         fpn_channels=config.fpn_channels,
+        fpn_norm=optional(config.fpn_norm),
         anchor_sizes=tuple(float(s) for s in config.anchor_sizes),
         aspect_ratios=tuple(float(r) for r in config.aspect_ratios),
         anchor_convention=config.anchor_convention,
         rpn_objectness="softmax" if softmax else "sigmoid",
         rpn_prior_prob=None if rpn.loss == "sampled" else rpn.prior_prob,
         rpn_box_coder_weights=tuple(rpn.box_coder_weights),
+        rpn_num_convs=rpn.num_convs,
         train_proposals=proposal_settings("train"),
         test_proposals=proposal_settings("test"),
         roi_sampling=RoISamplingSettings(

@@ -94,6 +94,9 @@ def default_config() -> ml_collections.ConfigDict:
     # The heads' norm: "gn" or "none" (ml_collections cannot set None from the command line). The
     # paper's heads have none; trained from scratch they converge much faster with GN.
     config.head_norm = "gn"
+    # Whether the heads' hidden convs have a bias (detectron2's have one, with or without GN;
+    # torchvision's v2 GN heads have none).
+    config.head_conv_bias = True
     config.prior_prob = 0.01  # The foreground probability the classifier bias starts from.
     config.dtype = "float32"  # Compute dtype: "float32", "bfloat16" or "float16".
     # Anchors: base size anchor_base_scale * stride, times each scale, at each aspect ratio
@@ -329,6 +332,7 @@ def build_retinanet(
         head_convs=config.head_convs,
         head_channels=config.head_channels,
         head_norm=optional(config.head_norm),
+        head_conv_bias=bool(config.head_conv_bias),
         num_anchors=anchor_ops.num_anchors_per_location(
             scales=tuple(config.anchor_scales), aspect_ratios=tuple(config.aspect_ratios)
         ),

@@ -27,13 +27,21 @@ CLASS_MODES = ("new", "coco", "file")
 
 # The config values that build each zoo model's architecture in focaljax (`apply_preset`): the
 # model name, then dotted fields of the model config. Values not listed are the library's
-# defaults, which are the zoos' (FPN channels, anchor sizes and ratios, box coders, RoI sampling).
+# defaults, which are the zoos' (FPN channels, anchor sizes and ratios, box coders, RoI sampling;
+# v1's FPN, RPN head and box head). `model.norm` is "frozen_bn" in all of them (`apply_preset`).
 ZOO_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # torchvision's retinanet_resnet50_fpn (COCO box AP 36.4): P6 from P5, heads without norm,
     # torchvision's anchors. (Its postprocessing keeps 300 detections; COCO's AP counts 100.)
     "torchvision_retinanet": ("retinanet", {
         "stride_in_1x1": False, "p6_input": "p5", "head_norm": "none",
         "anchor_convention": "torchvision",
+    }),
+    # torchvision's retinanet_resnet50_fpn_v2 (41.5): P6 from C5, heads with GroupNorm(32) after
+    # convs without bias. Trained by torchvision with the GIoU box loss (on the decoded boxes),
+    # which fine-tuning keeps: focaljax's "giou" box loss.
+    "torchvision_retinanet_v2": ("retinanet", {
+        "stride_in_1x1": False, "p6_input": "c5", "head_norm": "gn", "head_conv_bias": False,
+        "anchor_convention": "torchvision", "loss.box": "giou",
     }),
     # detectron2's retinanet_R_50_FPN_{1x,3x} (37.4 / 38.7): MSRA's R-50, P6 from C5.
     "detectron2_retinanet": ("retinanet", {
@@ -45,6 +53,15 @@ ZOO_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "torchvision_faster_rcnn": ("faster_rcnn", {
         "stride_in_1x1": False, "anchor_convention": "torchvision", "rpn.loss": "sampled",
         "rpn.min_size": 1e-3, "roi.aligned": False, "roi.sampling_ratio": 2,
+    }),
+    # torchvision's fasterrcnn_resnet50_fpn_v2 (46.7): v1's settings, with batch norm after the
+    # FPN's convs (which have no bias then), a 2-conv RPN head and the 4conv1fc box head with
+    # batch norm after its convs; every one of those batch norms frozen, as its evaluation mode.
+    "torchvision_faster_rcnn_v2": ("faster_rcnn", {
+        "stride_in_1x1": False, "anchor_convention": "torchvision", "rpn.loss": "sampled",
+        "rpn.min_size": 1e-3, "roi.aligned": False, "roi.sampling_ratio": 2,
+        "fpn_norm": "frozen_bn", "rpn.num_convs": 2, "roi.head_num_convs": 4,
+        "roi.head_num_fcs": 1, "roi.head_norm": "frozen_bn",
     }),
     # detectron2's faster_rcnn_R_50_FPN_{1x,3x} (37.9 / 40.2): the library's defaults but the
     # standard sampled RPN and the zoo's anchors.
@@ -173,7 +190,7 @@ def pretrained_loader(
     `config.zoo_classes` says) and its record; without one, the backbone's loader
     (`focaljax.detectors.backbone.pretrained_loader`). `anchor_shape` is (scales, aspect
     ratios) per location. The file is read when it is called; a file that does not fit is a
-    ConfigError naming `config.model.zoo_weights`."""
+    ConfigError naming `config.model.zoo_weights`, and with it the file's model and what differs."""
     if not config.zoo_weights:
         return backbone_lib.pretrained_loader(config, axis_name)
     classes = class_sources(config.zoo_classes, num_classes)

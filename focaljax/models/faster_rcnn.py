@@ -33,7 +33,7 @@ from focaljax.models import fpn as fpn_lib
 from focaljax.models import resnet as resnet_lib
 
 RPN_OBJECTNESS = ("sigmoid", "softmax")
-ROI_HEAD_NORMS = (None, "gn")
+ROI_HEAD_NORMS = (None, "gn", "frozen_bn")
 
 # Caffe2's XavierFill (detectron2's c2_xavier_fill) for the box head's hidden layers.
 _xavier_fill = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
@@ -59,8 +59,9 @@ class RoISamplingSettings(NamedTuple):
 
 
 class RPNHead(nn.Module):
-    """detectron2's `StandardRPNHead`: a 3x3 conv and ReLU shared by all levels, then sibling 1x1
-    convs for objectness and box deltas.
+    """detectron2's `StandardRPNHead`: a 3x3 conv and ReLU shared by all levels (``num_convs`` of
+    them: torchvision's ``fasterrcnn_resnet50_fpn_v2`` has 2), then sibling 1x1 convs for
+    objectness and box deltas.
 
     ``levels [B, h_l, w_l, C] -> (objectness [B, A, k], deltas [B, A, 4])``, anchors in the order
     (level, y, x, anchor) of :func:`focaljax.ops.generate_anchors`. ``k`` is 1 for a sigmoid
@@ -79,12 +80,15 @@ class RPNHead(nn.Module):
       objectness: ``"sigmoid"`` (one logit per anchor) or ``"softmax"`` (two).
       prior_prob: initial object probability, or None for a zero bias.
       dtype: computation dtype; parameters and outputs are float32.
+      num_convs: the 3x3 convs (each with its ReLU), named as detectron2 names them: ``conv``
+        for one, ``conv0``, ``conv1`` ... for several.
     """
 
     num_anchors: int
     objectness: str = "sigmoid"
     prior_prob: float | None = None
     dtype: Any = jnp.float32
+    num_convs: int = 1
 
     def __post_init__(self) -> None:
         if self.num_anchors < 1:
@@ -97,6 +101,8 @@ class RPNHead(nn.Module):
             raise ConfigError(
                 f"prior_prob is {self.prior_prob}, expected None or a probability in (0, 1)"
             )
+        if self.num_convs < 1:
+            raise ConfigError(f"num_convs is {self.num_convs}, expected >= 1")
         super().__post_init__()
 
     @property
@@ -117,8 +123,11 @@ class RPNHead(nn.Module):
     def __call__(self, levels: Sequence[jax.Array]) -> tuple[jax.Array, jax.Array]:
         init = nn.initializers.normal(stddev=0.01)
         channels = levels[0].shape[-1]
-        conv = nn.Conv(channels, (3, 3), kernel_init=init, dtype=self.dtype,
-                       param_dtype=jnp.float32, name="conv")
+        convs = [
+            nn.Conv(channels, (3, 3), kernel_init=init, dtype=self.dtype,
+                    param_dtype=jnp.float32, name="conv" if self.num_convs == 1 else f"conv{i}")
+            for i in range(self.num_convs)
+        ]
         k = self.values_per_anchor
         objectness_conv = nn.Conv(
             self.num_anchors * k, (1, 1), kernel_init=init, bias_init=self._objectness_bias(),
@@ -128,7 +137,8 @@ class RPNHead(nn.Module):
                               param_dtype=jnp.float32, name="deltas")
         objectness, deltas = [], []
         for x in levels:
-            x = nn.relu(conv(x))
+            for conv in convs:
+                x = nn.relu(conv(x))
             batch = x.shape[0]
             # Channels are (anchor, value) within a location: a row-major reshape gives the
             # (y, x, anchor) order of the anchors.
@@ -151,16 +161,20 @@ class RoIBoxHead(nn.Module):
     """The Fast R-CNN box head: ``pooled [N, S, S, C] -> (cls_logits [N, num_classes + 1],
     box_deltas [N, num_classes, 4])``, background the last class (detectron2's convention).
 
-    ``num_convs`` 3x3 convs (optionally group-normalized) then ``num_fcs`` fully connected
-    layers with ReLU: detectron2's default is 0 convs and 2 FC of 1024 ("2fc"); 4 convs of 256
-    and 1 FC of 1024 is its "4conv1fc" variant. Class logits start from a gaussian with sigma
-    0.01, box deltas with sigma 0.001, hidden layers from Caffe2's XavierFill (detectron2).
+    ``num_convs`` 3x3 convs (optionally normalized, then without bias) then ``num_fcs`` fully
+    connected layers with ReLU: detectron2's default is 0 convs and 2 FC of 1024 ("2fc"); 4 convs
+    of 256 and 1 FC of 1024 is its "4conv1fc" variant, and torchvision's
+    ``fasterrcnn_resnet50_fpn_v2`` box head (``FastRCNNConvFCHead``, with batch norm: here
+    ``"frozen_bn"``, its evaluation mode). Class logits start from a gaussian with sigma 0.01, box
+    deltas with sigma 0.001, hidden layers from Caffe2's XavierFill (detectron2).
 
     Attributes:
       num_classes: foreground classes.
       num_convs, conv_dim: the convolutions.
       num_fcs, fc_dim: the fully connected layers.
-      norm: ``None`` or ``"gn"`` after each convolution.
+      norm: ``None``, ``"gn"`` or ``"frozen_bn"`` (a
+        :class:`~focaljax.models.resnet.FrozenBatchNorm`, whose four arrays are in
+        ``"batch_stats"``) after each convolution.
       dtype: computation dtype; parameters and outputs are float32.
     """
 
@@ -196,6 +210,8 @@ class RoIBoxHead(nn.Module):
                 x = nn.GroupNorm(num_groups=resnet_lib.group_norm_groups(self.conv_dim),
                                  epsilon=1e-5, dtype=self.dtype, param_dtype=jnp.float32,
                                  name=f"norm{i}")(x)
+            elif self.norm == "frozen_bn":
+                x = resnet_lib.FrozenBatchNorm(dtype=self.dtype, name=f"norm{i}")(x)
             x = nn.relu(x)
         x = x.reshape(x.shape[0], -1)
         for i in range(self.num_fcs):
@@ -229,12 +245,14 @@ class FasterRCNN(nn.Module):
       backbone, norm, axis_name, stride_in_1x1, freeze_at: the ResNet (see
         :class:`~focaljax.models.resnet.ResNet`).
       fpn_channels: channels of every pyramid level.
+      fpn_norm: the FPN's norm after its lateral and output convolutions, ``None`` or
+        ``"frozen_bn"`` (see :mod:`focaljax.models.fpn`).
       anchor_sizes: anchor size of each RPN level P2..P(1 + len), one per level (32..512).
       aspect_ratios: anchor aspect ratios (height / width) at every location.
       anchor_convention: where the anchors sit and how they are rounded, one of
         :data:`focaljax.ops.anchors.CONVENTIONS` (``"torchvision"`` and ``"detectron2"`` for
         their COCO weights).
-      rpn_objectness, rpn_prior_prob: see :class:`RPNHead`.
+      rpn_objectness, rpn_prior_prob, rpn_num_convs: see :class:`RPNHead`.
       rpn_box_coder_weights: weights of the RPN's box coding (1, 1, 1, 1).
       train_proposals, test_proposals: :class:`ProposalSettings` of each mode.
       roi_sampling: :class:`RoISamplingSettings`.
@@ -278,6 +296,8 @@ class FasterRCNN(nn.Module):
     dtype: Any = jnp.float32
     stride_in_1x1: bool = False
     freeze_at: int = 0
+    fpn_norm: str | None = None
+    rpn_num_convs: int = 1
 
     RPN_MIN_LEVEL = 2
 
@@ -308,13 +328,15 @@ class FasterRCNN(nn.Module):
             backbone=self.backbone, channels=self.fpn_channels, min_level=self.RPN_MIN_LEVEL,
             max_level=max(self.rpn_max_level, self.roi_max_level), extra_block="max_pool",
             norm=self.norm, axis_name=self.axis_name, dtype=self.dtype,
-            stride_in_1x1=self.stride_in_1x1, freeze_at=self.freeze_at, **kwargs,
+            stride_in_1x1=self.stride_in_1x1, freeze_at=self.freeze_at, fpn_norm=self.fpn_norm,
+            **kwargs,
         )
 
     def _rpn_head(self, **kwargs: Any) -> RPNHead:
         return RPNHead(
             num_anchors=len(self.aspect_ratios), objectness=self.rpn_objectness,
-            prior_prob=self.rpn_prior_prob, dtype=self.dtype, **kwargs,
+            prior_prob=self.rpn_prior_prob, dtype=self.dtype, num_convs=self.rpn_num_convs,
+            **kwargs,
         )
 
     def _box_head(self, **kwargs: Any) -> RoIBoxHead:

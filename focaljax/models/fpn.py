@@ -13,6 +13,11 @@ C2..C5; levels above 5 come from an extra block:
 
 Level ``l`` has spatial size ``ceil(H / 2**l) x ceil(W / 2**l)`` for an ``H x W`` input image, odd
 sizes included.
+
+With ``norm="frozen_bn"`` every lateral and output convolution loses its bias and is followed by
+a :class:`~focaljax.models.resnet.FrozenBatchNorm` (the ``"batch_stats"`` of ``lateral{l}_norm``
+and ``output{l}_norm``): torchvision's ``fasterrcnn_resnet50_fpn_v2``, whose FPN has a
+``BatchNorm2d`` there, in evaluation mode. The extra blocks have no norm in any of them.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from focaljax.errors import ConfigError
 from focaljax.models import resnet as resnet_lib
 
 EXTRA_BLOCKS = ("conv_c5", "conv_p5", "max_pool")
+# The norm after the lateral and output convolutions: none (the paper's) or a fixed affine map.
+FPN_NORMS = (None, "frozen_bn")
 MIN_BACKBONE_LEVEL, MAX_BACKBONE_LEVEL = 2, 5
 
 # Caffe2's XavierFill, the FPN initialization of the paper's implementation.
@@ -66,6 +73,8 @@ class FPN(nn.Module):
       max_level: highest output level, ``>= min_level``; levels above 5 come from ``extra_block``.
       extra_block: ``"conv_c5"``, ``"conv_p5"`` or ``"max_pool"``.
       dtype: computation dtype; parameters are float32.
+      norm: ``None`` or ``"frozen_bn"`` after the lateral and output convolutions, which then
+        have no bias (see the module docstring).
     """
 
     channels: int = 256
@@ -73,6 +82,7 @@ class FPN(nn.Module):
     max_level: int = 7
     extra_block: str = "conv_c5"
     dtype: Any = jnp.float32
+    norm: str | None = None
 
     def __post_init__(self) -> None:
         check_levels(self.min_level, self.max_level)
@@ -82,6 +92,8 @@ class FPN(nn.Module):
             )
         if self.channels < 1:
             raise ConfigError(f"channels is {self.channels}, expected a positive channel count")
+        if self.norm not in FPN_NORMS:
+            raise ConfigError(f"norm is {self.norm!r}, expected one of {FPN_NORMS}")
         super().__post_init__()
 
     @nn.compact
@@ -90,16 +102,22 @@ class FPN(nn.Module):
             nn.Conv, self.channels, kernel_init=_fpn_init, dtype=self.dtype,
             param_dtype=jnp.float32,
         )
+
+        def conv_norm(x: jax.Array, name: str, **kwargs: Any) -> jax.Array:
+            if self.norm is None:
+                return conv(name=name, **kwargs)(x)
+            x = conv(use_bias=False, name=name, **kwargs)(x)
+            return resnet_lib.FrozenBatchNorm(dtype=self.dtype, name=f"{name}_norm")(x)
+
         top = MAX_BACKBONE_LEVEL
         inner = None
         outputs = {}
         for level in range(top, self.min_level - 1, -1):
-            lateral = conv((1, 1), name=f"lateral{level}")(features[f"C{level}"])
+            lateral = conv_norm(features[f"C{level}"], f"lateral{level}", kernel_size=(1, 1))
             inner = lateral if inner is None else lateral + upsample_to(inner, lateral.shape)
             if level <= self.max_level:
-                outputs[level] = conv((3, 3), padding=((1, 1), (1, 1)), name=f"output{level}")(
-                    inner
-                )
+                outputs[level] = conv_norm(inner, f"output{level}", kernel_size=(3, 3),
+                                           padding=((1, 1), (1, 1)))
         for level in range(top + 1, self.max_level + 1):
             previous = outputs[level - 1]
             if self.extra_block == "max_pool":
@@ -132,6 +150,7 @@ class ResNetFPN(nn.Module):
       dtype: computation dtype; parameters are float32.
       stride_in_1x1, freeze_at: the ResNet's stride layout and frozen part, see
         :class:`~focaljax.models.resnet.ResNet`.
+      fpn_norm: the FPN's ``norm``.
     """
 
     backbone: str = "resnet50"
@@ -144,11 +163,12 @@ class ResNetFPN(nn.Module):
     dtype: Any = jnp.float32
     stride_in_1x1: bool = False
     freeze_at: int = 0
+    fpn_norm: str | None = None
 
     def __post_init__(self) -> None:
         # Builds (and so validates) both parts when the module is constructed, before any tracing.
         self._resnet(parent=None)
-        FPN(self.channels, self.min_level, self.max_level, self.extra_block, parent=None)
+        self._fpn(parent=None)
         super().__post_init__()
 
     def _resnet(self, **kwargs: Any) -> resnet_lib.ResNet:
@@ -157,14 +177,13 @@ class ResNetFPN(nn.Module):
             stride_in_1x1=self.stride_in_1x1, freeze_at=self.freeze_at, **kwargs,
         )
 
+    def _fpn(self, **kwargs: Any) -> FPN:
+        return FPN(
+            channels=self.channels, min_level=self.min_level, max_level=self.max_level,
+            extra_block=self.extra_block, dtype=self.dtype, norm=self.fpn_norm, **kwargs,
+        )
+
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> dict[str, jax.Array]:
         features = self._resnet(name="resnet")(images, train=train)
-        return FPN(
-            channels=self.channels,
-            min_level=self.min_level,
-            max_level=self.max_level,
-            extra_block=self.extra_block,
-            dtype=self.dtype,
-            name="fpn",
-        )(features)
+        return self._fpn(name="fpn")(features)

@@ -19,7 +19,8 @@ from focaljax.models import fpn as fpn_lib
 from focaljax.models import resnet as resnet_lib
 
 HEAD_NORMS = (None, "gn")
-# What P6 is computed from: C5 (the paper, detectron2) or P5 (torchvision's v1 RetinaNet).
+# What P6 is computed from: C5 (the paper, detectron2, torchvision's v2 RetinaNet) or P5
+# (torchvision's v1 RetinaNet).
 P6_INPUTS = {"c5": "conv_c5", "p5": "conv_p5"}
 
 # The paper's head initialization: gaussian weights with sigma = 0.01, zero bias.
@@ -38,6 +39,8 @@ class Subnet(nn.Module):
       norm: ``None`` or ``"gn"`` (group norm after each hidden convolution).
       output_bias: initial value of the final convolution's bias.
       dtype: computation dtype; parameters are float32.
+      conv_bias: whether the hidden convolutions have a bias: detectron2's GN heads have one,
+        torchvision's (``retinanet_resnet50_fpn_v2``) have none before their group norm.
     """
 
     outputs: int
@@ -46,6 +49,7 @@ class Subnet(nn.Module):
     norm: str | None = None
     output_bias: float = 0.0
     dtype: Any = jnp.float32
+    conv_bias: bool = True
 
     def __post_init__(self) -> None:
         if self.outputs < 1:
@@ -62,8 +66,8 @@ class Subnet(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         for i in range(self.num_convs):
             x = nn.Conv(
-                self.channels, (3, 3), kernel_init=_head_init, dtype=self.dtype,
-                param_dtype=jnp.float32, name=f"conv{i}",
+                self.channels, (3, 3), kernel_init=_head_init, use_bias=self.conv_bias,
+                dtype=self.dtype, param_dtype=jnp.float32, name=f"conv{i}",
             )(x)
             if self.norm == "gn":
                 x = nn.GroupNorm(
@@ -97,6 +101,8 @@ class RetinaNet(nn.Module):
       head_convs: hidden 3x3 convolutions of each subnet.
       head_channels: channels of those convolutions.
       head_norm: ``None`` or ``"gn"`` (group norm in the subnets).
+      head_conv_bias: whether the subnets' hidden convolutions have a bias (False in
+        torchvision's ``retinanet_resnet50_fpn_v2``).
       num_anchors: anchors per location (3 scales x 3 aspect ratios in the paper).
       prior_prob: initial foreground probability of every anchor, ``pi`` in the paper.
       norm: backbone normalization, ``"frozen_bn"``, ``"bn"``, ``"sync_bn"`` or ``"gn"``.
@@ -104,8 +110,9 @@ class RetinaNet(nn.Module):
       dtype: computation dtype, e.g. ``jnp.bfloat16``; parameters and outputs are float32.
       stride_in_1x1, freeze_at: the backbone's stride layout (True for MSRA / Keras weights) and
         frozen part (detectron2's ``FREEZE_AT``), see :class:`~focaljax.models.resnet.ResNet`.
-      p6_input: ``"c5"`` (the paper's, detectron2's) or ``"p5"`` (torchvision's
-        ``retinanet_resnet50_fpn``): what the FPN's P6 convolution takes.
+      p6_input: ``"c5"`` (the paper's, detectron2's, torchvision's
+        ``retinanet_resnet50_fpn_v2``) or ``"p5"`` (torchvision's ``retinanet_resnet50_fpn``):
+        what the FPN's P6 convolution takes.
     """
 
     num_classes: int
@@ -124,6 +131,7 @@ class RetinaNet(nn.Module):
     stride_in_1x1: bool = False
     freeze_at: int = 0
     p6_input: str = "c5"
+    head_conv_bias: bool = True
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:
@@ -152,6 +160,7 @@ class RetinaNet(nn.Module):
             norm=self.head_norm,
             output_bias=output_bias,
             dtype=self.dtype,
+            conv_bias=self.head_conv_bias,
             **kwargs,
         )
 

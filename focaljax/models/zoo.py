@@ -8,7 +8,11 @@ or :class:`~focaljax.models.FasterRCNN` built with the file's architecture. The 
 * torchvision's ``retinanet_resnet50_fpn`` and ``fasterrcnn_resnet50_fpn`` (``*_coco-*.pth``, or
   the same state dict saved as ``.safetensors``; the key names of torchvision 0.14 and those of
   the older files, ``fpn.inner_blocks.0.weight``, ``head.classification_head.conv.2.weight``,
-  ``rpn.head.conv.weight``, alike);
+  ``rpn.head.conv.weight``, alike), and their v2 models ``retinanet_resnet50_fpn_v2`` (P6 from
+  C5, heads with GroupNorm after convolutions without bias) and ``fasterrcnn_resnet50_fpn_v2``
+  (batch norm after the FPN's convolutions, which have no bias then; a 2-conv RPN head; the
+  4-conv, 1-fc box head with batch norm), told from v1 by their key names
+  (``head.classification_head.conv.0.1.weight``, ``roi_heads.box_head.0.0.weight``);
 * detectron2's model zoo ``retinanet_R_50_FPN_{1x,3x}`` and ``faster_rcnn_R_50_FPN_{1x,3x}``
   ``model_final_*.pkl`` (a pickle of ``{"model": {name: array}}``).
 
@@ -18,10 +22,14 @@ focaljax detector built as the file's model does (the config fields in
 (tests/models/test_zoo.py, against torchvision itself). What it takes care of:
 
 * the ResNet as :mod:`focaljax.models.pretrained` converts ImageNet weights (frozen batch norm
-  with the file's statistics; detectron2's BGR 0..255 input folded into the stem for focaljax's
-  RGB ImageNet normalization, exactly, since its mean is 255 times ImageNet's);
-* kernels OIHW -> HWIO; the box head's first fully connected layer, which torch applies to a
-  ``[C, 7, 7]`` RoI flattened channel-major, reordered for focaljax's ``[7, 7, C]`` order;
+  with the file's statistics, whether the file's model had frozen batch norm or, as the v2
+  models, ``BatchNorm2d``: the same map in evaluation mode; detectron2's BGR 0..255 input
+  folded into the stem for focaljax's RGB ImageNet normalization, exactly, since its mean is
+  255 times ImageNet's);
+* kernels OIHW -> HWIO; the batch norms of the v2 FPN and box head into the ``"batch_stats"``
+  of ``"frozen_bn"`` norms, their GroupNorms into ``"gn"`` norms; the box head's first fully
+  connected layer, which torch applies to a ``[C, 7, 7]`` RoI (pooled, or after v2's convs)
+  flattened channel-major, reordered for focaljax's ``[7, 7, C]`` order;
 * torchvision's anchors, ordered aspect-ratio-major within a location, against focaljax's
   scale-major order: the output channels of the RetinaNet heads are permuted (``anchor_shape``);
 * the label space: torchvision's outputs are indexed by COCO category id (91 slots: 0 is
@@ -107,6 +115,9 @@ class ZooWeights:
       path, format: the file and its format (one of ``FORMATS``).
       family: ``"torchvision"`` or ``"detectron2"``.
       architecture: ``"retinanet"`` or ``"faster_rcnn"``.
+      model: the torchvision model whose key layout the file has (``"retinanet_resnet50_fpn"``,
+        ``"retinanet_resnet50_fpn_v2"``, ``"fasterrcnn_resnet50_fpn"``,
+        ``"fasterrcnn_resnet50_fpn_v2"``); ``""`` for detectron2's.
       notes: what the conversion did beyond renaming.
     """
 
@@ -115,14 +126,15 @@ class ZooWeights:
     format: str
     family: str
     architecture: str
+    model: str
     notes: tuple[str, ...]
 
     @property
     def report(self) -> str:
         """A few lines for a log: the file, what it is, what the conversion did."""
         count = sum(np.size(leaf) for leaf in jax.tree.leaves(self.variables))
-        lines = [f"{self.path} ({self.format}): a {self.family} {self.architecture}, "
-                 f"{count:,} values"]
+        what = _described(self.family, self.architecture, self.model)
+        lines = [f"{self.path} ({self.format}): {what}, {count:,} values"]
         return "\n".join(lines + [f"  {note}" for note in self.notes])
 
 
@@ -170,7 +182,7 @@ def load_zoo_weights(
     elif format not in FORMATS:
         raise ConfigError(f"format is {format!r}, expected one of {FORMATS}")
     arrays = read_arrays(path, format)
-    family, architecture = _identify(path, arrays)
+    family, architecture, model = _identify(path, arrays)
     wanted = _ARCHITECTURES[type(module)]
     if architecture != wanted:
         raise WeightFileError(
@@ -186,7 +198,8 @@ def load_zoo_weights(
                         for c in classes]
         new = sum(c is None for c in classes)
         notes = [f"classes: {len(classes) - new} of the file's COCO classes, {new} new"]
-    mapping = _Mapping(path, family, module, flax.core.unfreeze(variables), arrays)
+    mapping = _Mapping(path, _described(family, architecture, model), family, module,
+                       flax.core.unfreeze(variables), arrays)
     heads = {"retinanet": _retinanet_heads, "faster_rcnn": _faster_rcnn_heads}[architecture]
     heads(mapping, file_columns, anchor_shape)
     _fpn(mapping)
@@ -196,33 +209,42 @@ def load_zoo_weights(
     notes += list(backbone.notes)
     return ZooWeights(
         variables=mapping.variables, path=path, format=format, family=family,
-        architecture=architecture, notes=tuple(notes),
+        architecture=architecture, model=model, notes=tuple(notes),
     )
 
 
 # -- What the file is ------------------------------------------------------------------------------
 
 
-def _identify(path: str, arrays: Mapping[str, np.ndarray]) -> tuple[str, str]:
+def _identify(path: str, arrays: Mapping[str, np.ndarray]) -> tuple[str, str, str]:
+    """(family, architecture, torchvision model or "") of a file, from its key names."""
     keys = set(arrays)
 
     def has(prefix: str) -> bool:
         return any(k.startswith(prefix) for k in keys)
 
     if has("backbone.body."):
+        # v2's heads normalize each hidden conv: Conv2dNormActivation's module 1.
         if has("head.classification_head."):
-            return "torchvision", "retinanet"
+            v2 = has("head.classification_head.conv.0.1.")
+            return "torchvision", "retinanet", "retinanet_resnet50_fpn" + "_v2" * v2
         if has("rpn.head.") and has("roi_heads."):
-            return "torchvision", "faster_rcnn"
+            v2 = has("roi_heads.box_head.0.")
+            return "torchvision", "faster_rcnn", "fasterrcnn_resnet50_fpn" + "_v2" * v2
     if has("backbone.bottom_up."):
         if has("head.cls_subnet."):
-            return "detectron2", "retinanet"
+            return "detectron2", "retinanet", ""
         if has("proposal_generator.rpn_head.") and has("roi_heads.box_predictor."):
-            return "detectron2", "faster_rcnn"
+            return "detectron2", "faster_rcnn", ""
     sample = ", ".join(sorted(keys)[:5]) or "no arrays"
     raise WeightFileError(
         f"{path}: neither torchvision's nor detectron2's detector layout ({sample})"
     )
+
+
+def _described(family: str, architecture: str, model: str) -> str:
+    """``"a torchvision retinanet (retinanet_resnet50_fpn_v2)"``, ``"a detectron2 retinanet"``."""
+    return f"a {family} {architecture}" + (f" ({model})" if model else "")
 
 
 def _torchvision_names(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -269,9 +291,9 @@ def _coco_column(family: str, architecture: str, category: int) -> int:
 class _Mapping:
     """Fills a detector's variables from a file's arrays, and collects every difference."""
 
-    def __init__(self, path: str, family: str, module: Any, variables: dict[str, Any],
-                 arrays: dict[str, np.ndarray]) -> None:
-        self.path, self.family, self.module = path, family, module
+    def __init__(self, path: str, described: str, family: str, module: Any,
+                 variables: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.path, self.described, self.family, self.module = path, described, family, module
         self.variables = jax.tree.map(np.asarray, variables)
         self.arrays = arrays
         self.used: set[str] = set()
@@ -321,6 +343,21 @@ class _Mapping:
             if value is not None:
                 self.put(("params", *where, "bias"), prefix + ".bias", value)
 
+    def norm(self, where: tuple[str, ...], prefix: str, kind: str) -> None:
+        """The norm at ``where`` from torch's ``prefix.{weight,bias}`` (a GroupNorm's, into the
+        params of a ``"gn"`` norm) and ``prefix.running_{mean,var}`` (a BatchNorm2d's, into the
+        ``"batch_stats"`` of a ``"frozen_bn"``, which is its evaluation mode: same epsilon)."""
+        if kind == "gn":
+            names = {"weight": ("params", "scale"), "bias": ("params", "bias")}
+        else:
+            names = {"weight": ("batch_stats", "scale"), "bias": ("batch_stats", "bias"),
+                     "running_mean": ("batch_stats", "mean"),
+                     "running_var": ("batch_stats", "var")}
+        for name, (collection, leaf) in names.items():
+            value = self.get(f"{prefix}.{name}")
+            if value is not None:
+                self.put((collection, *where, leaf), f"{prefix}.{name}", value)
+
     def finish(self) -> None:
         """Raises WeightFileError for every difference: missing, unexpected and mis-shaped file
         arrays, and variables of the detector (outside the ResNet) that nothing filled."""
@@ -342,7 +379,8 @@ class _Mapping:
             ("not in the file", unfilled)) if items]
         if problems:
             raise WeightFileError(
-                f"{self.path}: does not fit the configured {_ARCHITECTURES[type(self.module)]}: "
+                f"{self.path}: {self.described} file does not fit the configured "
+                f"{_ARCHITECTURES[type(self.module)]}: "
                 + "; ".join(f"{title} ({len(items)}): {_listing(items)}"
                             for title, items in problems)
             )
@@ -364,11 +402,16 @@ def _fpn(mapping: _Mapping) -> None:
     module = mapping.module
     fpn = ("backbone", "fpn")
     min_level = 3 if isinstance(module, RetinaNet) else 2
+    norm = getattr(module, "fpn_norm", None)
     for level in range(min_level, 6):
         if mapping.family == "torchvision":
             i = level - min_level
-            mapping.conv((*fpn, f"lateral{level}"), f"backbone.fpn.inner_blocks.{i}.0")
-            mapping.conv((*fpn, f"output{level}"), f"backbone.fpn.layer_blocks.{i}.0")
+            for name, blocks in ((f"lateral{level}", "inner_blocks"),
+                                 (f"output{level}", "layer_blocks")):
+                prefix = f"backbone.fpn.{blocks}.{i}"
+                mapping.conv((*fpn, name), f"{prefix}.0", bias=norm is None)
+                if norm is not None:
+                    mapping.norm((*fpn, f"{name}_norm"), f"{prefix}.1", norm)
         else:
             mapping.conv((*fpn, f"lateral{level}"), f"backbone.fpn_lateral{level}")
             mapping.conv((*fpn, f"output{level}"), f"backbone.fpn_output{level}")
@@ -384,10 +427,13 @@ def _retinanet_heads(
     mapping: _Mapping, file_columns: list[int | None] | None, anchor_shape: tuple[int, int]
 ) -> None:
     module = mapping.module
-    if mapping.family == "torchvision":
-        names = {"cls": ("head.classification_head.conv.{}.0",
+    tv = mapping.family == "torchvision"
+    # Hidden layer i: torchvision's Conv2dNormActivation i (conv 0, norm 1); detectron2's conv at
+    # 2 i of an nn.Sequential(conv, relu, ...), whose heads have no norm in its model zoo.
+    if tv:
+        names = {"cls": ("head.classification_head.conv.{}.{}",
                          "head.classification_head.cls_logits"),
-                 "box": ("head.regression_head.conv.{}.0", "head.regression_head.bbox_reg")}
+                 "box": ("head.regression_head.conv.{}.{}", "head.regression_head.bbox_reg")}
     else:
         names = {"cls": ("head.cls_subnet.{}", "head.cls_score"),
                  "box": ("head.bbox_subnet.{}", "head.bbox_pred")}
@@ -395,8 +441,10 @@ def _retinanet_heads(
     for kind, subnet in (("cls", "cls_subnet"), ("box", "box_subnet")):
         hidden, output = names[kind]
         for i in range(module.head_convs):
-            index = i if mapping.family == "torchvision" else 2 * i
-            mapping.conv((subnet, f"conv{i}"), hidden.format(index))
+            conv = hidden.format(i, 0) if tv else hidden.format(2 * i)
+            mapping.conv((subnet, f"conv{i}"), conv, bias=module.head_conv_bias)
+            if tv and module.head_norm is not None:
+                mapping.norm((subnet, f"norm{i}"), hidden.format(i, 1), module.head_norm)
         weight, bias = mapping.get(output + ".weight"), mapping.get(output + ".bias")
         if weight is None or bias is None:
             continue
@@ -452,15 +500,29 @@ def _faster_rcnn_heads(
     mapping: _Mapping, file_columns: list[int | None] | None, anchor_shape: tuple[int, int]
 ) -> None:
     del anchor_shape  # One scale per level: torchvision's order is focaljax's.
+    module = mapping.module
     tv = mapping.family == "torchvision"
     rpn = ("rpn.head.conv.0.0", "rpn.head.cls_logits", "rpn.head.bbox_pred") if tv else (
         "proposal_generator.rpn_head.conv", "proposal_generator.rpn_head.objectness_logits",
         "proposal_generator.rpn_head.anchor_deltas")
     for name, prefix in zip(("conv", "objectness", "deltas"), rpn, strict=True):
-        mapping.conv(("rpn_head", name), prefix)
+        if name == "conv" and tv and module.rpn_num_convs > 1:  # v2: conv i at rpn.head.conv.i
+            for i in range(module.rpn_num_convs):
+                mapping.conv(("rpn_head", f"conv{i}"), f"rpn.head.conv.{i}.0")
+        else:
+            mapping.conv(("rpn_head", name), prefix)
 
     box_head = "roi_heads.box_head."
     fcs = ("fc6", "fc7") if tv else ("fc1", "fc2")
+    if tv and module.head_num_convs:
+        # v2's FastRCNNConvFCHead, an nn.Sequential: the convs (each conv, norm, ReLU) at
+        # 0..n-1, a Flatten at n, each fc and its ReLU from n + 1.
+        for i in range(module.head_num_convs):
+            mapping.conv(("box_head", f"conv{i}"), f"{box_head}{i}.0",
+                         bias=module.head_norm is None)
+            if module.head_norm is not None:
+                mapping.norm(("box_head", f"norm{i}"), f"{box_head}{i}.1", module.head_norm)
+        fcs = tuple(str(module.head_num_convs + 1 + 2 * i) for i in range(module.head_num_fcs))
     for i, fc in enumerate(fcs):
         weight, bias = mapping.get(f"{box_head}{fc}.weight"), mapping.get(f"{box_head}{fc}.bias")
         if weight is None or bias is None:

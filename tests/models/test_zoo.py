@@ -105,31 +105,44 @@ def _ratio_major(values, num_images):
     return grouped.reshape(values.shape)
 
 
-@pytest.fixture(scope="module")
-def retinanet_case(tmp_path_factory):
-    fixture = zoo_files.load_fixture("retinanet_resnet50_fpn")
+def _case(tmp_path_factory, model, name, preset, write, suffix, **fields):
+    """A torchvision fixture's model: its weights drawn again, written as a zoo file and loaded
+    into the detector of `preset`, with a jitted runner."""
+    fixture = zoo_files.load_fixture(model)
     state = zoo_files.fixture_state(fixture)
-    folder = tmp_path_factory.mktemp("zoo_retinanet")
-    path = zoo_files.write_safetensors(folder / "retinanet_resnet50_fpn.safetensors", state)
-    detector = _detector("retinanet", "torchvision_retinanet", path, num_classes=91,
-                         postprocess__max_detections=300)
+    folder = tmp_path_factory.mktemp(f"zoo_{model}")
+    path = write(folder / f"{model}{suffix}", state)
+    num_classes = 91 if name == "retinanet" else 90
+    detector = _detector(name, preset, path, num_classes=num_classes, **fields)
     variables, record = detector.load_pretrained(_initial(detector))
     return {"fixture": fixture, "state": state, "folder": folder, "detector": detector,
             "variables": variables, "record": record, "run": _runner(detector),
             "images": zoo_files.normalized(fixture["images"])}
+
+
+@pytest.fixture(scope="module")
+def retinanet_case(tmp_path_factory):
+    return _case(tmp_path_factory, "retinanet_resnet50_fpn", "retinanet", "torchvision_retinanet",
+                 zoo_files.write_safetensors, ".safetensors", postprocess__max_detections=300)
 
 
 @pytest.fixture(scope="module")
 def faster_rcnn_case(tmp_path_factory):
-    fixture = zoo_files.load_fixture("fasterrcnn_resnet50_fpn")
-    state = zoo_files.fixture_state(fixture)
-    folder = tmp_path_factory.mktemp("zoo_faster_rcnn")
-    path = zoo_files.write_pth(folder / "fasterrcnn_resnet50_fpn.pth", state)
-    detector = _detector("faster_rcnn", "torchvision_faster_rcnn", path, num_classes=90)
-    variables, record = detector.load_pretrained(_initial(detector))
-    return {"fixture": fixture, "state": state, "folder": folder, "detector": detector,
-            "variables": variables, "record": record, "run": _runner(detector),
-            "images": zoo_files.normalized(fixture["images"])}
+    return _case(tmp_path_factory, "fasterrcnn_resnet50_fpn", "faster_rcnn",
+                 "torchvision_faster_rcnn", zoo_files.write_pth, ".pth")
+
+
+@pytest.fixture(scope="module")
+def retinanet_v2_case(tmp_path_factory):
+    return _case(tmp_path_factory, "retinanet_resnet50_fpn_v2", "retinanet",
+                 "torchvision_retinanet_v2", zoo_files.write_pth, ".pth",
+                 postprocess__max_detections=300)
+
+
+@pytest.fixture(scope="module")
+def faster_rcnn_v2_case(tmp_path_factory):
+    return _case(tmp_path_factory, "fasterrcnn_resnet50_fpn_v2", "faster_rcnn",
+                 "torchvision_faster_rcnn_v2", zoo_files.write_safetensors, ".safetensors")
 
 
 def _check_retinanet(case, variables):
@@ -168,6 +181,23 @@ def test_torchvision_retinanet_safetensors_gives_torchvisions_outputs(retinanet_
 def test_torchvision_faster_rcnn_pth_gives_torchvisions_outputs(faster_rcnn_case):
     assert "a torchvision faster_rcnn" in faster_rcnn_case["record"]["summary"]
     _check_faster_rcnn(faster_rcnn_case, faster_rcnn_case["variables"])
+
+
+def test_torchvision_retinanet_v2_pth_gives_torchvisions_outputs(retinanet_v2_case):
+    """GroupNorm heads over convs without bias, P6 from C5, a BatchNorm2d ResNet."""
+    summary = retinanet_v2_case["record"]["summary"]
+    assert "a torchvision retinanet (retinanet_resnet50_fpn_v2)" in summary
+    _check_retinanet(retinanet_v2_case, retinanet_v2_case["variables"])
+
+
+def test_torchvision_faster_rcnn_v2_safetensors_gives_torchvisions_outputs(faster_rcnn_v2_case):
+    """Batch norm in the FPN and the 4conv1fc box head, a 2-conv RPN head."""
+    summary = faster_rcnn_v2_case["record"]["summary"]
+    assert "a torchvision faster_rcnn (fasterrcnn_resnet50_fpn_v2)" in summary
+    stats = faster_rcnn_v2_case["variables"]["batch_stats"]
+    assert sorted(stats["box_head"]) == ["norm0", "norm1", "norm2", "norm3"]
+    assert "lateral2_norm" in stats["backbone"]["fpn"]
+    _check_faster_rcnn(faster_rcnn_v2_case, faster_rcnn_v2_case["variables"])
 
 
 def _same_variables(actual, expected):
@@ -275,6 +305,39 @@ def test_a_file_that_does_not_fit_the_config_is_refused_in_one_line(retinanet_ca
                          num_classes=90, stride_in_1x1=True)
     with pytest.raises(ConfigError, match="stride_in_1x1=False"):
         detector.load_pretrained(_initial(detector))
+
+
+# (architecture, file's model, preset of the config, a part of what differs), each v2 file for
+# its v1 config and each v1 file for its v2 config.
+_V1_V2_MISMATCHES = [
+    ("retinanet", "retinanet_resnet50_fpn_v2", "torchvision_retinanet",
+     "missing (8): head.classification_head.conv.0.0.bias"),
+    ("retinanet", "retinanet_resnet50_fpn", "torchvision_retinanet_v2",
+     "unexpected (8): head.classification_head.conv.0.0.bias"),
+    ("faster_rcnn", "fasterrcnn_resnet50_fpn_v2", "torchvision_faster_rcnn",
+     "unexpected (56): backbone.fpn.inner_blocks.0.1.bias"),
+    ("faster_rcnn", "fasterrcnn_resnet50_fpn", "torchvision_faster_rcnn_v2",
+     "missing (56): rpn.head.conv.1.0.weight"),
+]
+
+
+@pytest.mark.parametrize("name, model, preset, difference", _V1_V2_MISMATCHES)
+def test_a_v1_file_for_a_v2_config_and_back_is_refused_naming_the_files_model(
+    name, model, preset, difference, request
+):
+    case = request.getfixturevalue(
+        {"retinanet_resnet50_fpn": "retinanet_case", "fasterrcnn_resnet50_fpn": "faster_rcnn_case",
+         "retinanet_resnet50_fpn_v2": "retinanet_v2_case",
+         "fasterrcnn_resnet50_fpn_v2": "faster_rcnn_v2_case"}[model])
+    path = case["record"]["path"]
+    detector = _detector(name, preset, path, num_classes=91 if name == "retinanet" else 90)
+    with pytest.raises(ConfigError) as error:
+        detector.load_pretrained(_initial(detector))
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"config.model.zoo_weights: {path}: a torchvision {name} "
+                              f"({model}) file does not fit the configured {name}: ")
+    assert difference in message
 
 
 def test_zoo_classes_must_name_each_class_of_the_data_set():
