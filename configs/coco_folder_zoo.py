@@ -8,8 +8,12 @@ file named by the config argument `PRESET:PATH`, with PRESET one of
 
 * `torchvision_retinanet`: `retinanet_resnet50_fpn_coco-eeacb38b.pth` (COCO box AP 36.4; the
   command below names it /data/retinanet_coco.pth);
+* `torchvision_retinanet_v2`: `retinanet_resnet50_fpn_v2_coco-5905b1c5.pth` (41.5; GroupNorm
+  heads, P6 from C5, trained with the GIoU box loss, which the preset keeps);
 * `detectron2_retinanet`: `retinanet_R_50_FPN_{1x,3x}` `model_final_*.pkl` (37.4 / 38.7);
 * `torchvision_faster_rcnn`: `fasterrcnn_resnet50_fpn_coco-258fb6c6.pth` (37.0);
+* `torchvision_faster_rcnn_v2`: `fasterrcnn_resnet50_fpn_v2_coco-dd69338a.pth` (46.7; batch norm
+  in the FPN and the 4-conv, 1-fc box head, frozen here as in the ResNet; a 2-conv RPN head);
 * `detectron2_faster_rcnn`: `faster_rcnn_R_50_FPN_{1x,3x}` `model_final_*.pkl` (37.9 / 40.2).
 
 (`.safetensors` copies of torchvision's state dicts work too; nothing is downloaded.) The ResNet,
@@ -18,10 +22,11 @@ the prior probability 0.01 (RetinaNet's classifier; Faster R-CNN's classifier an
 box deltas from their initialization), unless `--config.model.zoo_classes` names each of your
 classes by its COCO category name, comma-separated in your classes' order (e.g.
 "person,car,dog"): a named class then starts from the file's classifier for that category, an
-unnamed one anew. The recipe: frozen batch norm, the stem and C2 frozen (detectron2's FREEZE_AT 2,
-torchvision's 3 trainable layers), SGD with momentum 0.9 at half the COCO recipe's learning rate
-(0.005 per 16 images for RetinaNet, 0.01 for Faster R-CNN; the model already detects, and a small
-data set is easy to overfit) after 100 warm-up steps, weight decay 1e-4. Without an argument the
+unnamed one anew. The recipe: frozen batch norm (the v2 models' FPN and box head too), the stem
+and C2 frozen (detectron2's FREEZE_AT 2, torchvision's 3 trainable layers), SGD with momentum 0.9
+at half the COCO recipe's learning rate (0.005 per 16 images for RetinaNet, 0.01 for Faster
+R-CNN; the model already detects, and a small data set is easy to overfit) after 100 warm-up
+steps, weight decay 1e-4. Without an argument the
 same architecture (torchvision's RetinaNet) trains from scratch, which is rarely what you want.
 
 Command. Prepare the folder once (see `configs/coco_folder_retinanet.py`), then:

@@ -1,4 +1,5 @@
-"""Tests of focaljax.models.fpn: level geometry, the top-down and extra-block wiring, dtypes."""
+"""Tests of focaljax.models.fpn: level geometry, the top-down and extra-block wiring, the frozen
+batch norm of torchvision's v2 FPN, dtypes."""
 
 import math
 
@@ -36,25 +37,37 @@ def backbone_features(height, width, seed=0):
 
 
 def conv(x, params, stride=1):
-    """A 'SAME'-size convolution (padding ``k // 2``) with bias, written with lax directly."""
+    """A 'SAME'-size convolution (padding ``k // 2``) with its bias if it has one, written with
+    lax directly."""
     pad = params["kernel"].shape[0] // 2
     y = jax.lax.conv_general_dilated(
         x, params["kernel"], (stride, stride), ((pad, pad), (pad, pad)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest",
     )
-    return y + params["bias"]
+    return y + params["bias"] if "bias" in params else y
 
 
-def reference_fpn(params, features, min_level, max_level, extra_block):
+def batch_norm_at_test(x, stats):
+    """Batch norm in evaluation mode: ``(x - mean) / sqrt(var + 1e-5) * scale + bias``."""
+    return (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * stats["scale"] + stats["bias"]
+
+
+def reference_fpn(params, features, min_level, max_level, extra_block, stats=None):
     """The paper's FPN from its description: 1x1 laterals, nearest 2x upsampling (cropped to odd
-    sizes) added top-down from C5, a 3x3 conv per output; above P5 the extra block."""
-    inner = {5: conv(features["C5"], params["lateral5"])}
+    sizes) added top-down from C5, a 3x3 conv per output; above P5 the extra block. With
+    ``stats``, each lateral and output conv is followed by a batch norm at test time, as in
+    torchvision's v2 FPN."""
+    def conv_norm(x, name):
+        y = conv(x, params[name])
+        return y if stats is None else batch_norm_at_test(y, stats[f"{name}_norm"])
+
+    inner = {5: conv_norm(features["C5"], "lateral5")}
     for level in range(4, min_level - 1, -1):
-        lateral = conv(features[f"C{level}"], params[f"lateral{level}"])
+        lateral = conv_norm(features[f"C{level}"], f"lateral{level}")
         up = np.repeat(np.repeat(inner[level + 1], 2, axis=1), 2, axis=2)
         inner[level] = lateral + up[:, : lateral.shape[1], : lateral.shape[2]]
     outputs = {
-        level: conv(inner[level], params[f"output{level}"])
+        level: conv_norm(inner[level], f"output{level}")
         for level in range(min_level, min(max_level, 5) + 1)
     }
     for level in range(6, max_level + 1):
@@ -128,6 +141,31 @@ def test_outputs_equal_the_papers_top_down_and_extra_levels(min_level, max_level
         np.testing.assert_allclose(output, expected[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize(
+    "min_level, max_level, extra_block", [(2, 6, "max_pool"), (3, 7, "conv_c5")]
+)
+def test_frozen_bn_norm_follows_each_lateral_and_output_conv_which_lose_their_bias(
+    min_level, max_level, extra_block
+):
+    features = backbone_features(75, 50)
+    module = FPN(CHANNELS, min_level, max_level, extra_block, norm="frozen_bn")
+    variables = random_variables(module, features)
+    params, stats = variables["params"], variables["batch_stats"]
+    for level in range(min_level, 6):
+        for name in (f"lateral{level}", f"output{level}"):
+            assert sorted(params[name]) == ["kernel"], name
+            assert sorted(stats[f"{name}_norm"]) == ["bias", "mean", "scale", "var"], name
+    for level in range(6, max_level + 1):
+        if extra_block != "max_pool":  # The extra convs keep their bias and have no norm.
+            assert sorted(params[f"extra{level}"]) == ["bias", "kernel"]
+    assert len(stats) == 2 * (6 - min_level)
+    outputs = jax.jit(module.apply)(variables, features)
+    expected = reference_fpn(params, features, min_level, max_level, extra_block, stats)
+    assert sorted(outputs) == sorted(expected)
+    for name, output in outputs.items():
+        np.testing.assert_allclose(output, expected[name], rtol=1e-5, atol=1e-5, err_msg=name)
+
+
 def test_upsampling_repeats_each_pixel_2x2_and_crops_odd_sizes():
     x = jnp.arange(4.0).reshape(1, 2, 2, 1)
     up = upsample_to(x, (1, 3, 4, 1))
@@ -153,6 +191,7 @@ def test_bfloat16_computes_in_bfloat16_with_float32_params():
         (lambda: FPN(min_level=4, max_level=3), r"max_level is 3, expected >= min_level \(4\)"),
         (lambda: FPN(extra_block="conv"), r"extra_block is 'conv', expected one of .*conv_c5"),
         (lambda: FPN(channels=0), r"channels is 0, expected a positive"),
+        (lambda: FPN(norm="gn"), r"norm is 'gn', expected one of \(None, 'frozen_bn'\)"),
         (lambda: ResNetFPN("resnet152"), r"unknown ResNet 'resnet152', expected one of"),
         (lambda: ResNetFPN(min_level=1), r"min_level is 1, expected 2\.\.5"),
         (lambda: ResNetFPN(norm="sync_bn"), r"sync_bn.*needs axis_name"),

@@ -1,5 +1,6 @@
 """Tests of focaljax.models.retinanet: the anchor axis, the paper's head initialization, shared
-subnets, group-norm heads, dtypes, synchronized batch norm and configuration errors."""
+subnets, group-norm heads (with and without conv bias), dtypes, synchronized batch norm and
+configuration errors."""
 
 import math
 
@@ -204,6 +205,53 @@ def test_gn_heads_normalize_each_group_of_each_example_at_every_level(images):
         # Flax takes the variance as E[x^2] - E[x]^2 in float32, which loses a few digits on the
         # 1x1 levels, where a group is two values.
         np.testing.assert_allclose(normalized, expected, rtol=1e-4, atol=1e-3)
+
+
+def _np_conv3x3(x, params):
+    """A stride-1 3x3 convolution padded by 1, plus its bias if it has one, in float64 NumPy."""
+    kernel = np.asarray(params["kernel"], np.float64)
+    padded = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    height, width = x.shape[1:3]
+    y = sum(np.einsum("bhwc,co->bhwo", padded[:, i:i + height, j:j + width], kernel[i, j])
+            for i in range(3) for j in range(3))
+    return y + np.asarray(params["bias"]) if "bias" in params else y
+
+
+def _np_group_norm(x, params, groups):
+    b, h, w, c = x.shape
+    grouped = x.reshape(b, h * w, groups, c // groups)
+    mean = grouped.mean(axis=(1, 3), keepdims=True)
+    var = grouped.var(axis=(1, 3), keepdims=True)
+    normalized = ((grouped - mean) / np.sqrt(var + 1e-5)).reshape(x.shape)
+    return normalized * np.asarray(params["scale"]) + np.asarray(params["bias"])
+
+
+def test_gn_subnet_without_conv_bias_is_conv_group_norm_relu_and_a_biased_output_conv():
+    """torchvision's v2 heads: GroupNorm(32) after hidden convs that have no bias."""
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 5, 64)), jnp.float32)
+    subnet = Subnet(outputs=18, num_convs=2, channels=64, norm="gn", conv_bias=False)
+    variables = random_variables(subnet, x)
+    params = variables["params"]
+    assert sorted(params["conv0"]) == sorted(params["conv1"]) == ["kernel"]
+    assert sorted(params["output"]) == ["bias", "kernel"]
+    expected = np.asarray(x, np.float64)
+    for i in range(2):
+        expected = _np_conv3x3(expected, params[f"conv{i}"])
+        expected = np.maximum(_np_group_norm(expected, params[f"norm{i}"], 32), 0.0)
+    expected = _np_conv3x3(expected, params["output"])
+    np.testing.assert_allclose(jax.jit(subnet.apply)(variables, x), expected, rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_head_conv_bias_reaches_both_subnets_and_defaults_to_a_bias():
+    for conv_bias, leaves in ((True, ["bias", "kernel"]), (False, ["kernel"])):
+        kwargs = {} if conv_bias else {"head_conv_bias": False}
+        module = RetinaNet(**{**TINY, "head_norm": "gn", **kwargs})
+        params = jax.eval_shape(module.init, jax.random.key(0), struct(1, 32, 32, 3),
+                                train=False)["params"]
+        for subnet in ("cls_subnet", "box_subnet"):
+            assert sorted(params[subnet]["conv1"]) == leaves, (subnet, conv_bias)
+            assert sorted(params[subnet]["output"]) == ["bias", "kernel"]
 
 
 def test_no_head_norm_means_no_norm_parameters_in_the_subnets(initialized):
