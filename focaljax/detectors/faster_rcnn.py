@@ -182,6 +182,12 @@ def check_config(config: Any, image_size: tuple[int, ...]) -> None:
         raise ConfigError(f"model.anchor_convention is {config.anchor_convention!r}, expected "
                           f"one of {ops.anchors.CONVENTIONS}")
     rpn, roi = config.rpn, config.roi
+    # With "bn" or "sync_bn" the trainer updates and averages every "batch_stats" variable, which
+    # would take the frozen statistics of the FPN and the box head along.
+    for name, value in (("fpn_norm", config.fpn_norm), ("roi.head_norm", roi.head_norm)):
+        if value == "frozen_bn" and config.norm != "frozen_bn":
+            raise ConfigError(f"model.{name} is 'frozen_bn' but model.norm is {config.norm!r}, "
+                              "expected model.norm 'frozen_bn' with it")
     if rpn.loss not in RPN_LOSSES:
         raise ConfigError(f"model.rpn.loss is {rpn.loss!r}, expected one of {RPN_LOSSES}")
     if config.dtype not in DTYPES:

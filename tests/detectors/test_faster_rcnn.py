@@ -630,6 +630,21 @@ def test_build_rejects_a_bad_config_with_a_clear_message(section, field, value, 
         detectors.build(model, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE)
 
 
+@pytest.mark.parametrize("field", ["fpn_norm", "roi.head_norm"])
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+def test_frozen_bn_in_the_fpn_or_box_head_needs_a_frozen_backbone_norm(field, norm):
+    # With a trained batch norm the trainer updates every batch statistic, the frozen ones too.
+    model = tiny_model_config()
+    model.norm = norm
+    section, _, name = field.rpartition(".")
+    (model[section] if section else model)[name] = "frozen_bn"
+    with pytest.raises(ValueError, match=rf"model.{field} is 'frozen_bn' but model.norm is "
+                                         rf"'{norm}', expected model.norm 'frozen_bn' with it"):
+        detectors.build(model, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE)
+    model.norm = "frozen_bn"
+    detectors.build(model, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE)
+
+
 @pytest.mark.parametrize("mode", RPN_MODES)
 def test_prior_prob_is_checked_for_every_mode_that_starts_from_it(mode):
     model = tiny_model_config(mode)
