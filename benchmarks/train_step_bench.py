@@ -13,12 +13,20 @@ orders of training do).
 `configs/shapes_faster_rcnn.py` (the same tiny ResNet-FPN backbone and batch; FL-RPN, RoI head),
 both with their compiler options; the ratio is Faster R-CNN's time over RetinaNet's.
 
+`--compare ablation`: as `detectors`, plus Faster R-CNN with 4 RoIs an image instead of 32 (the
+second stage nearly gone) and with 64 proposals a level before NMS and 32 after instead of 1000
+and 300 (the proposals nearly gone): where Faster R-CNN's extra time goes. These two change the
+model; they are a measurement, not a setting to train with.
+
 Every candidate runs on the same pre-loaded batches of the shapes data set (generated on the
 first run, about 15 s). The candidates alternate in rounds of `--steps` steps so that all see the
-same load; the table gives the median time per step of the rounds and the ratio to the last row.
+same load; the table gives the median time per step of the rounds (wall clock, and this process's
+CPU time, all threads, which other jobs on the machine disturb less) and the ratio to the last
+row.
 
   python benchmarks/train_step_bench.py                       # the tables in BENCHMARKS.md
   python benchmarks/train_step_bench.py --compare detectors
+  python benchmarks/train_step_bench.py --compare ablation --rounds 4
   python benchmarks/train_step_bench.py --rounds 10 --steps 20
 """
 
@@ -32,6 +40,8 @@ import platform
 import statistics
 import sys
 import time
+
+import ml_collections
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # configs/ and train/ run from the checkout; they are not installed.
@@ -70,9 +80,20 @@ def pmapped_step(config, num_classes: int, *, donate: bool = False):
     return detector, step, train.replicate(initial)
 
 
+def set_fields(config: ml_collections.ConfigDict, changes: dict) -> None:
+    """Sets the dotted fields of `changes` in `config`."""
+    for dotted, value in changes.items():
+        *path, name = dotted.split(".")
+        section = config
+        for part in path:
+            section = section[part]
+        section[name] = value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--compare", choices=("options", "detectors"), default="options")
+    parser.add_argument("--compare", choices=("options", "detectors", "ablation"),
+                        default="options")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="steps per round")
     args = parser.parse_args()
@@ -91,8 +112,17 @@ def main() -> None:
         candidates[f"with {options}"] = [compilation.with_compiler_options(step, options), state]
         candidates["without"] = [step, train.replicate(jax.tree.map(lambda x: x[0], state))]
     else:
-        for name, module in (("faster_rcnn", shapes_faster_rcnn), ("retinanet", shapes_retinanet)):
+        variants = [("faster_rcnn", shapes_faster_rcnn, {})]
+        if args.compare == "ablation":
+            variants += [
+                ("faster_rcnn, 4 RoIs an image", shapes_faster_rcnn, {"roi.num_samples": 4}),
+                ("faster_rcnn, proposals 64 / 32", shapes_faster_rcnn,
+                 {"rpn.train_pre_nms_topk": 64, "rpn.train_post_nms_topk": 32}),
+            ]
+        variants.append(("retinanet", shapes_retinanet, {}))
+        for name, module, changes in variants:
             other = module.get_config()
+            set_fields(other.model, changes)
             assert other.batch_size == config.batch_size
             _, step, state = pmapped_step(other, num_classes)
             candidates[name] = [
@@ -103,26 +133,33 @@ def main() -> None:
         candidate[1], metrics = candidate[0](candidate[1], batches[0])
         first[name] = (float(metrics["loss"][0]), float(metrics["grad_norm"][0]))
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    cpu_times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(args.rounds):
         for name, candidate in candidates.items():
             step, state = candidate
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             for batch in batches[1:]:
                 state, metrics = step(state, batch)
             jax.block_until_ready(metrics)
             times[name].append((time.perf_counter() - start) / args.steps)
+            cpu_times[name].append((time.process_time() - start_cpu) / args.steps)
             candidate[1] = state
 
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}; batch {config.batch_size}, "
           f"{args.rounds} rounds of {args.steps} steps")
-    print("| train step | ms / step | images/s | ratio | first step: loss, gradient norm |")
-    print("|---|---:|---:|---:|---|")
-    reference = statistics.median(times[list(candidates)[-1]])
+    print("| train step | ms / step | images/s | ratio | CPU ms / step | ratio (CPU) | "
+          "first step: loss, gradient norm |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    last = list(candidates)[-1]
+    reference = statistics.median(times[last])
+    reference_cpu = statistics.median(cpu_times[last])
     for name in candidates:
         median = statistics.median(times[name])
+        median_cpu = statistics.median(cpu_times[name])
         print(f"| {name} | {median * 1e3:.0f} | {config.batch_size / median:.1f} | "
-              f"{median / reference:.2f} | {first[name][0]:.7f}, {first[name][1]:.7f} |")
+              f"{median / reference:.2f} | {median_cpu * 1e3:.0f} | "
+              f"{median_cpu / reference_cpu:.2f} | {first[name][0]:.7f}, {first[name][1]:.7f} |")
 
 
 if __name__ == "__main__":
