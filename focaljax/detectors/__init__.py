@@ -23,6 +23,14 @@ BUILDERS: dict[str, Callable[..., Detector]] = {
     "faster_rcnn": build_faster_rcnn,
 }
 
+# Every field of each detector's model config at its default. A field added later defaults to
+# the behaviour from before it, so a run's config written before the field existed means the
+# default (`focaljax.inference.workdir.read_run_info` fills such fields in).
+DEFAULT_CONFIGS: dict[str, Callable[[], Any]] = {
+    "retinanet": retinanet.default_config,
+    "faster_rcnn": faster_rcnn.default_config,
+}
+
 CONFIG_CHECKS: dict[str, Callable[[Any, tuple[int, int]], None]] = {
     "retinanet": retinanet.check_config,
     "faster_rcnn": faster_rcnn.check_config,
@@ -32,6 +40,12 @@ CONFIG_CHECKS: dict[str, Callable[[Any, tuple[int, int]], None]] = {
 def _known(name: str) -> None:
     if name not in BUILDERS:
         raise ConfigError(f"unknown model {name!r}, expected one of {sorted(BUILDERS)}")
+
+
+def default_config(name: str) -> Any:
+    """The model config of the detector `name` with every field at its default."""
+    _known(name)
+    return DEFAULT_CONFIGS[name]()
 
 
 def check_config(config: Any, image_size: tuple[int, int]) -> None:
@@ -71,6 +85,7 @@ def build(
 __all__ = [
     "BUILDERS",
     "CONFIG_CHECKS",
+    "DEFAULT_CONFIGS",
     "Detector",
     "LossOutput",
     "build",

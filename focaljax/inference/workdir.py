@@ -11,7 +11,9 @@ reads them. The one home of their names and layout: the trainer writes them thro
                            path, format, size, sha256, what was unused), written at the fresh
                            start of a run that has one (`Detector.load_pretrained`'s record)
 
-Reading needs no checkout: the config carries every field the detector is built from.
+Reading needs no checkout: the config carries every field the detector is built from, and a
+field added to the library after the run was made takes its default, the behaviour the run
+had (`read_run_info`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from focaljax import detectors
+from focaljax.data import defaults as data_defaults
 from focaljax.data.dataset import DatasetInfo
 from focaljax.errors import MissingFileError
 
@@ -129,11 +132,34 @@ def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, DatasetInfo]
         )
     with open(paths[0]) as f:
         config = ml_collections.ConfigDict(json.load(f))
+    # A run from before a field existed gets the field's default, which is the behaviour it ran
+    # with; the run's own values stay.
+    add_missing_fields(config.model, detectors.default_config(config.model.name))
+    add_missing_fields(config.dataset, data_defaults.default_config())
     with open(paths[1]) as f:
         info = json.load(f)
     for name in ("class_names", "category_ids"):
         info[name] = tuple(info[name])
     return config, DatasetInfo(**info)
+
+
+def add_missing_fields(config: ml_collections.ConfigDict,
+                       defaults: ml_collections.ConfigDict) -> None:
+    """Adds to `config`, in place and at every depth, the fields of `defaults` that it lacks.
+
+    Examples:
+      >>> config = ml_collections.ConfigDict({"a": 1, "sub": {"b": 2}})
+      >>> add_missing_fields(config, ml_collections.ConfigDict({"a": 0, "c": 3, "sub": {"d": 4}}))
+      >>> config.a, config.c, config.sub.b, config.sub.d
+      (1, 3, 2, 4)
+    """
+    for key, value in defaults.items():
+        if key not in config:
+            config[key] = value
+        elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+            config[key], ml_collections.ConfigDict
+        ):
+            add_missing_fields(config[key], value)
 
 
 def image_size_of(config: ml_collections.ConfigDict) -> tuple[int, int]:
