@@ -135,7 +135,8 @@ def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, DatasetInfo]
     # A run from before a field existed gets the field's default, which is the behaviour it ran
     # with; the run's own values stay.
     add_missing_fields(config.model, detectors.default_config(config.model.name))
-    add_missing_fields(config.dataset, data_defaults.default_config())
+    # Not `builder_kwargs`: each data set builder takes its own.
+    add_missing_fields(config.dataset, data_defaults.default_config(), skip=("builder_kwargs",))
     with open(paths[1]) as f:
         info = json.load(f)
     for name in ("class_names", "category_ids"):
@@ -143,9 +144,10 @@ def read_run_info(workdir: str) -> tuple[ml_collections.ConfigDict, DatasetInfo]
     return config, DatasetInfo(**info)
 
 
-def add_missing_fields(config: ml_collections.ConfigDict,
-                       defaults: ml_collections.ConfigDict) -> None:
-    """Adds to `config`, in place and at every depth, the fields of `defaults` that it lacks.
+def add_missing_fields(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict,
+                       *, skip: tuple[str, ...] = ()) -> None:
+    """Adds to `config`, in place and at every depth, the fields of `defaults` that it lacks,
+    except under the top-level keys `skip`.
 
     Examples:
       >>> config = ml_collections.ConfigDict({"a": 1, "sub": {"b": 2}})
@@ -154,6 +156,8 @@ def add_missing_fields(config: ml_collections.ConfigDict,
       (1, 3, 2, 4)
     """
     for key, value in defaults.items():
+        if key in skip:
+            continue
         if key not in config:
             config[key] = value
         elif isinstance(value, ml_collections.ConfigDict) and isinstance(

@@ -27,6 +27,8 @@ def old_run(tmp_path, model: str) -> str:
     })
     config.model.min_level = 4  # a value of the run's own, not a default
     config.dataset.image_size = (256, 320)
+    # A builder's own arguments: the defaults' (COCO's) must not be mixed in.
+    config.dataset.builder_kwargs = {"config": "tiny"}
     info = DatasetInfo(name="shapes/default/1.0.0", num_classes=3, class_names=("a", "b", "c"),
                        category_ids=(1, 2, 3), num_examples={"train": 8})
     workdir_lib.write_run_info(str(tmp_path), config, info)
@@ -49,6 +51,7 @@ def test_a_run_from_before_a_field_reads_with_the_field_at_its_default(tmp_path,
             assert config[section][field] == defaults[field], (section, field)
     assert config.model.min_level == 4
     assert tuple(config.dataset.image_size) == (256, 320)
+    assert config.dataset.builder_kwargs.to_dict() == {"config": "tiny"}
     assert info.class_names == ("a", "b", "c")
     # The config builds the detector as a current run's would.
     workdir_lib.build_detector(config, info.num_classes)
