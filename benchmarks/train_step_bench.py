@@ -41,8 +41,6 @@ import statistics
 import sys
 import time
 
-import ml_collections
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # configs/ and train/ run from the checkout; they are not installed.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -53,6 +51,7 @@ from configs import shapes_faster_rcnn, shapes_retinanet  # noqa: E402
 from focaljax import data as data_lib  # noqa: E402
 from focaljax import detectors  # noqa: E402
 from train import (
+    cli,
     compilation,
     optim,
     train,  # noqa: E402
@@ -80,16 +79,6 @@ def pmapped_step(config, num_classes: int, *, donate: bool = False):
     return detector, step, train.replicate(initial)
 
 
-def set_fields(config: ml_collections.ConfigDict, changes: dict) -> None:
-    """Sets the dotted fields of `changes` in `config`."""
-    for dotted, value in changes.items():
-        *path, name = dotted.split(".")
-        section = config
-        for part in path:
-            section = section[part]
-        section[name] = value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compare", choices=("options", "detectors", "ablation"),
@@ -115,14 +104,14 @@ def main() -> None:
         variants = [("faster_rcnn", shapes_faster_rcnn, {})]
         if args.compare == "ablation":
             variants += [
-                ("faster_rcnn, 4 RoIs an image", shapes_faster_rcnn, {"roi.num_samples": 4}),
+                ("faster_rcnn, 4 RoIs an image", shapes_faster_rcnn,
+                 {"model.roi.num_samples": 4}),
                 ("faster_rcnn, proposals 64 / 32", shapes_faster_rcnn,
-                 {"rpn.train_pre_nms_topk": 64, "rpn.train_post_nms_topk": 32}),
+                 {"model.rpn.train_pre_nms_topk": 64, "model.rpn.train_post_nms_topk": 32}),
             ]
         variants.append(("retinanet", shapes_retinanet, {}))
         for name, module, changes in variants:
-            other = module.get_config()
-            set_fields(other.model, changes)
+            other = cli.set_fields(module.get_config(), changes)
             assert other.batch_size == config.batch_size
             _, step, state = pmapped_step(other, num_classes)
             candidates[name] = [
