@@ -27,6 +27,10 @@ it (`jax.pmap` of `train.train.train_step`, the state donated, `compilation.comp
   CPU step       `--steps` steps after an untimed first one: wall time and this process's CPU
                  time (all threads), median; achieved FLOP/s = the step's FLOPs / wall time.
 
+`--mode detectors`: for each of `--dtypes`, the two models' steps (each compiled as above) in
+this one process, `--rounds` alternating rounds of `--steps` steps after a first, untimed step
+each: the median time a step and Faster R-CNN's ratio to RetinaNet's, wall and CPU time.
+
 `--mode options`: each model's float32 step compiled with the CPU default options and with none
 (YNNPACK's convolutions, XLA:CPU's own default), in this one process, the same state and batch;
 `--rounds` alternating rounds of `--steps` steps after a first, untimed step each; the median
@@ -36,6 +40,7 @@ the same thing, to float32 rounding).
   python benchmarks/coco_scale_bench.py                               # the table in BENCHMARKS.md
   python benchmarks/coco_scale_bench.py --mode options --image-size 512 512
   python benchmarks/coco_scale_bench.py --models retinanet --dtypes float32 --steps 1
+  python benchmarks/coco_scale_bench.py --mode detectors --rounds 2 --steps 1
 """
 
 from __future__ import annotations
@@ -280,10 +285,34 @@ def print_scale(rows: list[dict], args: argparse.Namespace) -> None:
               f"| {per_cpu_second / (peak / cores):.1%} |")
 
 
+def alternate(candidates: dict[Any, list], rounds: int, steps: int
+              ) -> tuple[dict[Any, float], dict[Any, float]]:
+    """`candidates[key] = [compiled, state, batch, ...]` stepped in `rounds` alternating rounds
+    of `steps` steps (the states advance in place): the median wall and CPU seconds a step of
+    each key."""
+    times = {key: [] for key in candidates}
+    cpu_times = {key: [] for key in candidates}
+    for _ in range(rounds):
+        for key, candidate in candidates.items():
+            compiled, state, batch = candidate[:3]
+            candidate[1], wall, cpu, _ = timed_steps(compiled, state, batch, steps)
+            times[key].extend(wall)
+            cpu_times[key].extend(cpu)
+    return ({key: statistics.median(t) for key, t in times.items()},
+            {key: statistics.median(t) for key, t in cpu_times.items()})
+
+
+def first_step(compiled: Callable, state: Any, batch: dict) -> tuple[Any, tuple[float, float]]:
+    """One untimed step of `compiled` from a copy of `state`: `(new state, (loss, grad norm))`."""
+    state = jax.tree.map(lambda x: x.copy(), state)
+    state, _, _, metrics = timed_steps(compiled, state, batch, 1)
+    return state, (float(metrics["loss"][0]), float(metrics["grad_norm"][0]))
+
+
 def options_rows(args: argparse.Namespace) -> list[dict]:
     """Each model's float32 step with `BACKEND_DEFAULTS` options and with none, alternating."""
     num_devices = jax.local_device_count()
-    candidates = {}  # (model, name) -> [compiled, state]
+    candidates = {}  # (model, name) -> [compiled, state, batch, options]
     first = {}
     for model in args.models:
         config = coco_config(model, "float32", args.image_size, args.batch * num_devices,
@@ -293,27 +322,56 @@ def options_rows(args: argparse.Namespace) -> list[dict]:
         lowered = step.lower(state, batch)
         for name, options in (("with", compilation.compiler_options(config)), ("without", {})):
             compiled = lowered.compile(compiler_options=options)
-            copy = jax.tree.map(lambda x: x.copy(), state)
-            copy, _, _, metrics = timed_steps(compiled, copy, batch, 1)
-            first[model, name] = (float(metrics["loss"][0]), float(metrics["grad_norm"][0]))
+            copy, first[model, name] = first_step(compiled, state, batch)
             candidates[model, name] = [compiled, copy, batch, options]
-    times = {key: [] for key in candidates}
-    cpu_times = {key: [] for key in candidates}
-    for _ in range(args.rounds):
-        for key, candidate in candidates.items():
-            compiled, state, batch, _ = candidate
-            candidate[1], wall, cpu, _ = timed_steps(compiled, state, batch, args.steps)
-            times[key].extend(wall)
-            cpu_times[key].extend(cpu)
+    times, cpu_times = alternate(candidates, args.rounds, args.steps)
     rows = []
     for model in args.models:
         row = {"model": model, "options": candidates[model, "with"][3]}
         for name in ("with", "without"):
-            row[f"{name}_s"] = statistics.median(times[model, name])
-            row[f"{name}_cpu_s"] = statistics.median(cpu_times[model, name])
+            row[f"{name}_s"] = times[model, name]
+            row[f"{name}_cpu_s"] = cpu_times[model, name]
             row[f"first_{name}"] = first[model, name]
         rows.append(row)
     return rows
+
+
+def detectors_rows(args: argparse.Namespace) -> list[dict]:
+    """Faster R-CNN's step against RetinaNet's, each dtype, alternating in this one process."""
+    num_devices = jax.local_device_count()
+    candidates = {}  # (dtype, model) -> [compiled, state, batch]
+    first = {}
+    for dtype in args.dtypes:
+        for model in ("retinanet", "faster_rcnn"):
+            config = coco_config(model, dtype, args.image_size, args.batch * num_devices,
+                                 args.backbone)
+            batch = random_batch(num_devices, args.batch, args.image_size,
+                                 config.dataset.max_boxes)
+            _, step, state = train_step(config)
+            compiled = step.lower(state, batch).compile(
+                compiler_options=compilation.compiler_options(config))
+            copy, first[dtype, model] = first_step(compiled, state, batch)
+            candidates[dtype, model] = [compiled, copy, batch]
+            print(f"{model} {dtype}: compiled, first step {first[dtype, model]}", flush=True)
+    times, cpu_times = alternate(candidates, args.rounds, args.steps)
+    return [{"dtype": dtype, "model": model, "s": times[dtype, model],
+             "cpu_s": cpu_times[dtype, model], "first": first[dtype, model],
+             "ratio": times[dtype, model] / times[dtype, "retinanet"],
+             "cpu_ratio": cpu_times[dtype, model] / cpu_times[dtype, "retinanet"]}
+            for dtype, model in candidates]
+
+
+def print_detectors(rows: list[dict], args: argparse.Namespace) -> None:
+    height, width = args.image_size
+    print(f"\ntrain step, {args.batch} images of {height}x{width}, median of {args.rounds} "
+          f"rounds x {args.steps} steps, alternating")
+    print("| dtype | model | s / step (wall) | ratio | CPU s / step | ratio (CPU) "
+          "| first step: loss, gradient norm |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for row in rows:
+        print(f"| {row['dtype']} | {row['model']} | {row['s']:.2f} | {row['ratio']:.2f} "
+              f"| {row['cpu_s']:.2f} | {row['cpu_ratio']:.2f} "
+              f"| {row['first'][0]:.6f}, {row['first'][1]:.4f} |")
 
 
 def print_options(rows: list[dict], args: argparse.Namespace) -> None:
@@ -336,14 +394,15 @@ def print_options(rows: list[dict], args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=("scale", "options"), default="scale")
+    parser.add_argument("--mode", choices=("scale", "options", "detectors"), default="scale")
     parser.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS))
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--image-size", type=int, nargs=2, default=(800, 1344),
                         metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--batch", type=int, default=2, help="images a device")
     parser.add_argument("--steps", type=int, default=2, help="timed steps (0: none)")
-    parser.add_argument("--rounds", type=int, default=3, help="--mode options: rounds")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="--mode options, detectors: rounds")
     parser.add_argument("--backbone", default="resnet50", help="e.g. resnet_tiny for a quick run")
     args = parser.parse_args(argv)
 
@@ -352,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{jax.local_device_count()} device(s)", flush=True)
     if args.mode == "options":
         print_options(options_rows(args), args)
+        return
+    if args.mode == "detectors":
+        print_detectors(detectors_rows(args), args)
         return
     with tempfile.TemporaryDirectory() as cache_dir:
         jax.config.update("jax_compilation_cache_dir", cache_dir)

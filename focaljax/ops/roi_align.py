@@ -10,8 +10,9 @@ results (and treatment of samples near and beyond the border) these functions re
 
 The sampling grid is `sampling_ratio x sampling_ratio`, or with `sampling_ratio=0` adaptive per
 box: `ceil(box_height / output_height) x ceil(box_width / output_width)` (box size in feature
-pixels), optionally capped at `max_sampling_ratio`. The loop over samples runs to the largest grid
-in the call, so one huge box makes every box pay for its grid; the cap bounds that.
+pixels), optionally capped at `max_sampling_ratio`. The loop over samples runs to the largest
+number of samples a bin of any box in the call has (`grid_h * grid_w`, each box walking its own
+grid row by row), so one huge box makes every box pay for its grid; the cap bounds that.
 
 Everything is pure `jax.numpy`: jittable, vmappable over images, and reverse-mode differentiable
 with respect to the features (through a hand-written transpose, because the sample loop has a
@@ -90,26 +91,26 @@ class _Geometry(NamedTuple):
     offset: Array
 
 
-def _grid_extent(geometry: _Geometry) -> tuple[Array, Array]:
-    """The largest grid over boxes; sampling steps beyond it would add nothing."""
-    return geometry.grid_h.max(initial=0), geometry.grid_w.max(initial=0)
-
-
 def _taps(
-    geometry: _Geometry, output_size: tuple[int, int], iy: Array, ix: Array
+    geometry: _Geometry, output_size: tuple[int, int], sample: Array
 ) -> list[tuple[Array, Array]]:
     """The four bilinear taps `(flat row [K, out_h, out_w], weight [K, out_h, out_w])` of sample
-    `(iy, ix)` of every bin of every box; weight 0 where the box's grid has no such sample."""
+    number `sample` of every bin of every box, counted row by row over the box's own grid
+    (`iy = sample // grid_w`, `ix = sample % grid_w`); weight 0 where the box's grid has fewer
+    samples."""
     g = geometry
     bins_y = jnp.arange(output_size[0], dtype=jnp.float32)
     bins_x = jnp.arange(output_size[1], dtype=jnp.float32)
+    safe_w = jnp.maximum(g.grid_w, 1)
+    iy = (sample // safe_w).astype(jnp.float32)[:, None]
+    ix = (sample % safe_w).astype(jnp.float32)[:, None]
     grid_h = jnp.maximum(g.grid_h, 1).astype(jnp.float32)[:, None]
-    grid_w = jnp.maximum(g.grid_w, 1).astype(jnp.float32)[:, None]
+    grid_w = safe_w.astype(jnp.float32)[:, None]
     y = g.y1[:, None] + bins_y * g.bin_h[:, None] + (iy + 0.5) * g.bin_h[:, None] / grid_h
     x = g.x1[:, None] + bins_x * g.bin_w[:, None] + (ix + 0.5) * g.bin_w[:, None] / grid_w
     y_low, y_high, wy_low, wy_high = _axis_weights(y, g.height[:, None])
     x_low, x_high, wx_low, wx_high = _axis_weights(x, g.width[:, None])
-    in_grid = ((iy < g.grid_h) & (ix < g.grid_w)).astype(jnp.float32)[:, None, None]
+    in_grid = (sample < g.grid_h * g.grid_w).astype(jnp.float32)[:, None, None]
     taps = []
     for y_index, wy in ((y_low, wy_low), (y_high, wy_high)):
         rows = g.offset[:, None] + y_index * g.width[:, None]
@@ -121,17 +122,34 @@ def _taps(
 
 
 def _sample_loop(geometry: _Geometry, body, init):
-    """Runs `body(iy, ix, carry)` over the samples of the largest grid actually used.
+    """Runs `body(sample, carry)` over the samples of the largest grid actually used, each box
+    walking its own `grid_h x grid_w` samples (so an elongated box costs its own grid, not the
+    product of the tallest and the widest grid in the call).
 
     The trip count is data-dependent (so a small box costs little under a large adaptive cap),
     which `lax.fori_loop` can only do as a `while_loop`; reverse-mode differentiation therefore
     goes through the hand-written transpose of `_pool` below.
     """
-    extent_h, extent_w = _grid_extent(geometry)
-    safe_w = jnp.maximum(extent_w, 1)
-    return lax.fori_loop(
-        0, extent_h * extent_w, lambda s, carry: body(s // safe_w, s % safe_w, carry), init
-    )
+    return lax.fori_loop(0, _trip_count(geometry.grid_h * geometry.grid_w), body, init)
+
+
+@jax.custom_batching.custom_vmap
+def _trip_count(samples_per_box: Array) -> Array:
+    """The sample loop's trip count: the most samples any box has.
+
+    Under `vmap` (over images) the count is the largest over the whole batch and stays unbatched:
+    a batched trip count would make the loop carry a per-image "still running" mask and select
+    the whole carry (the pooled features, or the features' gradient) through it at every step,
+    which costs more than the samples themselves. The extra steps an image then runs add
+    weight-0 taps, so every image's result is the same.
+    """
+    return samples_per_box.max(initial=0)
+
+
+@_trip_count.def_vmap
+def _trip_count_vmap(axis_size: int, in_batched: list[bool], samples_per_box: Array):
+    del axis_size, in_batched
+    return samples_per_box.max(initial=0), False
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -139,8 +157,8 @@ def _pool(output_size: tuple[int, int], flat_features: Array, geometry: _Geometr
     """Sum over each bin's samples of the bilinearly interpolated features, `[K, oh, ow, C]`."""
     num_boxes, channels = geometry.y1.shape[0], flat_features.shape[1]
 
-    def add(iy, ix, total):
-        for rows, weight in _taps(geometry, output_size, iy, ix):
+    def add(sample, total):
+        for rows, weight in _taps(geometry, output_size, sample):
             total = total + weight[..., None] * flat_features[rows]
         return total
 
@@ -158,8 +176,8 @@ def _pool_backward(output_size, residuals, cotangent):
     geometry, num_rows = residuals
     channels = cotangent.shape[-1]
 
-    def add(iy, ix, grad):
-        for rows, weight in _taps(geometry, output_size, iy, ix):
+    def add(sample, grad):
+        for rows, weight in _taps(geometry, output_size, sample):
             grad = grad.at[rows.reshape(-1)].add(
                 (weight[..., None] * cotangent).reshape(-1, channels)
             )

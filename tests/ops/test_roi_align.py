@@ -152,6 +152,28 @@ def test_roi_align_under_jit_and_vmap_equals_per_image_reference():
         np.testing.assert_allclose(got[image], want, rtol=1e-5, atol=1e-5)
 
 
+def test_roi_align_adaptive_grids_of_other_shapes_under_nested_vmap_equal_reference():
+    # A tall, a wide and a small box in one call: each walks its own grid (5x1, 1x6, 1x1 samples
+    # a bin), not the 5x6 of the tallest and the widest; two vmaps (devices x images) take the
+    # trip count over everything batched.
+    rng = np.random.default_rng(9)
+    features = rng.normal(size=(2, 3, 10, 12, 2)).astype(np.float32)
+    boxes = np.array([[2.0, 1.0, 9.0, 38.0], [1.0, 3.0, 44.0, 8.0], [5.0, 5.0, 9.0, 9.0]],
+                     np.float32)
+    boxes = np.broadcast_to(boxes, (2, 3, 3, 4)) + rng.uniform(0, 2, (2, 3, 1, 1)).astype(
+        np.float32)
+
+    def pool(f, b):
+        return roi_align(f, b, output_size=(2, 2), spatial_scale=0.25, sampling_ratio=0)
+
+    got = jax.jit(jax.vmap(jax.vmap(pool)))(features, boxes)
+    for device in range(2):
+        for image in range(3):
+            want = numpy_roi_align(features[device, image], boxes[device, image], (2, 2), 0.25,
+                                   0, True)
+            np.testing.assert_allclose(got[device, image], want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("sampling_ratio", [2, 0])
 def test_roi_align_gradient_wrt_features_matches_reference_impulse_responses(sampling_ratio):
     rng = np.random.default_rng(5)
