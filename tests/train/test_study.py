@@ -244,7 +244,15 @@ def test_claims_pick_the_best_row_on_its_seed_mean_and_report_each_pair():
                            "b: holds")
     init = verdicts.init_claim(
         {"va": {"AP": Stats((0.2, 0.21, 0.22))}, "vb": {"AP": Stats((), diverged=3)}}, rows[:2])
-    assert ": holds: 3 of 3 zero-bias seeds diverged" in init
+    assert ": a zero bias diverges: holds (3 of 3 zero-bias seeds diverged, 0 of 3 from the " \
+           "prior); a above b: holds (gap +0.210, noise 0.020)." in init
+    trained = verdicts.init_claim(_stats(va=(0.58, 0.59, 0.61), vb=(0.24, 0.31, 0.36)), rows[:2])
+    assert ": a zero bias diverges: reversed (0 of 3 zero-bias seeds diverged, 0 of 3 from the " \
+           "prior); a above b: holds (gap +0.290, noise 0.120)." in trained
+    some = verdicts.init_claim(
+        {"va": {"AP": Stats((0.2, 0.21, 0.22))}, "vb": {"AP": Stats((0.1,), diverged=2)}},
+        rows[:2])
+    assert ": a zero bias diverges: not resolved (2 of 3" in some
 
 
 # ----------------------------------------------------------------------------------------------

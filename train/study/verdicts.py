@@ -165,16 +165,24 @@ def no_difference_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence
 
 
 def init_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
-    """Section 3.3: from the prior CE trains; from a zero bias it diverges."""
+    """Section 3.3, as its two parts. Divergence is an event a seed has or not: "CE from a zero
+    bias diverges" holds when every zero-bias seed diverged (and no seed from the prior), is
+    reversed when none did, and is otherwise not resolved. "From the prior it trains" (better) is
+    the rule on the AP of the two rows (a diverged seed counting as AP 0)."""
     prior, zero = _ap(stats, rows[0]), _ap(stats, rows[1])
     if prior.seeds < MIN_SEEDS or zero.seeds < MIN_SEEDS:
-        return f"**Paper's finding ({rows[1].label} diverges, {rows[0].label} trains)**: " \
-               f"{NOT_RESOLVED} ({min(prior.seeds, zero.seeds)} of {MIN_SEEDS} seeds)."
-    diverged = f"{zero.diverged} of {zero.seeds} zero-bias seeds diverged"
-    all_diverged = zero.diverged == zero.seeds and not prior.diverged
-    verdict = HOLDS if all_diverged else compare(prior, zero)
-    return (f"**Paper's finding ({PAPER_INIT_SHORT})**: {verdict}: {diverged}, "
-            f"{prior.diverged} of {prior.seeds} from the prior ({_why(prior, zero)}).")
+        return (f"**Paper's finding ({PAPER_INIT_SHORT})**: {NOT_RESOLVED} "
+                f"({min(prior.seeds, zero.seeds)} of {MIN_SEEDS} seeds).")
+    if zero.diverged == zero.seeds and not prior.diverged:
+        divergence = HOLDS
+    elif not zero.diverged:
+        divergence = REVERSED
+    else:
+        divergence = NOT_RESOLVED
+    return (f"**Paper's finding ({PAPER_INIT_SHORT})**: a zero bias diverges: {divergence} "
+            f"({zero.diverged} of {zero.seeds} zero-bias seeds diverged, {prior.diverged} of "
+            f"{prior.seeds} from the prior); {rows[0].label} above {rows[1].label}: "
+            f"{compare(prior, zero)} ({_why(prior, zero)}).")
 
 
 PAPER_INIT_SHORT = "CE from a zero bias diverges, from the prior it trains"
