@@ -255,6 +255,27 @@ def test_claims_pick_the_best_row_on_its_seed_mean_and_report_each_pair():
     assert ": a zero bias diverges: not resolved (2 of 3" in some
 
 
+def test_figure4_claim_reads_both_points_of_the_curves():
+    def figure4(neg10, neg1, pos10, pos1):
+        return {"gammas": {f"{g:g}": {"negative": {"hardest_10%": n10, "hardest_1%": n1},
+                                      "positive": {"hardest_10%": p10, "hardest_1%": p1}}
+                           for g, n10, n1, p10, p1 in zip((0.0, 2.0), neg10, neg1, pos10, pos1)}}
+
+    gammas = (0.0, 2.0)
+    # The measured model's figures: at 10% the negatives' share (near 1 already) rises less
+    # than the positives' moves; at 1% far more.
+    measured = verdicts.figure4_claim(
+        figure4((0.813, 1.0), (0.406, 0.990), (0.434, 0.661), (0.083, 0.143)), gammas)
+    assert measured.startswith("**Paper's finding**: not resolved: the hardest 10% of negatives "
+                               "carry 0.81 of the negatives' loss at gamma 0 and 1.00 at gamma 2")
+    holds = verdicts.figure4_claim(
+        figure4((0.5, 0.9), (0.2, 0.8), (0.4, 0.45), (0.1, 0.12)), gammas)
+    assert holds.startswith("**Paper's finding**: holds:")
+    falling = verdicts.figure4_claim(
+        figure4((0.9, 0.5), (0.8, 0.2), (0.4, 0.45), (0.1, 0.12)), gammas)
+    assert falling.startswith("**Paper's finding**: reversed:") and "(not rising)" in falling
+
+
 # ----------------------------------------------------------------------------------------------
 # The regime figures against hand-computed ones.
 
