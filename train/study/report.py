@@ -103,7 +103,7 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
         f"# Study: {', '.join(header['studies'])}", "",
         f"Preset `{header['preset']}` ("
         + ("the converged schedule" if converged else
-           "**NOT CONVERGED: a quick look; its orderings rank how fast each loss learns, not "
+           "**NOT CONVERGED: its orderings rank how far each loss got in this schedule, not "
            "where it ends**")
         + f"), {header['seeds']} seeds a row, base configs "
         f"{', '.join(f'`{b}`' for b in header['base_configs'])}. Paper numbers: "
