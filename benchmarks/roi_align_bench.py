@@ -50,7 +50,6 @@ from configs import coco_faster_rcnn_r50, shapes_faster_rcnn  # noqa: E402
 from focaljax.ops import multilevel_roi_align  # noqa: E402
 from train import compilation  # noqa: E402
 
-
 # `--scale`: the config whose sizes are used, images, box sides in pixels, zero-padded share of
 # the RoI rows (`sample_rois` pads a quarter of the shapes config's rows; COCO's 512 are full).
 SCALES = {

@@ -135,7 +135,8 @@ def test_unknown_studies_presets_and_settings_are_refused_with_the_valid_ones():
     with pytest.raises(grid.StudyError, match="unknown study tabel1; valid studies: table1, "
                                               "figure4, rpn"):
         runner.resolve_request("tabel1", "full", None)
-    with pytest.raises(grid.StudyError, match="unknown preset 'fast'; valid presets: full, long, short, quick"):
+    with pytest.raises(grid.StudyError,
+                       match="unknown preset 'fast'; valid presets: full, long, short, quick"):
         runner.resolve_request("table1", "fast", None)
     with pytest.raises(grid.StudyError, match="unknown setting 'paper'; valid settings: base, "
                                               "paper_regime, rpn_regime"):
@@ -163,7 +164,9 @@ def test_a_run_made_from_another_config_is_refused_naming_the_fields(tmp_path):
     assert runner.config_differences({"a": {"b": 1}}, {"a": 1}) == ["a"]
 
 
-@pytest.mark.parametrize("study_dir", ["docs/study_results/table1", "docs/study_results/table1_short"])
+@pytest.mark.parametrize("study_dir", ["docs/study_results/table1",
+                                       "docs/study_results/table1_short",
+                                       "docs/study_results/table1_long"])
 def test_the_committed_study_runs_are_reproduced_by_todays_configs(study_dir):
     # A change of a default would make `make study` refuse to resume the committed study.
     runs_dir = os.path.join(ROOT, study_dir, "runs")
@@ -260,7 +263,8 @@ def test_figure4_claim_reads_both_points_of_the_curves():
     def figure4(neg10, neg1, pos10, pos1):
         return {"gammas": {f"{g:g}": {"negative": {"hardest_10%": n10, "hardest_1%": n1},
                                       "positive": {"hardest_10%": p10, "hardest_1%": p1}}
-                           for g, n10, n1, p10, p1 in zip((0.0, 2.0), neg10, neg1, pos10, pos1)}}
+                           for g, n10, n1, p10, p1 in zip((0.0, 2.0), neg10, neg1, pos10, pos1,
+                                                           strict=True)}}
 
     gammas = (0.0, 2.0)
     # The measured model's figures: at 10% the negatives' share (near 1 already) rises less
