@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from focaljax.detectors import anchor_coverage
 from tests.train.conftest import tiny_config
 from train import checks, cli
 from train import train as trainer
@@ -123,6 +124,21 @@ def test_every_override_sets_a_field_the_trainer_accepts(names):
             checks.check_config(config, 1)
 
 
+def test_each_regime_has_the_anchor_count_it_is_built_for():
+    # The anchors a run trains with, counted from the run's own config: RetinaNet's 9 a location
+    # on P3-P5 of 128x128 (16^2 + 8^2 + 4^2 locations), the RPN's 3 a location on P2-P6 of
+    # 224x224 (ceil(224 / 2^l)^2 locations), so that its standard 256 samples are about 2%.
+    for names, expected in ((["table1"], 9 * (16**2 + 8**2 + 4**2)),
+                            (["rpn"], 3 * (56**2 + 28**2 + 14**2 + 7**2 + 4**2))):
+        base = default_bases(names)[names[0]][1]
+        run = grid.expand_grid(request(names), POSITIVES)[0]
+        config = grid.run_config(run, base)
+        setup = anchor_coverage.detector_anchors(config.model, config.dataset.image_size)
+        assert len(setup.anchors) == expected, names
+    assert run.setting == "rpn_regime" and len(setup.anchors) >= 10_000
+    assert config.model.rpn.batch_size_per_image / len(setup.anchors) < 0.025
+
+
 def test_an_override_of_a_missing_field_is_refused():
     base = default_bases(["table1"])["table1"][1]
     with pytest.raises(grid.StudyError, match="model.loss has no field 'gama'; did you mean gamma"):
@@ -166,7 +182,8 @@ def test_a_run_made_from_another_config_is_refused_naming_the_fields(tmp_path):
 
 @pytest.mark.parametrize("study_dir", ["docs/study_results/table1",
                                        "docs/study_results/table1_short",
-                                       "docs/study_results/table1_long"])
+                                       "docs/study_results/table1_long",
+                                       "docs/study_results/rpn"])
 def test_the_committed_study_runs_are_reproduced_by_todays_configs(study_dir):
     # A change of a default would make `make study` refuse to resume the committed study.
     runs_dir = os.path.join(ROOT, study_dir, "runs")
