@@ -22,6 +22,8 @@ CURVE_ROWS = {
     "best alpha-CE": tuple(studies_lib.alpha_ce(a).name for a in studies_lib.TABLE1A_ALPHAS),
     "best OHEM": tuple(v.name for v in studies_lib.OHEM_VARIANTS),
     "CE (alpha-CE, alpha 0.5)": (studies_lib.alpha_ce(0.5).name,),
+    "CE from the prior, SGD": (studies_lib.ce_init(0.01).name,),
+    "CE from a zero bias, SGD": (studies_lib.ce_init(0.5).name,),
 }
 
 
@@ -231,6 +233,10 @@ def plot_table1(report: Mapping[str, Any], path: str) -> bool:
     return True
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
 def plot_ap_vs_step(report: Mapping[str, Any], path: str) -> bool:
     """AP and AP@0.05 against the step for FL, the best alpha-CE, the best OHEM and CE: seed
     mean, with the seeds' range shaded."""
@@ -238,22 +244,27 @@ def plot_ap_vs_step(report: Mapping[str, Any], path: str) -> bool:
     if not curves:
         return False
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(11, 5))
     for ax, metric in zip(axes, ("AP", "AP@0.05"), strict=True):
         for label, curve in curves.items():
             points = np.asarray(curve[metric], np.float64).reshape(-1, 4)
             if not len(points):
                 continue
             line, = ax.plot(points[:, 0], points[:, 1], "o-",
-                            label=f"{label}: {curve['variant']} ({curve['seeds']} seeds)")
+                            label=f"{label}: {curve['variant']} "
+                                  f"({_count(curve['seeds'], 'seed')})")
             ax.fill_between(points[:, 0], points[:, 2], points[:, 3], alpha=0.2,
                             color=line.get_color())
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         ax.set_title(f"{metric} against step", fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    _save(figure, path)
+    # One legend for both panels, beneath them, where no curve runs.
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.01 + 0.04 * ((len(labels) + 1) // 2), 1, 1))
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
     return True
 
 
