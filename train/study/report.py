@@ -101,6 +101,9 @@ def _percent(value: float | None) -> str:
 def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
                     figure4: Mapping[str, Any] | None, timings: Mapping[str, float]) -> str:
     converged = header["converged"]
+    studies = [studies_lib.STUDIES[name] for name in header["studies"]]
+    sources = "; ".join(dict.fromkeys(study.paper_source for study in studies))
+    regimes = "; ".join(dict.fromkeys(study.paper_regime for study in studies))
     lines = [
         f"# Study: {', '.join(header['studies'])}", "",
         f"Preset `{header['preset']}` ("
@@ -109,7 +112,7 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
            "where it ends**")
         + f"), {header['seeds']} seeds a row, base configs "
         f"{', '.join(f'`{b}`' for b in header['base_configs'])}. Paper numbers: "
-        f"{studies_lib.PAPER_SOURCE} (AP in percent; ours in [0, 1] on our data, so compare "
+        f"{sources} (AP in percent; ours in [0, 1] on our data, so compare "
         "orderings, not values). Cells: mean (min–max, seeds). AP is at score >= 0.001, AP@0.05 "
         "over the detections scoring >= 0.05 (the paper's inference threshold).", "",
         f"**Verdict rule.** {verdicts.RULE}", "",
@@ -135,7 +138,7 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
     lines += ["", f"Measured on the first {images} "
               "evaluation images with the detector's anchors and matcher (positives: IoU >= its "
               f"foreground threshold, plus each object's best anchors). The paper: "
-              f"{studies_lib.PAPER_IMBALANCE}.", ""]
+              f"{regimes}.", ""]
     if figure4 is not None and figure4.get("negatives_above_0.05") is not None:
         lines += [f"At the end of training, {_percent(figure4['negatives_above_0.05'])} of the "
                   f"negative anchors of `{figure4['run']}` still score above 0.05 on some class "
@@ -179,7 +182,7 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
         lines += ["", report["tables"]["figure4"]["claim"], ""]
     if timings:
         total = sum(timings.values())
-        lines += ["## Time", "", f"{len(timings)} runs trained by this invocation, "
+        lines += ["## Time", "", f"{_count(len(timings), 'run')} trained by this invocation, "
                   f"{total / 60:.1f} min (wall-clock of the runs; a resumed run counts its last "
                   "part only).", ""]
     return "\n".join(lines)

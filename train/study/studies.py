@@ -33,6 +33,14 @@ PAPER_TABLE1D = {"ohem_best": 32.8, "ohem_1to3_best": 31.1, "focal": 36.0}
 # (RetinaNet paper, appendix A): FL*, (gamma, beta) -> AP; FL (gamma 2, alpha .25) is Table 1b's.
 PAPER_FL_STAR = {(2.0, 1.0): 33.8, (4.0, 0.0): 33.9}
 PAPER_IMBALANCE = "about 100k anchors an image, foreground:background near 1:1000 (sections 1, 3)"
+RPN_SOURCE = (
+    "FL-RPN (Chen, Song, Jiang, Focal Loss for Region Proposal Network, PRCV 2018); its claims "
+    "are orderings, no table values are compared"
+)
+# P2-P6 of an 800x1333 image padded to 800x1344 (a multiple of 32): ceil(800 / s) x
+# ceil(1344 / s) locations at strides s = 4-64, 3 anchors each: 268,569.
+RPN_IMBALANCE = ("about 269k RPN anchors an image (detectron2's R50-FPN at 800x1333, P2-P6, 3 "
+                 "aspect ratios), of which the standard RPN samples 256")
 PAPER_INIT = "CE from a zero bias diverges (section 3.3); from the prior pi = 0.01 it trains"
 PAPER_FIGURE4 = (
     "Figure 4 (R101, 600 px, gamma 2, a converged model): for negatives at gamma 2 nearly all the "
@@ -101,6 +109,8 @@ class Study:
     variants: Callable[[bool], list[Variant]]
     tables: Callable[[bool], list[Table]]
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    paper_source: str = PAPER_SOURCE  # Where the paper's numbers and claims come from.
+    paper_regime: str = PAPER_IMBALANCE  # The anchors and imbalance the paper trains with.
 
 
 def _g(value: float) -> str:
@@ -307,6 +317,7 @@ STUDIES = {
     "figure4": Study("figure4", "retinanet", "configs/shapes_retinanet.py", "paper_regime",
                      figure4_variants, lambda full_grid: []),
     "rpn": Study("rpn", "faster_rcnn", "configs/shapes_faster_rcnn.py", "rpn_regime",
-                 rpn_variants, rpn_tables, overrides={"log_every_steps": 2}),
+                 rpn_variants, rpn_tables, overrides={"log_every_steps": 2},
+                 paper_source=RPN_SOURCE, paper_regime=RPN_IMBALANCE),
 }
 FIGURE4_VARIANT = FL_LONG.name
