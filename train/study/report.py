@@ -137,7 +137,7 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
     images = max((f["images"] for f in report["settings"].values()), default=0)
     lines += ["", f"Measured on the first {images} "
               "evaluation images with the detector's anchors and matcher (positives: IoU >= its "
-              f"foreground threshold, plus each object's best anchors). The paper: "
+              f"foreground threshold, plus each object's best anchors). At the paper's scale: "
               f"{regimes}.", ""]
     if figure4 is not None and figure4.get("negatives_above_0.05") is not None:
         lines += [f"At the end of training, {_percent(figure4['negatives_above_0.05'])} of the "
