@@ -188,8 +188,9 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
     return "\n".join(lines)
 
 
-def _save(figure, path: str) -> None:
-    figure.tight_layout()
+def _save(figure, path: str, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:
+    """Lays the axes out within `rect` (figure fractions) and writes the figure to `path`."""
+    figure.tight_layout(rect=rect)
     figure.savefig(path, dpi=120)
     _pyplot().close(figure)
 
@@ -265,9 +266,7 @@ def plot_ap_vs_step(report: Mapping[str, Any], path: str) -> bool:
     # One legend for both panels, beneath them, where no curve runs.
     handles, labels = axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.01 + 0.04 * ((len(labels) + 1) // 2), 1, 1))
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    _save(figure, path, rect=(0, 0.01 + 0.04 * ((len(labels) + 1) // 2), 1, 1))
     return True
 
 
