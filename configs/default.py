@@ -107,6 +107,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.log_every_steps = 100
     config.eval_every_steps = 10_000
     config.checkpoint_every_steps = 2_000
+    # Also save at the first log step at least this many minutes of wall clock after the last
+    # save (0 turns it off), so that a run killed without warning (SIGKILL, a lost host or VM)
+    # loses at most about that much; a SIGTERM or Ctrl-C saves the current step anyway.
+    config.checkpoint_every_minutes = 10.0
     config.max_checkpoints_to_keep = 3  # >= 1.
     config.num_grid_images = 8  # Evaluation images drawn with their detections.
     # At a fresh start, the anchor-coverage report (focaljax.detectors.anchor_coverage: object

@@ -77,6 +77,11 @@ def check_config(
     for name in ("checkpoint_every_steps", "eval_every_steps", "log_every_steps"):
         if config[name] < 0:
             raise ConfigError(f"config.{name} is {config[name]}, expected >= 0 (0 turns it off)")
+    if config.checkpoint_every_minutes < 0:
+        raise ConfigError(
+            f"config.checkpoint_every_minutes is {config.checkpoint_every_minutes}, expected >= 0 "
+            "(0 turns it off)"
+        )
     if config.max_checkpoints_to_keep < 1:
         raise ConfigError(
             f"config.max_checkpoints_to_keep is {config.max_checkpoints_to_keep}, expected >= 1"

@@ -16,6 +16,8 @@ single-process run) and calls these functions where processes must agree:
 * `pmean`: the steps' cross-device means as one all-reduce per dtype, which the collectives
   between processes run an order of magnitude faster than one per leaf.
 * `lost_peer`: whether an error is a collective's whose peer process is gone.
+* `main_decides`: process 0's answer to a question whose answer could differ between processes
+  (the wall-clock time since the last checkpoint), so that all act on the same one.
 * `barrier`: all processes wait for each other (e.g. while process 0 prepares the data set).
 * `wait_for_every_process`: the same through the coordination service, with no collective over
   the devices: before the first run of a freshly compiled step, so that no process reaches the
@@ -52,6 +54,14 @@ def report(message: str) -> None:
 def is_main() -> bool:
     """True on process 0, which writes the run's files and prints its progress."""
     return jax.process_index() == 0
+
+
+def main_decides(flag: bool) -> bool:
+    """Process 0's `flag`, on every process (a broadcast over the devices of all processes, which
+    must all call it at the same point); `flag` itself with one process."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.bool_)))
 
 
 def barrier(name: str) -> None:

@@ -360,6 +360,15 @@ def _train_loop(
     def every(interval: int) -> bool:
         return interval > 0 and step % interval == 0
 
+    last_save = time.monotonic()
+
+    def save_is_due() -> bool:
+        """Whether `config.checkpoint_every_minutes` have passed since the last save, by process
+        0's clock (the processes must agree on every save)."""
+        minutes = config.checkpoint_every_minutes
+        return minutes > 0 and distributed.main_decides(
+            time.monotonic() - last_save >= 60 * minutes)
+
     history: list[dict[str, float]] = []
     throughput = _Throughput(config.batch_size)
 
@@ -391,7 +400,8 @@ def _train_loop(
                 finish(*pending)
             pending = (step, metrics)
             log_now = every(config.log_every_steps) or step == num_steps
-            save_now = every(config.checkpoint_every_steps) or step == num_steps
+            save_now = (every(config.checkpoint_every_steps) or step == num_steps
+                        or (log_now and save_is_due()))
             eval_now = every(config.eval_every_steps) and step < num_steps
             if not (log_now or save_now or eval_now or stop.signum is not None):
                 continue
@@ -411,6 +421,7 @@ def _train_loop(
                 throughput.restart()
             if save_now or stop.signum is not None:
                 save(step)
+                last_save = time.monotonic()
             if stop.signum is not None:
                 checkpoints.wait_until_finished()
                 raise TrainingInterruptedError(step, stop.signum)

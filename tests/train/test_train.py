@@ -32,6 +32,8 @@ IMAGE_SIZE = (64, 64)
         ("schedule.name", "linear", r"config.schedule.name is 'linear', expected one of"),
         ("schedule.warmup_factor", 0.0, r"warmup_factor is 0.0, expected a value in \(0, 1\]"),
         ("checkpoint_every_steps", -1, r"config.checkpoint_every_steps is -1, expected >= 0"),
+        ("checkpoint_every_minutes", -1.0, r"config.checkpoint_every_minutes is -1.0, expected "
+                                           r">= 0 \(0 turns it off\)"),
         ("dataset.image_size", (64,), r"config.dataset.image_size is \(64,\), expected \(height"),
         ("voc_metric", "voc12", r"config.voc_metric is 'voc12', expected '' \(off\) or one of "
                                 r"\('voc07', 'voc'\)"),

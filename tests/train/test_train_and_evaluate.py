@@ -139,6 +139,23 @@ def test_sigterm_saves_and_a_rerun_resumes_to_the_uninterrupted_state(
     assert metrics["AP"] == pytest.approx(reference_metrics["AP"], abs=1e-6)
 
 
+def test_a_save_is_due_at_the_first_log_step_after_checkpoint_every_minutes(
+    tiny_data_dir, tmp_path
+):
+    """With the interval far below a step's time, every log step saves; the step interval is
+    off, so the steps saved are the log steps and the last one."""
+    workdir = str(tmp_path / "run")
+    config = tiny_config(tiny_data_dir)
+    config.checkpoint_every_steps = 0
+    config.checkpoint_every_minutes = 1e-9
+    config.log_every_steps = 3
+    config.max_checkpoints_to_keep = 10
+    train.train_and_evaluate(config, workdir)
+    manager = workdir_lib.checkpoint_manager(workdir, create=False)
+    assert manager.all_steps() == [3, 4]
+    manager.close()
+
+
 def _leaves(tree) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 

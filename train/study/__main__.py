@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
     except StudyError as error:
         cli.fail(str(error))
     except trainer.TrainingInterruptedError as stop:
-        print(f"{stop}; the study's outputs are written, rerun the same command to resume",
+        print(f"{stop} (the study's outputs are written)",
               file=sys.stderr)
         sys.exit(128 + stop.signum)
 
