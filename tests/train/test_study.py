@@ -277,6 +277,19 @@ def test_claims_pick_the_best_row_on_its_seed_mean_and_report_each_pair():
     assert ": a zero bias diverges: not resolved (2 of 3" in some
 
 
+def test_schedule_claim_needs_the_presets_seeds_and_widens_their_range():
+    rows = (verdicts.Row("1x", "v1", None), verdicts.Row("2x", "v2", None))
+    # Seeds 0.60-0.62 (range 0.02): converged when twice the steps lands in [0.58, 0.64].
+    assert ": holds: twice the steps gives AP 0.635 against 0.610 (0.600-0.620 over 3 seeds)" in (
+        verdicts.schedule_claim(_stats(v1=(0.60, 0.61, 0.62), v2=(0.635,)), rows))
+    assert ": reversed: twice the steps gives AP 0.650" in verdicts.schedule_claim(
+        _stats(v1=(0.60, 0.61, 0.62), v2=(0.65,)), rows)
+    # One seed has no range: a gap of any size decides nothing.
+    assert ": not resolved (1 of 3 seeds of the preset's row): twice the steps gives AP 0.781 " \
+           "against 0.686 (0.686-0.686 over 1 seed)" in verdicts.schedule_claim(
+               _stats(v1=(0.686,), v2=(0.781,)), rows)
+
+
 def test_figure4_claim_reads_both_points_of_the_curves():
     def figure4(neg10, neg1, pos10, pos1):
         return {"gammas": {f"{g:g}": {"negative": {"hardest_10%": n10, "hardest_1%": n1},

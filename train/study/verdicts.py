@@ -207,12 +207,16 @@ def schedule_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]
     if base.mean is None or long.mean is None:
         return f"**Converged at the preset's length**: {NOT_RESOLVED} (runs missing)."
     low, high = min(base.scores), max(base.scores)
-    inside = low - base.range <= long.mean <= high + base.range
-    verdict = HOLDS if inside else REVERSED
+    if base.seeds < MIN_SEEDS:  # One or two seeds give no range to judge the gap by.
+        verdict = f"{NOT_RESOLVED} ({base.seeds} of {MIN_SEEDS} seeds of the preset's row)"
+    else:
+        inside = low - base.range <= long.mean <= high + base.range
+        verdict = HOLDS if inside else REVERSED
+    seeds = f"{base.seeds} seed{'s' if base.seeds != 1 else ''}"
     return (f"**Converged at the preset's length**: {verdict}: twice the steps gives AP "
-            f"{long.mean:.3f} against {base.mean:.3f} ({low:.3f}-{high:.3f} over {base.seeds} "
-            "seeds); it holds when the longer run lies within the seeds' range widened by that "
-            "range on each side.")
+            f"{long.mean:.3f} against {base.mean:.3f} ({low:.3f}-{high:.3f} over {seeds}); "
+            f"it holds when the longer run lies within the preset's seeds' range ({MIN_SEEDS} "
+            "seeds at least) widened by that range on each side.")
 
 
 def no_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
