@@ -110,7 +110,7 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
         + ("the converged schedule" if converged else
            "**NOT CONVERGED: its orderings rank how far each loss got in this schedule, not "
            "where it ends**")
-        + f"), {header['seeds']} seed{'s' if header['seeds'] != 1 else ''} a row, base configs "
+        + f"), {verdicts.seeds_text(header['seeds'])} a row, base configs "
         f"{', '.join(f'`{b}`' for b in header['base_configs'])}. Paper numbers: "
         f"{sources} (AP in percent; ours in [0, 1] on our data, so compare "
         "orderings, not values). Cells: mean (min–max, seeds). AP is at score >= 0.001, AP@0.05 "

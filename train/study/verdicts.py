@@ -76,6 +76,11 @@ class Stats:
         return text
 
 
+def seeds_text(count: int) -> str:
+    """"1 seed", "3 seeds"."""
+    return f"{count} seed{'' if count == 1 else 's'}"
+
+
 def compare(a: Stats, b: Stats) -> str:
     """The rule's verdict on "a > b": `HOLDS`, `REVERSED` or `NOT_RESOLVED`.
 
@@ -212,9 +217,9 @@ def schedule_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]
     else:
         inside = low - base.range <= long.mean <= high + base.range
         verdict = HOLDS if inside else REVERSED
-    seeds = f"{base.seeds} seed{'s' if base.seeds != 1 else ''}"
     return (f"**Converged at the preset's length**: {verdict}: twice the steps gives AP "
-            f"{long.mean:.3f} against {base.mean:.3f} ({low:.3f}-{high:.3f} over {seeds}); "
+            f"{long.mean:.3f} against {base.mean:.3f} ({low:.3f}-{high:.3f} over "
+            f"{seeds_text(base.seeds)}); "
             f"it holds when the longer run lies within the preset's seeds' range ({MIN_SEEDS} "
             "seeds at least) widened by that range on each side.")
 
