@@ -102,13 +102,13 @@ PRESETS = {
                             "faster_rcnn": _schedule(1500, 5, 100)},
                    seeds=3, converged=False, seconds_per_run=850.0),
     # 9,600 RetinaNet steps (19 epochs): the `full` preset's schedule check as a preset, its own
-    # check at 19,200 steps (the Faster R-CNN of the RPN study keeps `full`'s 1,500). Its first
-    # six runs took 31-61 minutes each, always beside another study (study_result.json); its FL
-    # (gamma 2, alpha 0.25) seed 0 is the same config as `full`'s `focal_g2_a0.25_2x_s0`.
-    # Converged only if its check says so.
+    # check at 19,200 steps (the Faster R-CNN of the RPN study keeps `full`'s 1,500). A run took
+    # 21 minutes alone on 2 CPU cores (FL seed 1, 2026-12-05) and 31-61 beside another study
+    # (study_result.json); its FL (gamma 2, alpha 0.25) seed 0 is the same config as `full`'s
+    # `focal_g2_a0.25_2x_s0`. Converged only if its check says so.
     "long": Preset("long", {"retinanet": _schedule(9600, 4, 100),
                             "faster_rcnn": _schedule(1500, 5, 100)},
-                   seeds=3, converged=False, seconds_per_run=1800.0),
+                   seeds=3, converged=False, seconds_per_run=1300.0),
     # The earlier full preset, kept so that its 21 runs (docs/study_results/table1_short) stay
     # reproducible: not converged, it ranks how fast each loss learns.
     "short": Preset("short", {"retinanet": _schedule(1200, 4, 100),
