@@ -347,15 +347,15 @@ SETTING_FIGURES = {
 }
 
 
-def _write_run(runs_dir, key, ap_values, *, status="finished", positives=10.0):
+def _write_run(runs_dir, key, ap_values, *, status="finished", positives=10.0, steps=(1, 2)):
     run_dir = os.path.join(runs_dir, key)
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
-        for step in (1, 2):
+        for index, step in enumerate(steps, start=1):
             f.write(json.dumps({"step": step, "train/loss": 1.0 / step,
                                 "train/num_positives": positives}) + "\n")
             if status == "finished":  # An evaluation at every step, the last one final.
-                scale = step / 2
+                scale = index / len(steps)
                 f.write(json.dumps({"step": step, **{f"eval/{k}": v * scale
                                                      for k, v in ap_values.items()}}) + "\n")
     with open(os.path.join(run_dir, runner.runs_lib.RESULT_FILE), "w") as f:
@@ -374,7 +374,8 @@ def test_tables_are_built_from_the_runs_metrics_files(tmp_path):
             continue
         ap = aps.get(run.variant, 0.2) + 0.01 * run.seed
         _write_run(runs_dir, run.key, {"AP": ap, "AP50": ap + 0.2, "AP@0.05": ap - 0.05,
-                                       "AP50@0.05": ap + 0.1})
+                                       "AP50@0.05": ap + 0.1},
+                   steps=(2, 4) if run.variant == "focal_g2_a0.25_2x" else (1, 2))
     header = {"studies": ["table1"], "preset": "full", "converged": True, "seeds": 3,
               "full_grid": False, "base_configs": ["configs/shapes_retinanet.py"]}
     configs = {run.key: grid.run_config(run, bases["table1"][1]) for run in runs}
@@ -406,6 +407,9 @@ def test_tables_are_built_from_the_runs_metrics_files(tmp_path):
 
     markdown = (tmp_path / "study.md").read_text()
     assert "| alpha 0.9 (`alpha_ce_a0.9`) | 0.360 (0.350–0.370, 3 seeds) |" in markdown
+    # Each curve's row names its own steps: the 2x check evaluates at steps 2 and 4.
+    assert "| `focal_g2_a0.25` | 3 | 1: 0.230, 2: 0.460 |" in markdown
+    assert "| `focal_g2_a0.25_2x` | 1 | 2: 0.100, 4: 0.200 |" in markdown
     assert "| paper_regime | shapes | 128x128 | 3024 | 3.2 | 1:945 | 93.0% | 7.0% | 0.710 " \
            "(saturation) |" in markdown
     assert verdicts.RULE in markdown

@@ -160,12 +160,11 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
         lines += ["", table["claim"], ""]
     if report["curves"]:
         lines += ["## AP against step (`ap_vs_step.png`)", "",
-                  "| row | variant | seeds | " + "AP at steps "
-                  + ", ".join(str(p[0]) for p in next(iter(report["curves"].values()))["AP"])
-                  + " |", "|---|---|---:|---|"]
-        for label, curve in report["curves"].items():
+                  "| row | variant | seeds | AP (seed mean) at each evaluation, step: AP |",
+                  "|---|---|---:|---|"]
+        for label, curve in report["curves"].items():  # Rows differ in steps (the 2x check).
             lines.append(f"| {label} | `{curve['variant']}` | {curve['seeds']} | "
-                         + ", ".join(f"{p[1]:.3f}" for p in curve["AP"]) + " |")
+                         + ", ".join(f"{int(p[0]):,}: {p[1]:.3f}" for p in curve["AP"]) + " |")
         lines.append("")
     if figure4 is not None:
         lines += ["## Figure 4: cumulative normalised loss (`figure4.png`)", "",
