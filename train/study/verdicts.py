@@ -66,11 +66,11 @@ class Stats:
         if not self.scores:
             return "—"
         if not self.values:
-            return "diverged" + (f" ({self.diverged} seeds)" if self.diverged > 1 else "")
+            return "diverged" + (f" ({seeds_text(self.diverged)})" if self.diverged > 1 else "")
         text = f"{self.mean:.{digits}f}"
         if self.seeds > 1:
             text += (f" ({min(self.scores):.{digits}f}–{max(self.scores):.{digits}f}, "
-                     f"{self.seeds} seeds)")
+                     f"{seeds_text(self.seeds)})")
         if self.diverged:
             text += f", {self.diverged} diverged"
         return text
