@@ -29,7 +29,9 @@ train: $(STAMP)
 # `make study` runs the paper's study (Table 1 and Figure 4 on data built for the paper's regime,
 # the "full" preset, 4,800 steps a run, 3 seeds a row, 52 runs: about 12 hours on 2 CPU cores
 # (estimated from its runs), see README "Reproducing the paper"); PRESET=long for 9,600 steps a run
-# (about 19 hours: 21-22 minutes a run alone, measured 2026-12-05); PRESET=quick for a one-seed
+# (about 19 hours: 21-22 minutes a run alone, measured 2026-12-05); PRESET=xlong for 19,200
+# (45 minutes a run alone, measured 2026-12-05: the headline rows' 15 runs take about 11 hours);
+# PRESET=quick for a one-seed
 # look, labelled not converged (18 runs, 33 minutes alone on 2 CPU cores, measured 2026-12-04);
 # STUDY=rpn for the FL-RPN comparison (give it a STUDY_DIR of its own, e.g.
 # docs/study_results/rpn); RUNS=pattern,... trains only the matching runs first (e.g. the

@@ -96,6 +96,27 @@ def test_the_quick_preset_has_one_seed_and_the_full_grid_adds_single_seed_alphas
     assert len(full_grid) == 3 * len(TABLE1_VARIANTS) + 1 + 16
 
 
+@pytest.mark.parametrize("names,check,row,presets", [
+    (["table1", "figure4"], LONG, "focal_g2_a0.25", [("full", "long"), ("long", "xlong")]),
+    (["rpn"], "rpn_focal_softmax_2x", "rpn_focal_softmax", [("full", "xlong")]),
+])
+def test_a_presets_schedule_check_is_the_next_presets_run_of_that_row(names, check, row,
+                                                                       presets):
+    # Why a check's run directory can be copied in as the longer preset's seed 0 (README): the
+    # two runs train the same config, so they are the same run.
+    for shorter, longer in presets:
+        def runs_of(preset, variant):
+            return {r.name: r for r in grid.expand_grid(request(names, grid.PRESETS[preset]),
+                                                        POSITIVES) if r.variant == variant}
+        twice = runs_of(shorter, check)[f"{check}_s0"]
+        same = runs_of(longer, row)[f"{row}_s0"]
+        assert dict(twice.overrides) == dict(same.overrides), (shorter, longer)
+    # The presets from the shortest to the longest (the last three each double the one before).
+    steps = [grid.PRESETS[p].overrides["retinanet"]["num_train_steps"]
+             for p in ("short", "full", "long", "xlong")]
+    assert steps == [1200, 4800, 9600, 19200]
+
+
 def test_ohem_rows_need_the_settings_positives():
     with pytest.raises(grid.StudyError, match="sizes its OHEM batch by the positives an image "
                                               "of setting paper_regime, not given"):
@@ -152,7 +173,8 @@ def test_unknown_studies_presets_and_settings_are_refused_with_the_valid_ones():
                                               "figure4, rpn"):
         runner.resolve_request("tabel1", "full", None)
     with pytest.raises(grid.StudyError,
-                       match="unknown preset 'fast'; valid presets: full, long, short, quick"):
+                       match="unknown preset 'fast'; valid presets: full, long, xlong, short, "
+                             "quick"):
         runner.resolve_request("table1", "fast", None)
     with pytest.raises(grid.StudyError, match="unknown setting 'paper'; valid settings: base, "
                                               "paper_regime, rpn_regime"):
@@ -213,7 +235,8 @@ def test_the_command_line_reports_a_bad_preset_in_one_line(tmp_path):
     )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: unknown preset 'fast'; valid presets: full, long, short, quick"]
+    assert errors == [
+        "error: unknown preset 'fast'; valid presets: full, long, xlong, short, quick"]
     assert "Traceback" not in result.stderr
 
 

@@ -25,7 +25,7 @@ flags.DEFINE_string("setting", "", f"One of {', '.join(grid_lib.SETTINGS)}; defa
                     "study's (paper_regime on the shapes data, base on any other data set).")
 flags.DEFINE_bool("full_grid", False, "Table 1b: every alpha at every gamma (one seed each).")
 flags.DEFINE_integer("seeds", None, "Seeds of each row that enters a verdict (>= 1); default: "
-                     "the preset's (long, full and short 3, quick 1).")
+                     "the preset's (xlong, long, full and short 3, quick 1).")
 flags.DEFINE_list("runs", [], "Only the runs matching these names or shell patterns.")
 flags.DEFINE_bool("list_runs", False, "Print the runs of the grid and their overrides; exit.")
 flags.mark_flags_as_required(["study", "workdir"])
