@@ -205,6 +205,7 @@ def test_a_run_made_from_another_config_is_refused_naming_the_fields(tmp_path):
 @pytest.mark.parametrize("study_dir", ["docs/study_results/table1",
                                        "docs/study_results/table1_short",
                                        "docs/study_results/table1_long",
+                                       "docs/study_results/table1_xlong",
                                        "docs/study_results/rpn"])
 def test_the_committed_study_runs_are_reproduced_by_todays_configs(study_dir):
     # A change of a default would make `make study` refuse to resume the committed study.
