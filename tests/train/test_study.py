@@ -507,7 +507,9 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     reference_dir = str(tmp_path / "uninterrupted")
     lines = []
     reference = _tiny_study(reference_dir, tiny_data_dir, echo=lines.append)
-    assert lines[0].startswith("[study] run 1/2 base/alpha_ce_a0.75_s0: 0 finished, about ")
+    # One run of the preset's length (10 s estimated) and the check at twice it.
+    assert lines[0] == ("[study] run 1/2 base/alpha_ce_a0.75_s0: 0 finished, about 30 s left "
+                        "(preset's estimate of 10 s a run of the preset's length)")
     assert lines[1].startswith("[study] run 2/2 base/focal_g2_a0.25_2x_s0: 1 finished, about ")
     assert [r["status"] for r in reference["runs"].values()] == ["finished", "finished"]
     # Twice the tiny preset's 4 steps, evaluated every 4.
@@ -539,3 +541,10 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     assert lines[0] == "[study] run 1/2 base/alpha_ce_a0.75_s0: finished before, skipped"
 
     _assert_same_content(resumed, reference)
+
+
+def test_the_time_left_counts_a_schedule_check_as_two_runs():
+    # Before any run has ended: the preset's estimate a run, the check at twice it.
+    assert runner.seconds_left([1.0, 1.0, 1.0, 2.0], [], 600.0) == (3000.0, 600.0)
+    # Measured: a check (twice the length) in 1,000 s and a run in 600 s make 550 s a run.
+    assert runner.seconds_left([1.0, 2.0], [(1000.0, 2.0), (600.0, 1.0)], 99.0) == (1650.0, 550.0)

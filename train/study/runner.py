@@ -139,6 +139,20 @@ def _format_minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
+def seconds_left(pending: Sequence[float], measured: Sequence[tuple[float, float]],
+                 seconds_per_run: float) -> tuple[float, float]:
+    """The time the pending runs will take, and the time a run of the preset's length takes.
+
+    Args:
+      pending: each pending run's length in runs of the preset's length (2 for a schedule check).
+      measured: (seconds, length) of each run trained so far; their mean time a unit length
+        replaces the preset's `seconds_per_run` once there is one.
+    """
+    per_run = (float(np.mean([seconds / length for seconds, length in measured]))
+               if measured else seconds_per_run)
+    return per_run * float(sum(pending)), per_run
+
+
 def plan(request: Request, workdir: str) -> tuple[list[Run], dict[str, dict[str, Any]]]:
     """The grid of the request and the measured figures of each of its settings (measured once
     and kept in `workdir`: the OHEM batches are sized by their positives an image)."""
@@ -171,6 +185,10 @@ def run_study(request: Request, workdir: str, *,
               "full_grid": request.full_grid, "base_configs": sorted(base_configs)}
     timings: dict[str, float] = {}
 
+    def length(run: Run) -> float:  # in runs of the preset's length
+        return (configs[run.key].num_train_steps
+                / preset.overrides[run.detector]["num_train_steps"])
+
     def finished(run: Run) -> bool:
         return os.path.exists(os.path.join(runs_dir, run.key, runs_lib.RESULT_FILE))
 
@@ -183,12 +201,15 @@ def run_study(request: Request, workdir: str, *,
             if finished(run):
                 echo(f"[study] run {index}/{len(grid)} {run.key}: finished before, skipped")
                 continue
-            left = sum(not finished(r) for r in grid)
-            per_run = np.mean(list(timings.values())) if timings else preset.seconds_per_run
+            pending = [length(r) for r in grid if not finished(r)]
+            left, per_run = seconds_left(
+                pending, [(seconds, length(r)) for r in grid
+                          if (seconds := timings.get(r.key)) is not None],
+                preset.seconds_per_run)
             estimate = "measured" if timings else "preset's estimate"
-            echo(f"[study] run {index}/{len(grid)} {run.key}: {len(grid) - left} finished, "
-                 f"about {_format_minutes(left * per_run)} left ({estimate} of "
-                 f"{_format_minutes(per_run)} a run)")
+            echo(f"[study] run {index}/{len(grid)} {run.key}: {len(grid) - len(pending)} "
+                 f"finished, about {_format_minutes(left)} left ({estimate} of "
+                 f"{_format_minutes(per_run)} a run of the preset's length)")
             timings[run.key] = train_run(run, os.path.join(runs_dir, run.key), configs[run.key])
             write_outputs()
     except trainer.TrainingInterruptedError:
