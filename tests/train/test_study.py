@@ -206,7 +206,8 @@ def test_a_run_made_from_another_config_is_refused_naming_the_fields(tmp_path):
                                        "docs/study_results/table1_short",
                                        "docs/study_results/table1_long",
                                        "docs/study_results/table1_xlong",
-                                       "docs/study_results/rpn"])
+                                       "docs/study_results/rpn",
+                                       "docs/study_results/rpn_xlong"])
 def test_the_committed_study_runs_are_reproduced_by_todays_configs(study_dir):
     # A change of a default would make `make study` refuse to resume the committed study.
     runs_dir = os.path.join(ROOT, study_dir, "runs")
@@ -548,3 +549,21 @@ def test_the_time_left_counts_a_schedule_check_as_two_runs():
     assert runner.seconds_left([1.0, 1.0, 1.0, 2.0], [], 600.0) == (3000.0, 600.0)
     # Measured: a check (twice the length) in 1,000 s and a run in 600 s make 550 s a run.
     assert runner.seconds_left([1.0, 2.0], [(1000.0, 2.0), (600.0, 1.0)], 99.0) == (1650.0, 550.0)
+
+
+@pytest.mark.parametrize("study_dir", ["docs/study_results/table1_long",
+                                       "docs/study_results/rpn"])
+def test_every_column_of_the_committed_reports_is_a_metric_their_runs_logged(study_dir):
+    # A column named after a metric no run logs would print "—" in every row.
+    with open(os.path.join(ROOT, study_dir, "study.json")) as f:
+        content = json.load(f)
+    finished = [r for r in content["runs"].values() if r["status"] == "finished"]
+    assert finished
+    for name in content["studies"]:
+        for table in studies.STUDIES[name].tables(False):
+            variants = {row.variant for row in table.rows}
+            for record in finished:
+                if record["variant"] in variants:
+                    for metric in table.metrics:
+                        logged = record["train"] if metric.endswith("_noise") else record["eval"]
+                        assert metric in logged, (table.key, metric)

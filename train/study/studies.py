@@ -297,9 +297,11 @@ def rpn_tables(full_grid: bool) -> list[Table]:
     del full_grid
     return [
         Table(
-            "rpn", "FL-RPN: the RPN loss of a Faster R-CNN", "(FL-RPN paper; no table values)",
+            "rpn", "FL-RPN: the RPN loss of a Faster R-CNN",
+            "(FL-RPN paper; no table values). AR@100: the RPN's class-agnostic proposal recall "
+            "at 100 proposals an image",
             tuple(Row(name, rpn_variant(name).name) for name in RPN_LOSSES),
-            ("AP", "AP50", "AP@0.05", "AR100", "rpn_box_noise"), verdicts.rpn_claim,
+            ("AP", "AP50", "AP@0.05", "AR@100", "rpn_box_noise"), verdicts.rpn_claim,
         ),
         Table(
             "rpn_schedule", "Schedule check: FL-RPN at twice the steps (one seed)",
