@@ -75,13 +75,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """A schedule: config overrides for each detector (`model.name`), the seeds a study row gets
-    by default, whether the runs are converged (said in study.md), and the seconds a run is
-    expected to take before one has been measured (for the first estimate of the time left)."""
+    by default, and the seconds a run is expected to take before one has been measured (for the
+    first estimate of the time left). Whether a preset's runs converged is no property of it:
+    its schedule check decides, in study.md."""
 
     name: str
     overrides: Mapping[str, Mapping[str, Any]]
     seeds: int
-    converged: bool
     seconds_per_run: float
 
 
@@ -100,35 +100,35 @@ PRESETS = {
     # alone on 2 CPU cores: 52 runs take about 12 hours, far beyond the 4 hours aimed at.
     "full": Preset("full", {"retinanet": _schedule(4800, 4, 100),
                             "faster_rcnn": _schedule(1500, 5, 100)},
-                   seeds=3, converged=False, seconds_per_run=850.0),
+                   seeds=3, seconds_per_run=850.0),
     # 9,600 RetinaNet steps (19 epochs): the `full` preset's schedule check as a preset, its own
     # check at 19,200 steps (the Faster R-CNN of the RPN study keeps `full`'s 1,500). A run took
     # 21 minutes alone on 2 CPU cores (FL seed 1, 2026-12-05) and 31-61 beside another study
     # (study_result.json); its FL (gamma 2, alpha 0.25) seed 0 is the same config as `full`'s
-    # `focal_g2_a0.25_2x_s0`. Converged only if its check says so.
+    # `focal_g2_a0.25_2x_s0`.
     "long": Preset("long", {"retinanet": _schedule(9600, 4, 100),
                             "faster_rcnn": _schedule(1500, 5, 100)},
-                   seeds=3, converged=False, seconds_per_run=1300.0),
+                   seeds=3, seconds_per_run=1300.0),
     # 19,200 RetinaNet steps (38 epochs): `long`'s schedule check as a preset, its own check at
     # 38,400. That check (FL, seed 0) reached 0.723 / 0.766 / 0.773 at steps 9,600 / 14,400 /
     # 19,200 (45 minutes alone on 2 CPU cores, 2026-12-05), its last quarter adding 0.007: the
     # candidate for a converged comparison. Its FL (gamma 2, alpha 0.25) seed 0 is the same
     # config as `long`'s `focal_g2_a0.25_2x_s0`; the Faster R-CNN's 3,000 steps are the RPN
     # study's own check (`rpn_focal_softmax_2x_s0` of `full`, the same config as this preset's
-    # `rpn_focal_softmax_s0`). Converged only if its check says so.
+    # `rpn_focal_softmax_s0`).
     "xlong": Preset("xlong", {"retinanet": _schedule(19200, 4, 100),
                               "faster_rcnn": _schedule(3000, 5, 100)},
-                    seeds=3, converged=False, seconds_per_run=2700.0),
+                    seeds=3, seconds_per_run=2700.0),
     # The earlier full preset, kept so that its 21 runs (docs/study_results/table1_short) stay
     # reproducible: not converged, it ranks how fast each loss learns.
     "short": Preset("short", {"retinanet": _schedule(1200, 4, 100),
                               "faster_rcnn": _schedule(1500, 5, 100)},
-                    seeds=3, converged=False, seconds_per_run=300.0),
+                    seeds=3, seconds_per_run=300.0),
     # A one-seed look: `make study PRESET=quick` (18 runs) took 32 min 53 s alone on 2 CPU cores
     # (2026-12-04), 107 s a run.
     "quick": Preset("quick", {"retinanet": _schedule(400, 2, 50),
                               "faster_rcnn": _schedule(600, 3, 50)},
-                    seeds=1, converged=False, seconds_per_run=110.0),
+                    seeds=1, seconds_per_run=110.0),
 }
 
 

@@ -26,6 +26,17 @@ CURVE_ROWS = {
     "CE from a zero bias, SGD": (studies_lib.ce_init(0.5).name,),
 }
 
+# The preset's label in study.md, from the verdict of the study's schedule checks.
+_RANKS_HOW_FAR = "its orderings rank how far each loss got in this schedule, not where it ends"
+CONVERGENCE_LABELS = {
+    verdicts.HOLDS: "converged: twice the steps stayed within the seeds' noise in every schedule "
+                    "check below",
+    verdicts.REVERSED: f"**NOT CONVERGED: twice the steps moved AP beyond the seeds' noise in "
+                       f"a schedule check below; {_RANKS_HOW_FAR}**",
+    verdicts.NOT_RESOLVED: f"**NOT SHOWN CONVERGED: no schedule check below has resolved it; "
+                           f"{_RANKS_HOW_FAR}**",
+}
+
 
 def build_report(
     grid: Sequence[Run],
@@ -57,10 +68,16 @@ def build_report(
                           "paper": row.paper, "paper_note": row.note} for row in table.rows],
                 "claim": table.claim(stats, table.rows),
             }
+            if table.schedule_check:
+                tables[table.key]["schedule_verdict"] = verdicts.schedule_verdict(stats,
+                                                                                  table.rows)
     if figure4 is not None:
         tables["figure4"] = {"title": "Figure 4",
                              "claim": verdicts.figure4_claim(figure4, studies_lib.FIGURE4_GAMMAS)}
-    return {"tables": tables, "settings": dict(settings), "curves": ap_curves(grid, records)}
+    converged = verdicts.convergence([t["schedule_verdict"] for t in tables.values()
+                                      if "schedule_verdict" in t])
+    return {"tables": tables, "converged": converged, "settings": dict(settings),
+            "curves": ap_curves(grid, records)}
 
 
 def ap_curves(grid: Sequence[Run], records: Mapping[str, Mapping[str, Any]]
@@ -100,17 +117,13 @@ def _percent(value: float | None) -> str:
 
 def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
                     figure4: Mapping[str, Any] | None, timings: Mapping[str, float]) -> str:
-    converged = header["converged"]
     studies = [studies_lib.STUDIES[name] for name in header["studies"]]
     sources = "; ".join(dict.fromkeys(study.paper_source for study in studies))
     regimes = "; ".join(dict.fromkeys(study.paper_regime for study in studies))
     lines = [
         f"# Study: {', '.join(header['studies'])}", "",
-        f"Preset `{header['preset']}` ("
-        + ("the converged schedule" if converged else
-           "**NOT CONVERGED: its orderings rank how far each loss got in this schedule, not "
-           "where it ends**")
-        + f"), {verdicts.seeds_text(header['seeds'])} a row, base configs "
+        f"Preset `{header['preset']}` ({CONVERGENCE_LABELS[report['converged']]}), "
+        f"{verdicts.seeds_text(header['seeds'])} a row, base configs "
         f"{', '.join(f'`{b}`' for b in header['base_configs'])}. Paper numbers: "
         f"{sources} (AP in percent; ours in [0, 1] on our data, so compare "
         "orderings, not values). Cells: mean (min–max, seeds). AP is at score >= 0.001, AP@0.05 "

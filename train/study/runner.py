@@ -181,8 +181,8 @@ def run_study(request: Request, workdir: str, *,
         check_spec(run, os.path.join(runs_dir, run.key), configs[run.key])
     preset = request.preset
     header = {"studies": list(request.studies), "preset": preset.name,
-              "converged": preset.converged, "seeds": request.num_seeds,
-              "full_grid": request.full_grid, "base_configs": sorted(base_configs)}
+              "seeds": request.num_seeds, "full_grid": request.full_grid,
+              "base_configs": sorted(base_configs)}
     timings: dict[str, float] = {}
 
     def length(run: Run) -> float:  # in runs of the preset's length

@@ -206,17 +206,35 @@ def rpn_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> 
     return "**FL-RPN's findings**: " + "; ".join(parts) + "."
 
 
+def schedule_verdict(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
+    """Whether the preset's length converged: `HOLDS` when the run at twice the steps (`rows[1]`,
+    one seed) lies within the preset's seeds' range (`rows[0]`, `MIN_SEEDS` at least) widened
+    by that range on each side, `REVERSED` when it lies outside, otherwise `NOT_RESOLVED`."""
+    base, long = _ap(stats, rows[0]), _ap(stats, rows[1])
+    if base.mean is None or long.mean is None or base.seeds < MIN_SEEDS:
+        return NOT_RESOLVED  # One or two seeds give no range to judge the gap by.
+    inside = min(base.scores) - base.range <= long.mean <= max(base.scores) + base.range
+    return HOLDS if inside else REVERSED
+
+
+def convergence(check_verdicts: Sequence[str]) -> str:
+    """Whether a study's runs converged, from its schedule checks' verdicts: `HOLDS` when every
+    check holds, `REVERSED` when one is reversed, otherwise (none, or one not resolved)
+    `NOT_RESOLVED`."""
+    if check_verdicts and all(v == HOLDS for v in check_verdicts):
+        return HOLDS
+    return REVERSED if REVERSED in check_verdicts else NOT_RESOLVED
+
+
 def schedule_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
     """Whether twice the steps (one seed) moves AP beyond the preset's seeds' range."""
     base, long = _ap(stats, rows[0]), _ap(stats, rows[1])
     if base.mean is None or long.mean is None:
         return f"**Converged at the preset's length**: {NOT_RESOLVED} (runs missing)."
     low, high = min(base.scores), max(base.scores)
-    if base.seeds < MIN_SEEDS:  # One or two seeds give no range to judge the gap by.
+    verdict = schedule_verdict(stats, rows)
+    if base.seeds < MIN_SEEDS:
         verdict = f"{NOT_RESOLVED} ({base.seeds} of {MIN_SEEDS} seeds of the preset's row)"
-    else:
-        inside = low - base.range <= long.mean <= high + base.range
-        verdict = HOLDS if inside else REVERSED
     return (f"**Converged at the preset's length**: {verdict}: twice the steps gives AP "
             f"{long.mean:.3f} against {base.mean:.3f} ({low:.3f}-{high:.3f} over "
             f"{seeds_text(base.seeds)}); "
