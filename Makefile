@@ -31,8 +31,8 @@ train: $(STAMP)
 # (estimated from its runs), see README "Reproducing the paper"); PRESET=long for 9,600 steps a run
 # (about 19 hours: 21-22 minutes a run alone, measured 2026-12-05); PRESET=xlong for 19,200
 # (45 minutes a run alone, measured 2026-12-05: the headline rows' 15 runs take about 11 hours);
-# PRESET=quick for a one-seed
-# look, labelled not shown converged (18 runs, 33 minutes alone on 2 CPU cores, measured 2026-12-04);
+# PRESET=quick for a one-seed look, labelled not shown converged (18 runs, 33 minutes alone on
+# 2 CPU cores, measured 2026-12-04);
 # STUDY=rpn for the FL-RPN comparison (give it a STUDY_DIR of its own, e.g.
 # docs/study_results/rpn); RUNS=pattern,... trains only the matching runs first (e.g. the
 # headline rows: RUNS='focal_g2_a0.25_s*,alpha_ce_a0.75_s*'). Rerunning resumes; results in
