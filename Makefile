@@ -34,9 +34,9 @@ train: $(STAMP)
 # PRESET=quick for a one-seed look, labelled not shown converged (18 runs, 33 minutes alone on
 # 2 CPU cores, measured 2026-12-04);
 # STUDY=rpn for the FL-RPN comparison (give it a STUDY_DIR of its own, e.g.
-# docs/study_results/rpn); RUNS=pattern,... trains only the matching runs first (e.g. the
-# headline rows: RUNS='focal_g2_a0.25_s*,alpha_ce_a0.75_s*'). Rerunning resumes; results in
-# $(STUDY_DIR)/study.md.
+# docs/study_results/rpn); RUNS=pattern,... trains only the matching runs (e.g. the headline
+# rows: RUNS='focal_g2_a0.25_s*,alpha_ce_a0.75_s*'); the report covers every run finished in
+# STUDY_DIR. Rerunning resumes; results in $(STUDY_DIR)/study.md.
 STUDY ?= table1,figure4
 PRESET ?= full
 STUDY_DIR ?= runs/study

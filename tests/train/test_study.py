@@ -115,6 +115,20 @@ def test_a_presets_schedule_check_is_the_next_presets_run_of_that_row(names, che
     assert steps == [1200, 4800, 9600, 19200]
 
 
+def test_runs_are_selected_by_name_or_key_in_the_grids_order():
+    whole = grid.expand_grid(request(["table1", "figure4"]), POSITIVES)
+    picked = grid.select_runs(whole, ["paper_regime/ohem_x5_*_s1", "focal_g2_a0.25_s*"])
+    assert [r.name for r in picked] == [
+        r.name for r in whole
+        if r.name in ("ohem_x5_nms0.5_s1", "ohem_x5_nms0.5_1to3_s1")
+        or (r.variant == "focal_g2_a0.25")]
+    assert [r.seed for r in picked if r.variant == "focal_g2_a0.25"] == [0, 1, 2]
+    assert grid.select_runs(whole, []) == whole
+    with pytest.raises(grid.StudyError, match=r"--runs fl_\* matches none of the runs: "
+                                              r"alpha_ce_a0.25_s0, "):
+        grid.select_runs(whole, ["fl_*"])
+
+
 def test_ohem_rows_need_the_settings_positives():
     with pytest.raises(grid.StudyError, match="sizes its OHEM batch by the positives an image "
                                               "of setting paper_regime, not given"):
@@ -476,11 +490,10 @@ TINY_PRESET = grid.Preset(
 TINY_RUNS = ["alpha_ce_a0.75_s0", "focal_g2_a0.25_2x_s0"]
 
 
-def _tiny_study(workdir, data_dir, echo=lambda line: None):
+def _tiny_study(workdir, data_dir, echo=lambda line: None, runs=tuple(TINY_RUNS)):
     config = tiny_config(data_dir)
     bases = {"table1": ("tiny", config), "figure4": ("tiny", config)}
-    tiny = grid.Request(("table1", "figure4"), bases, TINY_PRESET, setting="base",
-                        runs=tuple(TINY_RUNS))
+    tiny = grid.Request(("table1", "figure4"), bases, TINY_PRESET, setting="base", runs=runs)
     return runner.run_study(tiny, workdir, echo=echo)
 
 
@@ -524,7 +537,11 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     assert lines[0] == ("[study] run 1/2 base/alpha_ce_a0.75_s0: 0 finished, about 30 s left "
                         "(preset's estimate of 10 s a run of the preset's length)")
     assert lines[1].startswith("[study] run 2/2 base/focal_g2_a0.25_2x_s0: 1 finished, about ")
-    assert [r["status"] for r in reference["runs"].values()] == ["finished", "finished"]
+    # The report covers the whole grid: the two runs trained, the others pending.
+    statuses = {key: r["status"] for key, r in reference["runs"].items()}
+    assert {key for key, status in statuses.items() if status == "finished"} == {
+        f"base/{name}" for name in TINY_RUNS}
+    assert set(statuses.values()) == {"finished", "pending"} and len(statuses) > 10
     # Twice the tiny preset's 4 steps, evaluated every 4.
     assert sorted(reference["runs"]["base/focal_g2_a0.25_2x_s0"]["curve"]) == ["4", "8"]
     assert reference["figure4"]["run"] == "base/focal_g2_a0.25_2x_s0"
@@ -540,7 +557,7 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     monkeypatch.undo()
     with open(os.path.join(workdir, "study.json")) as f:
         partial = json.load(f)
-    assert [r["status"] for r in partial["runs"].values()] == ["pending", "pending"]
+    assert {r["status"] for r in partial["runs"].values()} == {"pending"}
 
     # Between the runs: Ctrl-C while the second run is announced.
     def interrupt_before_second(line):
@@ -554,6 +571,13 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     assert lines[0] == "[study] run 1/2 base/alpha_ce_a0.75_s0: finished before, skipped"
 
     _assert_same_content(resumed, reference)
+
+    # A later call that trains other runs (here: one already finished) keeps the earlier runs in
+    # its report: the schedule check still has its longer run.
+    lines = []
+    narrowed = _tiny_study(workdir, tiny_data_dir, echo=lines.append, runs=("alpha_ce_a0.75*",))
+    assert lines[0] == "[study] run 1/1 base/alpha_ce_a0.75_s0: finished before, skipped"
+    _assert_same_content(narrowed, reference)
 
 
 def test_the_time_left_counts_a_schedule_check_as_two_runs():

@@ -26,7 +26,8 @@ flags.DEFINE_string("setting", "", f"One of {', '.join(grid_lib.SETTINGS)}; defa
 flags.DEFINE_bool("full_grid", False, "Table 1b: every alpha at every gamma (one seed each).")
 flags.DEFINE_integer("seeds", None, "Seeds of each row that enters a verdict (>= 1); default: "
                      "the preset's (xlong, long, full and short 3, quick 1).")
-flags.DEFINE_list("runs", [], "Only the runs matching these names or shell patterns.")
+flags.DEFINE_list("runs", [], "Train only the runs matching these names or shell patterns "
+                  "(the report covers every run finished in --workdir).")
 flags.DEFINE_bool("list_runs", False, "Print the runs of the grid and their overrides; exit.")
 flags.mark_flags_as_required(["study", "workdir"])
 
@@ -41,7 +42,7 @@ def main(argv: list[str]) -> None:
             full_grid=FLAGS.full_grid, seeds=FLAGS.seeds, runs=FLAGS.runs)
         if FLAGS.list_runs:
             grid, _ = runner.plan(request, FLAGS.workdir)
-            for run in grid:
+            for run in grid_lib.select_runs(grid, request.runs):
                 print(f"{run.key}: {json.dumps(runs.jsonable(run.overrides))}")
             return
         runner.run_study(request, FLAGS.workdir, echo=lambda line: print(line, flush=True))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -198,7 +198,8 @@ class Request:
     """What a study invocation runs: the `studies`, each one's `(label, base config)` in
     `bases`, the `preset`, the `setting` ("" for each study's default), `full_grid`, the `seeds`
     of a row that enters a verdict (None for the preset's) and `runs`, shell patterns: when
-    given, only the runs whose name or key matches one are kept."""
+    given, only the runs whose name or key matches one are trained (the report still covers the
+    whole grid: `select_runs`)."""
 
     studies: tuple[str, ...]
     bases: Mapping[str, tuple[str, ml_collections.ConfigDict]]
@@ -253,14 +254,19 @@ def expand_grid(request: Request,
                 run = Run(chosen, variant.name, int(base.seed) + seed_index, label,
                           study.detector, overrides)
                 grid.setdefault(run.key, run)
-    selected = list(grid.values())
-    if request.runs:
-        selected = [r for r in selected if any(fnmatch.fnmatchcase(r.name, p)
-                                               or fnmatch.fnmatchcase(r.key, p)
-                                               for p in request.runs)]
-        if not selected:
-            raise StudyError(f"--runs {','.join(request.runs)} matches none of the runs: "
-                             f"{', '.join(r.name for r in grid.values())}")
+    return list(grid.values())
+
+
+def select_runs(grid: Sequence[Run], patterns: Sequence[str]) -> list[Run]:
+    """The runs of `grid` whose name or key matches one of the shell `patterns` (all of them when
+    there are none), in the grid's order; `StudyError` naming the grid's runs when none does."""
+    if not patterns:
+        return list(grid)
+    selected = [r for r in grid if any(fnmatch.fnmatchcase(r.name, p)
+                                       or fnmatch.fnmatchcase(r.key, p) for p in patterns)]
+    if not selected:
+        raise StudyError(f"--runs {','.join(patterns)} matches none of the runs: "
+                         f"{', '.join(r.name for r in grid)}")
     return selected
 
 

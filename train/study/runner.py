@@ -165,8 +165,10 @@ def plan(request: Request, workdir: str) -> tuple[list[Run], dict[str, dict[str,
 
 def run_study(request: Request, workdir: str, *,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Trains every run of the request not finished yet in `workdir`, writing the outputs after
-    each one and at the end; returns the content of study.json.
+    """Trains every run of the request (those matching `request.runs`, when given) not finished
+    yet in `workdir`, writing the outputs after each one and at the end; returns the content of
+    study.json. The outputs cover the whole grid, whichever runs this call trains: every run
+    finished in `workdir` enters the tables, and the others are listed as pending.
 
     Raises:
       StudyError: for a workdir made from other configs.
@@ -174,6 +176,7 @@ def run_study(request: Request, workdir: str, *,
         saved and the outputs written; the same call resumes.
     """
     grid, settings = plan(request, workdir)
+    to_train = grid_lib.select_runs(grid, request.runs)
     base_configs = {label: config for label, config in request.bases.values()}
     runs_dir = os.path.join(workdir, "runs")
     configs = {run.key: grid_lib.run_config(run, base_configs[run.base]) for run in grid}
@@ -197,17 +200,17 @@ def run_study(request: Request, workdir: str, *,
                            full_grid=request.full_grid)
 
     try:
-        for index, run in enumerate(grid, start=1):
+        for index, run in enumerate(to_train, start=1):
             if finished(run):
-                echo(f"[study] run {index}/{len(grid)} {run.key}: finished before, skipped")
+                echo(f"[study] run {index}/{len(to_train)} {run.key}: finished before, skipped")
                 continue
-            pending = [length(r) for r in grid if not finished(r)]
+            pending = [length(r) for r in to_train if not finished(r)]
             left, per_run = seconds_left(
-                pending, [(seconds, length(r)) for r in grid
+                pending, [(seconds, length(r)) for r in to_train
                           if (seconds := timings.get(r.key)) is not None],
                 preset.seconds_per_run)
             estimate = "measured" if timings else "preset's estimate"
-            echo(f"[study] run {index}/{len(grid)} {run.key}: {len(grid) - len(pending)} "
+            echo(f"[study] run {index}/{len(to_train)} {run.key}: {len(to_train) - len(pending)} "
                  f"finished, about {_format_minutes(left)} left ({estimate} of "
                  f"{_format_minutes(per_run)} a run of the preset's length)")
             timings[run.key] = train_run(run, os.path.join(runs_dir, run.key), configs[run.key])
