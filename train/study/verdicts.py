@@ -103,7 +103,8 @@ def compare(a: Stats, b: Stats) -> str:
     return NOT_RESOLVED
 
 
-def _why(a: Stats, b: Stats) -> str:
+def why(a: Stats, b: Stats) -> str:
+    """What a verdict on "a > b" rests on: the gap and the noise, or the seeds missing."""
     if a.seeds < MIN_SEEDS or b.seeds < MIN_SEEDS:
         return f"{min(a.seeds, b.seeds)} of {MIN_SEEDS} seeds"
     return f"gap {a.mean - b.mean:+.3f}, noise {max(a.range, b.range):.3f}"
@@ -131,7 +132,7 @@ def best_row_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]
     done = [row for row in compared if _ap(stats, row).mean is not None]
     ours = (max(done, key=lambda r: _ap(stats, r).mean).label if done else "none finished")
     best = _ap(stats, paper_best)
-    details = "; ".join(f"> {row.label}: {verdict} ({_why(best, _ap(stats, row))})"
+    details = "; ".join(f"> {row.label}: {verdict} ({why(best, _ap(stats, row))})"
                         for row, verdict in pairs)
     return (f"**Paper's best row ({paper_best.label}) above every other**: "
             f"{_overall([v for _, v in pairs])}. {details}. Best here on the seed mean: {ours}.")
@@ -149,7 +150,7 @@ def first_beats_best_of_rest_claim(stats: Mapping[str, Mapping[str, Stats]],
     headline = compare(_ap(stats, first), _ap(stats, best))
     each = [compare(_ap(stats, first), _ap(stats, row)) for row in rest]
     return (f"**{first.label} above the best other row ({best.label}, picked on its seed "
-            f"mean)**: {headline} ({_why(_ap(stats, first), _ap(stats, best))}). Against each "
+            f"mean)**: {headline} ({why(_ap(stats, first), _ap(stats, best))}). Against each "
             f"row: {sum(v == HOLDS for v in each)} hold, {sum(v == REVERSED for v in each)} "
             f"reversed, {sum(v == NOT_RESOLVED for v in each)} not resolved.")
 
@@ -164,7 +165,7 @@ def no_difference_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence
         same = HOLDS if verdict == NOT_RESOLVED and enough else (
             NOT_RESOLVED if not enough else REVERSED)
         verdicts.append(same)
-        parts.append(f"{row.label}: {same} ({_why(_ap(stats, row), _ap(stats, first))})")
+        parts.append(f"{row.label}: {same} ({why(_ap(stats, row), _ap(stats, first))})")
     return (f"**Paper's finding (no difference between FL* and FL)**: {_overall(verdicts)}. "
             + "; ".join(parts) + ".")
 
@@ -187,7 +188,7 @@ def init_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) ->
     return (f"**Paper's finding ({PAPER_INIT_SHORT})**: a zero bias diverges: {divergence} "
             f"({zero.diverged} of {zero.seeds} zero-bias seeds diverged, {prior.diverged} of "
             f"{prior.seeds} from the prior); {rows[0].label} above {rows[1].label}: "
-            f"{compare(prior, zero)} ({_why(prior, zero)}).")
+            f"{compare(prior, zero)} ({why(prior, zero)}).")
 
 
 PAPER_INIT_SHORT = "CE from a zero bias diverges, from the prior it trains"
@@ -201,16 +202,21 @@ def rpn_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> 
     pairs = [("focal_sigmoid", "sampled"), ("focal_softmax", "sampled"),
              ("focal_sigmoid", "ce_all"), ("focal_softmax", "focal_sigmoid"),
              ("focal_softmax_shared", "focal_softmax")]
-    parts = [f"{a} > {b}: {compare(by_name[a], by_name[b])} ({_why(by_name[a], by_name[b])})"
+    parts = [f"{a} > {b}: {compare(by_name[a], by_name[b])} ({why(by_name[a], by_name[b])})"
              for a, b in pairs if a in by_name and b in by_name]
     return "**FL-RPN's findings**: " + "; ".join(parts) + "."
 
 
 def schedule_verdict(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
-    """Whether the preset's length converged: `HOLDS` when the run at twice the steps (`rows[1]`,
-    one seed) lies within the preset's seeds' range (`rows[0]`, `MIN_SEEDS` at least) widened
-    by that range on each side, `REVERSED` when it lies outside, otherwise `NOT_RESOLVED`."""
-    base, long = _ap(stats, rows[0]), _ap(stats, rows[1])
+    """Whether the preset's length converged: `schedule_compare` of the preset's row
+    (`rows[0]`) and the row at twice the steps (`rows[1]`)."""
+    return schedule_compare(_ap(stats, rows[0]), _ap(stats, rows[1]))
+
+
+def schedule_compare(base: Stats, long: Stats) -> str:
+    """`HOLDS` when the run at twice the steps (`long`, one seed) lies within the preset's seeds'
+    range (`base`, `MIN_SEEDS` seeds at least) widened by that range on each side, `REVERSED`
+    when it lies outside, otherwise `NOT_RESOLVED`."""
     if base.mean is None or long.mean is None or base.seeds < MIN_SEEDS:
         return NOT_RESOLVED  # One or two seeds give no range to judge the gap by.
     inside = min(base.scores) - base.range <= long.mean <= max(base.scores) + base.range

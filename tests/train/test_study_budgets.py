@@ -1,0 +1,100 @@
+"""The study across training budgets (`train.study.budgets`): the runs it gathers from several
+workdirs (a schedule check at twice the steps, a copied run counted once), its cells and
+verdicts against hand-computed ones, its errors, and README's tables against the committed
+studies."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from train.study import budgets
+from train.study.grid import StudyError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+COMMITTED = [os.path.join(ROOT, "docs", "study_results", name)
+             for name in ("table1_short", "table1", "table1_long", "table1_xlong")]
+
+
+def _record(variant, seed, steps, ap, status="finished", setting="paper_regime"):
+    return {"setting": setting, "variant": variant, "seed": seed, "status": status,
+            "overrides": {"num_train_steps": steps, "seed": seed},
+            "eval": {"AP": ap} if status == "finished" else None}
+
+
+def _workdir(tmp_path, name, records):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    runs = {f"{r['setting']}/{r['variant']}_s{r['seed']}": r for r in records}
+    (workdir / "study.json").write_text(json.dumps({"runs": runs}))
+    return str(workdir)
+
+
+def _two_presets(tmp_path, copied_ap=0.60):
+    short = _workdir(tmp_path, "short", [
+        _record("focal_g2_a0.25", 0, 100, 0.50), _record("focal_g2_a0.25", 1, 100, 0.52),
+        _record("focal_g2_a0.25", 2, 100, 0.54),
+        _record("alpha_ce_a0.75", 0, 100, 0.40), _record("alpha_ce_a0.75", 1, 100, 0.41),
+        _record("alpha_ce_a0.75", 2, 100, 0.42),
+        _record("focal_g2_a0.25_2x", 0, 200, 0.60),
+        _record("ce_bias0_sgd", 0, 100, None, status="diverged"),
+        _record("ohem_x5_nms0.5", 0, 100, 0.9),  # Not a headline row.
+        _record("alpha_ce_a0.75", 3, 100, None, status="pending"),
+    ])
+    long = _workdir(tmp_path, "long", [
+        _record("focal_g2_a0.25", 0, 200, copied_ap),  # The check, copied in as seed 0.
+        _record("focal_g2_a0.25", 1, 200, 0.64),
+        _record("alpha_ce_a0.75", 0, 200, 0.66),
+    ])
+    return [short, long]
+
+
+def test_runs_are_gathered_by_length_with_the_check_at_twice_and_copies_once(tmp_path):
+    gathered = budgets.collect(_two_presets(tmp_path))
+    assert gathered.setting == "paper_regime" and gathered.steps == [100, 200]
+    fl = gathered.stats["focal_g2_a0.25"]
+    assert fl[100].values == pytest.approx((0.50, 0.52, 0.54))
+    assert fl[200].values == pytest.approx((0.60, 0.64))  # Seed 0 once, from either workdir.
+    assert gathered.stats["ce_bias0_sgd"][100].diverged == 1
+    assert "ohem_x5_nms0.5" not in gathered.stats
+    assert gathered.stats["alpha_ce_a0.75"][100].seeds == 3  # The pending seed is left out.
+
+
+def test_the_tables_cells_and_verdicts_match_hand_computed_ones(tmp_path):
+    text = budgets.markdown(budgets.collect(_two_presets(tmp_path)))
+    assert "| | 100 steps | 200 steps |" in text
+    assert "| FL, gamma 2, alpha 0.25 | 0.520 (0.500–0.540, 3 seeds) | 0.620 (0.600–0.640, " \
+           "2 seeds) |" in text
+    assert "| CE from a zero bias, SGD | diverged | — |" in text
+    # FL 0.52 against alpha-CE 0.41: gap 0.11, noise max(0.04, 0.02) = 0.04.
+    assert "| FL, gamma 2, alpha 0.25 > alpha-CE, alpha 0.75 | holds (gap +0.110, noise " \
+           "0.040) | not resolved (1 of 3 seeds) |" in text
+    # Twice the steps (0.62 mean of 0.60 and 0.64) lies outside 0.50-0.54 widened by 0.04.
+    assert "| converged: FL at twice the steps within its seeds' range widened by it | " \
+           "reversed (0.620 at 200) | — |" in text
+    plot = tmp_path / "budgets.png"
+    budgets.plot(budgets.collect([str(tmp_path / "short"), str(tmp_path / "long")]), str(plot))
+    assert plot.stat().st_size > 0
+
+
+def test_a_copy_with_another_result_and_mixed_settings_are_refused(tmp_path):
+    with pytest.raises(StudyError, match=r"long: paper_regime/focal_g2_a0.25_s0 and .*short: "
+                                         r"paper_regime/focal_g2_a0.25_2x_s0 are the same run"):
+        budgets.collect(_two_presets(tmp_path, copied_ap=0.61))
+    other = _workdir(tmp_path, "other", [_record("focal_g2_a0.25", 0, 100, 0.5, setting="base")])
+    mine = _workdir(tmp_path, "mine", [_record("focal_g2_a0.25", 0, 100, 0.5)])
+    with pytest.raises(StudyError, match=r"different settings \(base, paper_regime\)"):
+        budgets.collect([other, mine])
+    with pytest.raises(StudyError, match="nowhere/study.json not found; expected the workdir"):
+        budgets.collect([str(tmp_path / "nowhere")])
+
+
+def test_readmes_budget_tables_are_the_committed_studies():
+    text = budgets.markdown(budgets.collect(COMMITTED))
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    missing = [line for line in text.splitlines() if line.startswith("|") and line not in readme]
+    assert not missing, ("README's budget tables differ from `python -m train.study.budgets` "
+                         f"on the committed studies; rerun it and paste: {missing}")
