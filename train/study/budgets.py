@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from absl import app, flags
 
 from train import cli
+from train.study import runs as runs_lib
 from train.study import studies as studies_lib
 from train.study import verdicts
 from train.study.grid import StudyError
@@ -65,8 +66,8 @@ def collect(workdirs: Sequence[str], variants: Sequence[str] = tuple(HEADLINE)) 
       StudyError: for a workdir without study.json, workdirs of different settings, or one run
         (variant, length, seed) with different results in two workdirs.
     """
-    seen: dict[tuple[str, int, int], tuple[str, float | None, str]] = {}
-    settings = set()
+    # (setting, variant, steps, seed) -> (where, record)
+    runs: dict[tuple[str, str, int, int], tuple[str, dict[str, Any]]] = {}
     for workdir in workdirs:
         path = os.path.join(workdir, "study.json")
         if not os.path.exists(path):
@@ -75,37 +76,33 @@ def collect(workdirs: Sequence[str], variants: Sequence[str] = tuple(HEADLINE)) 
         with open(path) as f:
             records = json.load(f)["runs"]
         for key, record in records.items():
-            if record["status"] not in ("finished", "diverged"):
+            variant = record["variant"].removesuffix(_CHECK_SUFFIX)
+            if record["status"] not in ("finished", "diverged") or variant not in variants:
                 continue
-            variant = record["variant"]
-            if variant.endswith(_CHECK_SUFFIX):
-                variant = variant[: -len(_CHECK_SUFFIX)]
-            if variant not in variants:
-                continue
-            settings.add(record["setting"])
-            ap = record["eval"]["AP"] if record["status"] == "finished" else None
-            run = (variant, int(record["overrides"]["num_train_steps"]), int(record["seed"]))
+            record = {**record, "variant": variant}
+            run = (record["setting"], variant, int(record["overrides"]["num_train_steps"]),
+                   int(record["seed"]))
             where = f"{workdir}: {key}"
-            if run in seen and (seen[run][0], seen[run][1]) != (record["status"], ap):
-                raise StudyError(f"{where} and {seen[run][2]} are the same run (variant, steps "
+            if run in runs and _result(runs[run][1]) != _result(record):
+                raise StudyError(f"{where} and {runs[run][0]} are the same run (variant, steps "
                                  f"and seed) with different results; expected a copied run")
-            seen.setdefault(run, (record["status"], ap, where))
+            runs.setdefault(run, (where, record))
+    settings = sorted({record["setting"] for _, record in runs.values()})
     if len(settings) > 1:
-        raise StudyError(f"the workdirs trained different settings ({', '.join(sorted(settings))})"
+        raise StudyError(f"the workdirs trained different settings ({', '.join(settings)})"
                          "; expected workdirs of one setting")
-    values: dict[str, dict[int, list[float]]] = {}
-    diverged: dict[str, dict[int, int]] = {}
-    for (variant, steps, _), (status, ap, _) in sorted(seen.items()):
-        values.setdefault(variant, {}).setdefault(steps, [])
-        diverged.setdefault(variant, {}).setdefault(steps, 0)
-        if status == "diverged":
-            diverged[variant][steps] += 1
-        elif ap is not None and math.isfinite(ap):
-            values[variant][steps].append(float(ap))
-    stats = {variant: {steps: verdicts.Stats(tuple(v), diverged[variant][steps])
-                       for steps, v in sorted(by_steps.items())}
-             for variant, by_steps in values.items()}
-    return Budgets(settings.pop() if settings else "", stats)
+    setting = settings[0] if settings else ""
+    stats: dict[str, dict[int, verdicts.Stats]] = {}
+    for variant, steps in sorted({(variant, steps) for _, variant, steps, _ in runs}):
+        same_length = {f"{seed}": record for (_, v, s, seed), (_, record) in runs.items()
+                       if (v, s) == (variant, steps)}
+        stats.setdefault(variant, {})[steps] = runs_lib.variant_stats(
+            same_length, setting, variant, verdicts.VERDICT_METRIC)
+    return Budgets(setting, stats)
+
+
+def _result(record: Mapping[str, Any]) -> tuple[str, float | None]:
+    return record["status"], (record["eval"] or {}).get(verdicts.VERDICT_METRIC)
 
 
 def _stats(budgets: Budgets, variant: str, steps: int) -> verdicts.Stats:
