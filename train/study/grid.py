@@ -113,9 +113,10 @@ PRESETS = {
     # 38,400. That check (FL, seed 0) reached 0.723 / 0.766 / 0.773 at steps 9,600 / 14,400 /
     # 19,200 (45 minutes alone on 2 CPU cores, 2026-12-05), its last quarter adding 0.007: the
     # candidate for a converged comparison. Its own check (0.790 at 38,400, 92 minutes) ended
-    # outside the rule's window around its FL seeds (0.765-0.777): not converged by the rule either. Its FL (gamma 2, alpha 0.25) seed 0 is the same
-    # config as `long`'s `focal_g2_a0.25_2x_s0`; the Faster R-CNN's 3,000 steps are the RPN
-    # study's own check (`rpn_focal_softmax_2x_s0` of `full`, the same config as this preset's
+    # outside the rule's window around its FL seeds (0.765-0.777): not converged by the rule
+    # either. Its FL (gamma 2, alpha 0.25) seed 0 is the same config as `long`'s
+    # `focal_g2_a0.25_2x_s0`; the Faster R-CNN's 3,000 steps are the RPN study's own check
+    # (`rpn_focal_softmax_2x_s0` of `full`, the same config as this preset's
     # `rpn_focal_softmax_s0`).
     "xlong": Preset("xlong", {"retinanet": _schedule(19200, 4, 100),
                               "faster_rcnn": _schedule(3000, 5, 100)},
