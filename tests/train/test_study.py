@@ -425,8 +425,7 @@ def test_tables_are_built_from_the_runs_metrics_files(tmp_path):
               "full_grid": False, "base_configs": ["configs/shapes_retinanet.py"]}
     configs = {run.key: grid.run_config(run, bases["table1"][1]) for run in runs}
     content = runner.write_study(str(tmp_path), runs, ["table1"], header,
-                                 {"paper_regime": SETTING_FIGURES}, configs, {},
-                                 full_grid=False)
+                                 {"paper_regime": SETTING_FIGURES}, configs, full_grid=False)
 
     table = content["tables"]["table1a"]
     rows = {row["variant"]: row for row in table["rows"]}
@@ -473,7 +472,7 @@ def test_a_quick_study_says_it_is_not_converged(tmp_path):
     header = {"studies": ["table1"], "preset": "quick", "seeds": 1,
               "full_grid": False, "base_configs": ["x"]}
     runner.write_study(str(tmp_path), runs, ["table1"], header, {"paper_regime": SETTING_FIGURES},
-                       {}, {}, full_grid=False)
+                       {}, full_grid=False)
     # Its one seed gives the schedule check no range to judge by.
     assert "(**NOT SHOWN CONVERGED: no schedule check below has resolved it; its orderings " \
            "rank how far each loss got in this schedule" in (tmp_path / "study.md").read_text()
@@ -558,17 +557,39 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     with open(os.path.join(workdir, "study.json")) as f:
         partial = json.load(f)
     assert {r["status"] for r in partial["runs"].values()} == {"pending"}
+    first_dir = os.path.join(workdir, "runs", "base", "alpha_ce_a0.75_s0")
+    first_segment = runner.runs_lib.trained_seconds(first_dir)
+    assert first_segment > 0 and runner.runs_lib.ended_seconds(first_dir) is None
 
     # Between the runs: Ctrl-C while the second run is announced.
+    announced = []
+
     def interrupt_before_second(line):
+        announced.append(line)
         if "run 2/2" in line:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         _tiny_study(workdir, tiny_data_dir, echo=interrupt_before_second)
+    # The first run resumed at its step 1 of 4: three quarters of a run and the check were left.
+    assert announced[0] == ("[study] run 1/2 base/alpha_ce_a0.75_s0: 0 finished, about 28 s left "
+                            "(preset's estimate of 10 s a run of the preset's length)")
+    # Its time counts both of its segments.
+    total, complete = runner.runs_lib.ended_seconds(first_dir)
+    assert complete and total == runner.runs_lib.trained_seconds(first_dir) > first_segment
+    # The check is estimated from the first run's measured time, at twice it.
+    assert announced[1] == (f"[study] run 2/2 base/focal_g2_a0.25_2x_s0: 1 finished, about "
+                            f"{runner._format_minutes(2 * total)} left (measured of "
+                            f"{runner._format_minutes(total)} a run of the preset's length)")
     lines = []
     resumed = _tiny_study(workdir, tiny_data_dir, echo=lines.append)
     assert lines[0] == "[study] run 1/2 base/alpha_ce_a0.75_s0: finished before, skipped"
+    # study.md gives each ended run's minutes.
+    with open(os.path.join(workdir, "study.md")) as f:
+        time_section = f.read().split("## Time")[1]
+    assert "2 runs ended" in time_section and ">=" not in time_section
+    assert f"| `base/alpha_ce_a0.75` | {total / 60:.1f} |" in time_section
+    assert "| `base/focal_g2_a0.25_2x` | " in time_section
 
     _assert_same_content(resumed, reference)
 
@@ -578,6 +599,24 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     narrowed = _tiny_study(workdir, tiny_data_dir, echo=lines.append, runs=("alpha_ce_a0.75*",))
     assert lines[0] == "[study] run 1/1 base/alpha_ce_a0.75_s0: finished before, skipped"
     _assert_same_content(narrowed, reference)
+
+
+def test_a_run_that_recorded_its_last_segment_only_is_marked_as_a_lower_bound(tmp_path):
+    old, new = str(tmp_path / "old"), str(tmp_path / "new")
+    for run_dir, seconds in ((old, 600.0), (new, 1200.0)):
+        os.makedirs(run_dir)
+        with open(os.path.join(run_dir, runner.runs_lib.RESULT_FILE), "w") as f:
+            json.dump({"status": "finished", "seconds": seconds}, f)
+    with open(os.path.join(new, runner.runs_lib.TIME_FILE), "w") as f:
+        json.dump({"seconds": 1200.0}, f)
+    assert runner.runs_lib.ended_seconds(old) == (600.0, False)
+    assert runner.runs_lib.ended_seconds(new) == (1200.0, True)
+    assert runner.runs_lib.ended_seconds(str(tmp_path)) is None
+    text = "\n".join(runner.report_lib._time_section(
+        {("s/v", 0): (600.0, False), ("s/v", 1): (1200.0, True), ("s/w", 0): (60.0, True)}))
+    assert "3 runs ended, 0.5 h in all at least:" in text
+    assert "| `s/v` | >= 10.0 | 20.0 |" in text
+    assert "| `s/w` | 1.0 | — |" in text
 
 
 def test_the_time_left_counts_a_schedule_check_as_two_runs():

@@ -116,7 +116,10 @@ def _percent(value: float | None) -> str:
 
 
 def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
-                    figure4: Mapping[str, Any] | None, timings: Mapping[str, float]) -> str:
+                    figure4: Mapping[str, Any] | None,
+                    timings: Mapping[tuple[str, int], tuple[float, bool]]) -> str:
+    """study.md; `timings` holds `runs.ended_seconds` of each ended run, by (setting/variant,
+    seed)."""
     studies = [studies_lib.STUDIES[name] for name in header["studies"]]
     sources = "; ".join(dict.fromkeys(study.paper_source for study in studies))
     regimes = "; ".join(dict.fromkeys(study.paper_regime for study in studies))
@@ -193,11 +196,33 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
                          f"{neg['hardest_10%']:.3f} | {neg['hardest_1%']:.3f} |")
         lines += ["", report["tables"]["figure4"]["claim"], ""]
     if timings:
-        total = sum(timings.values())
-        lines += ["## Time", "", f"{_count(len(timings), 'run')} trained by this invocation, "
-                  f"{total / 60:.1f} min (wall-clock of the runs; a resumed run counts its last "
-                  "part only).", ""]
+        lines += _time_section(timings)
     return "\n".join(lines)
+
+
+def _time_section(timings: Mapping[tuple[str, int], tuple[float, bool]]) -> list[str]:
+    seeds = sorted({seed for _, seed in timings})
+    variants = list(dict.fromkeys(variant for variant, _ in sorted(timings)))
+    total = sum(seconds for seconds, _ in timings.values())
+    partial = any(not complete for _, complete in timings.values())
+    lines = ["## Time", "",
+             f"{_count(len(timings), 'run')} ended, {total / 3600:.1f} h in all"
+             f"{' at least' if partial else ''}: the wall-clock each run recorded, its "
+             "evaluations included, over every segment of a resumed run that ended through the "
+             "study (a segment cut off without warning, the machine going down, is not "
+             "counted). Minutes"
+             + (f"; >= marks a run ended before the study kept `{runs_lib.TIME_FILE}`, which "
+                "recorded its last segment only:" if partial else ":"), "",
+             "| run | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+             "|---|" + "---:|" * len(seeds)]
+    for variant in variants:
+        cells = []
+        for seed in seeds:
+            seconds, complete = timings.get((variant, seed), (None, True))
+            cells.append("—" if seconds is None
+                         else f"{'' if complete else '>= '}{seconds / 60:.1f}")
+        lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _save(figure, path: str, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> None:

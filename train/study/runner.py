@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from focaljax.inference.workdir import latest_checkpoint_step
 from train import cli
 from train import train as trainer
 from train.study import data_report
@@ -110,7 +111,8 @@ def check_spec(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> Non
 
 
 def train_run(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> float:
-    """Trains (or resumes) one run and writes its result file; returns the seconds it took.
+    """Trains (or resumes) one run and writes its result file; returns the seconds it took in
+    all, its earlier segments included.
 
     Raises:
       trainer.TrainingInterruptedError: on SIGTERM or Ctrl-C, after the trainer saved the step.
@@ -121,6 +123,7 @@ def train_run(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> floa
             "run": run.key, "overrides": runs_lib.jsonable(run.overrides),
             "config": _config_json(config),
         })
+    earlier = runs_lib.trained_seconds(run_dir)
     start = time.perf_counter()
     result: dict[str, Any] = {"run": run.key}
     try:
@@ -130,7 +133,9 @@ def train_run(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> floa
         result.update(status="diverged", error=str(error))
     except cli.ConfigError as error:
         raise StudyError(f"run {run.key}: {error}") from None
-    seconds = time.perf_counter() - start
+    finally:  # Also when interrupted: the resumed run adds its next segment to this one.
+        seconds = earlier + time.perf_counter() - start
+        write_json(os.path.join(run_dir, runs_lib.TIME_FILE), {"seconds": seconds})
     write_json(os.path.join(run_dir, runs_lib.RESULT_FILE), {**result, "seconds": seconds})
     return seconds
 
@@ -144,8 +149,9 @@ def seconds_left(pending: Sequence[float], measured: Sequence[tuple[float, float
     """The time the pending runs will take, and the time a run of the preset's length takes.
 
     Args:
-      pending: each pending run's length in runs of the preset's length (2 for a schedule check).
-      measured: (seconds, length) of each run trained so far; their mean time a unit length
+      pending: the training each pending run has left, in runs of the preset's length (2 for a
+        schedule check not started, 0.5 for a run of the preset's length resumed halfway).
+      measured: (seconds, length) of each run ended so far; their mean time a unit length
         replaces the preset's `seconds_per_run` once there is one.
     """
     per_run = (float(np.mean([seconds / length for seconds, length in measured]))
@@ -186,17 +192,20 @@ def run_study(request: Request, workdir: str, *,
     header = {"studies": list(request.studies), "preset": preset.name,
               "seeds": request.num_seeds, "full_grid": request.full_grid,
               "base_configs": sorted(base_configs)}
-    timings: dict[str, float] = {}
 
     def length(run: Run) -> float:  # in runs of the preset's length
         return (configs[run.key].num_train_steps
                 / preset.overrides[run.detector]["num_train_steps"])
 
+    def length_left(run: Run) -> float:  # what its latest checkpoint leaves to train
+        step = latest_checkpoint_step(os.path.join(runs_dir, run.key)) or 0
+        return length(run) * (1.0 - step / configs[run.key].num_train_steps)
+
     def finished(run: Run) -> bool:
         return os.path.exists(os.path.join(runs_dir, run.key, runs_lib.RESULT_FILE))
 
     def write_outputs() -> dict[str, Any]:
-        return write_study(workdir, grid, request.studies, header, settings, configs, timings,
+        return write_study(workdir, grid, request.studies, header, settings, configs,
                            full_grid=request.full_grid)
 
     try:
@@ -204,16 +213,16 @@ def run_study(request: Request, workdir: str, *,
             if finished(run):
                 echo(f"[study] run {index}/{len(to_train)} {run.key}: finished before, skipped")
                 continue
-            pending = [length(r) for r in to_train if not finished(r)]
-            left, per_run = seconds_left(
-                pending, [(seconds, length(r)) for r in to_train
-                          if (seconds := timings.get(r.key)) is not None],
-                preset.seconds_per_run)
-            estimate = "measured" if timings else "preset's estimate"
+            pending = [r for r in to_train if not finished(r)]
+            measured = [(ended[0], length(r)) for r in grid if (ended := runs_lib.ended_seconds(
+                os.path.join(runs_dir, r.key))) is not None]
+            left, per_run = seconds_left([length_left(r) for r in pending], measured,
+                                         preset.seconds_per_run)
+            estimate = "measured" if measured else "preset's estimate"
             echo(f"[study] run {index}/{len(to_train)} {run.key}: {len(to_train) - len(pending)} "
                  f"finished, about {_format_minutes(left)} left ({estimate} of "
                  f"{_format_minutes(per_run)} a run of the preset's length)")
-            timings[run.key] = train_run(run, os.path.join(runs_dir, run.key), configs[run.key])
+            train_run(run, os.path.join(runs_dir, run.key), configs[run.key])
             write_outputs()
     except trainer.TrainingInterruptedError:
         write_outputs()
@@ -231,12 +240,12 @@ def write_study(
     header: Mapping[str, Any],
     settings: Mapping[str, Mapping[str, Any]],
     configs: Mapping[str, ml_collections.ConfigDict],
-    timings: Mapping[str, float],
     *,
     full_grid: bool,
 ) -> dict[str, Any]:
     """study.json (no timings, so that a resumed study writes the one an uninterrupted study
-    writes), study.md and the plots, from the runs' own files."""
+    writes), study.md (with the time each ended run took) and the plots, from the runs' own
+    files."""
     runs_dir = os.path.join(workdir, "runs")
     records = {run.key: runs_lib.collect_run(run, os.path.join(runs_dir, run.key))
                for run in grid}
@@ -254,7 +263,10 @@ def write_study(
     os.makedirs(workdir, exist_ok=True)
     write_json(os.path.join(workdir, "study.json"), runs_lib.jsonable(content))
     _write_text(os.path.join(workdir, "study.md"),
-                report_lib.render_markdown(report, header, figure4, timings))
+                report_lib.render_markdown(report, header, figure4, {
+                    (f"{run.setting}/{run.variant}", run.seed): ended for run in grid
+                    if (ended := runs_lib.ended_seconds(os.path.join(runs_dir, run.key)))
+                    is not None}))
     report_lib.plot_table1(report, os.path.join(workdir, "table1.png"))
     report_lib.plot_ap_vs_step(report, os.path.join(workdir, "ap_vs_step.png"))
     if figure4 is not None:

@@ -1,8 +1,9 @@
 """Reading a run's own files: its status, its training log and every evaluation it logged.
 
 A run directory holds what the trainer writes (`metrics.jsonl`, checkpoints) and what the study
-adds: `study_run.json` (its overrides and config, written before it trains) and
-`study_result.json` (written atomically once it has ended).
+adds: `study_run.json` (its overrides and config, written before it trains), `study_time.json`
+(the seconds it has trained so far) and `study_result.json` (written atomically once it has
+ended).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from train.study.grid import Run
 
 RESULT_FILE = "study_result.json"
 SPEC_FILE = "study_run.json"
+TIME_FILE = "study_time.json"
 # The loss's count of positive anchors per image, as the trainer logs it, per detector.
 POSITIVES_METRIC = {"retinanet": "train/num_positives", "faster_rcnn": "train/rpn_num_positives"}
 
@@ -52,6 +54,33 @@ def read_metrics(
             else:
                 train_records[step] = scalars
     return dict(sorted(train_records.items())), dict(sorted(evaluations.items()))
+
+
+def trained_seconds(run_dir: str) -> float:
+    """The wall-clock seconds a run has trained so far (evaluations included), summed over the
+    segments that ended through the study: finished, diverged, or interrupted by SIGTERM or
+    Ctrl-C. A segment cut off without warning (the machine going down) is not counted; 0 for a
+    run that has not trained."""
+    path = os.path.join(run_dir, TIME_FILE)
+    if not os.path.exists(path):
+        return 0.0
+    with open(path) as f:
+        return float(json.load(f)["seconds"])
+
+
+def ended_seconds(run_dir: str) -> tuple[float, bool] | None:
+    """`(seconds, complete)`: the seconds an ended run took (`trained_seconds` when it ended),
+    and whether they cover all of its segments; None for a run that has not ended or recorded
+    no time. A run ended before the study kept `TIME_FILE` recorded its last segment only: its
+    seconds are a lower bound (complete False)."""
+    path = os.path.join(run_dir, RESULT_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        seconds = json.load(f).get("seconds")
+    if seconds is None:
+        return None
+    return float(seconds), os.path.exists(os.path.join(run_dir, TIME_FILE))
 
 
 def loss_noise(values: Sequence[float]) -> float:
