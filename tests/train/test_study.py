@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import ml_collections
 import numpy as np
@@ -617,6 +618,27 @@ def test_a_run_that_recorded_its_last_segment_only_is_marked_as_a_lower_bound(tm
     assert "3 runs ended, 0.5 h in all at least:" in text
     assert "| `s/v` | >= 10.0 | 20.0 |" in text
     assert "| `s/w` | 1.0 | — |" in text
+
+
+def test_a_segments_clock_is_on_disk_while_it_runs_and_adds_to_the_earlier_segments(tmp_path):
+    run_dir = str(tmp_path)
+    with open(os.path.join(run_dir, runner.runs_lib.TIME_FILE), "w") as f:
+        json.dump({"seconds": 100.0}, f)
+    with runner.segment_clock(run_dir, every=0.01) as seconds:
+        # What a segment killed now (no `finally`) would leave: its time up to the last tick.
+        deadline = time.monotonic() + 10.0
+        while runner.runs_lib.trained_seconds(run_dir) == 100.0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        ticked = runner.runs_lib.trained_seconds(run_dir)
+        assert 100.0 < ticked <= seconds()
+    ended = seconds()
+    assert ended == runner.runs_lib.trained_seconds(run_dir) >= ticked
+    time.sleep(0.02)
+    assert seconds() == ended  # Frozen once the segment ended.
+    # An exception ends the segment too, and its time is still added.
+    with pytest.raises(RuntimeError), runner.segment_clock(run_dir, every=60.0):
+        raise RuntimeError("interrupted")
+    assert runner.runs_lib.trained_seconds(run_dir) > ended
 
 
 def test_the_time_left_counts_a_schedule_check_as_two_runs():

@@ -208,9 +208,9 @@ def _time_section(timings: Mapping[tuple[str, int], tuple[float, bool]]) -> list
     lines = ["## Time", "",
              f"{_count(len(timings), 'run')} ended, {total / 3600:.1f} h in all"
              f"{' at least' if partial else ''}: the wall-clock each run recorded, its "
-             "evaluations included, over every segment of a resumed run that ended through the "
-             "study (a segment cut off without warning, the machine going down, is not "
-             "counted). Minutes"
+             "evaluations included, over every segment of a resumed run (a segment cut off "
+             "without warning, the machine going down, up to its last minute; before 2026-12-06 "
+             "not at all). Minutes"
              + (f"; >= marks a run ended before the study kept `{runs_lib.TIME_FILE}`, which "
                 "recorded its last segment only:" if partial else ":"), "",
              "| run | " + " | ".join(f"seed {s}" for s in seeds) + " |",

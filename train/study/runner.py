@@ -3,10 +3,12 @@ sub-workdir, and the outputs written after every run from the runs' own files.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -110,6 +112,42 @@ def check_spec(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> Non
         )
 
 
+# How often a training segment adds its time so far to the run's `runs.TIME_FILE`: a segment cut
+# off without warning (the machine going down) loses at most this much of its time.
+CLOCK_SECONDS = 60.0
+
+
+@contextlib.contextmanager
+def segment_clock(run_dir: str, every: float = CLOCK_SECONDS) -> Iterator[Callable[[], float]]:
+    """Times one training segment of the run in `run_dir`: its `runs.TIME_FILE` holds the earlier
+    segments' seconds plus this one's so far, rewritten every `every` seconds while it runs and
+    once more when it ends (also by an exception). Yields a function giving that total, which
+    stops growing when the segment ends."""
+    path = os.path.join(run_dir, runs_lib.TIME_FILE)
+    earlier = runs_lib.trained_seconds(run_dir)
+    start = time.perf_counter()
+    end: list[float] = []
+
+    def total() -> float:
+        return earlier + (end[0] if end else time.perf_counter()) - start
+
+    ended = threading.Event()
+
+    def tick() -> None:
+        while not ended.wait(every):
+            write_json(path, {"seconds": total()})
+
+    ticker = threading.Thread(target=tick, name="study-clock", daemon=True)
+    ticker.start()
+    try:
+        yield total
+    finally:
+        ended.set()
+        ticker.join()
+        end.append(time.perf_counter())
+        write_json(path, {"seconds": total()})
+
+
 def train_run(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> float:
     """Trains (or resumes) one run and writes its result file; returns the seconds it took in
     all, its earlier segments included.
@@ -123,21 +161,18 @@ def train_run(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> floa
             "run": run.key, "overrides": runs_lib.jsonable(run.overrides),
             "config": _config_json(config),
         })
-    earlier = runs_lib.trained_seconds(run_dir)
-    start = time.perf_counter()
     result: dict[str, Any] = {"run": run.key}
-    try:
-        trainer.train_and_evaluate(config, run_dir)
-        result["status"] = "finished"
-    except trainer.TrainingDivergedError as error:
-        result.update(status="diverged", error=str(error))
-    except cli.ConfigError as error:
-        raise StudyError(f"run {run.key}: {error}") from None
-    finally:  # Also when interrupted: the resumed run adds its next segment to this one.
-        seconds = earlier + time.perf_counter() - start
-        write_json(os.path.join(run_dir, runs_lib.TIME_FILE), {"seconds": seconds})
-    write_json(os.path.join(run_dir, runs_lib.RESULT_FILE), {**result, "seconds": seconds})
-    return seconds
+    # Also when interrupted: the resumed run adds its next segment to this one.
+    with segment_clock(run_dir) as seconds:
+        try:
+            trainer.train_and_evaluate(config, run_dir)
+            result["status"] = "finished"
+        except trainer.TrainingDivergedError as error:
+            result.update(status="diverged", error=str(error))
+        except cli.ConfigError as error:
+            raise StudyError(f"run {run.key}: {error}") from None
+    write_json(os.path.join(run_dir, runs_lib.RESULT_FILE), {**result, "seconds": seconds()})
+    return seconds()
 
 
 def _format_minutes(seconds: float) -> str:

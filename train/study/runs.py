@@ -57,10 +57,10 @@ def read_metrics(
 
 
 def trained_seconds(run_dir: str) -> float:
-    """The wall-clock seconds a run has trained so far (evaluations included), summed over the
-    segments that ended through the study: finished, diverged, or interrupted by SIGTERM or
-    Ctrl-C. A segment cut off without warning (the machine going down) is not counted; 0 for a
-    run that has not trained."""
+    """The wall-clock seconds a run has trained so far (evaluations included), summed over its
+    segments (`runner.segment_clock`): those that ended through the study (finished, diverged,
+    SIGTERM, Ctrl-C) in full, one cut off without warning (the machine going down) up to its
+    last minute; 0 for a run that has not trained."""
     path = os.path.join(run_dir, TIME_FILE)
     if not os.path.exists(path):
         return 0.0
