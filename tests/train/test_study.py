@@ -13,9 +13,11 @@ import time
 
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from focaljax.detectors import anchor_coverage
+from focaljax.inference import workdir as workdir_lib
 from tests.train.conftest import tiny_config
 from train import checks, cli
 from train import train as trainer
@@ -639,6 +641,37 @@ def test_a_segments_clock_is_on_disk_while_it_runs_and_adds_to_the_earlier_segme
     with pytest.raises(RuntimeError), runner.segment_clock(run_dir, every=60.0):
         raise RuntimeError("interrupted")
     assert runner.runs_lib.trained_seconds(run_dir) > ended
+
+
+def test_a_run_whose_checkpoints_are_gone_sets_its_earlier_log_and_time_aside(tmp_path):
+    run_dir = str(tmp_path)
+    assert runner.set_aside_lost_segments(run_dir) is None  # Never trained: nothing to set aside.
+
+    def trained(last_step: int, seconds: float) -> None:
+        with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+            f.write(json.dumps({"step": 20, "train/loss": 1.0}) + "\n")
+            f.write(json.dumps({"step": last_step, "eval/AP": 0.5}) + "\n")
+        with open(os.path.join(run_dir, runner.runs_lib.TIME_FILE), "w") as f:
+            json.dump({"seconds": seconds}, f)
+
+    trained(4800, 600.0)
+    lost = runner.set_aside_lost_segments(run_dir)
+    assert lost == {"dir": os.path.join(run_dir, runner.LOST_DIR, "1"), "last_step": 4800,
+                    "seconds": 600.0}
+    assert not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
+    assert runner.runs_lib.trained_seconds(run_dir) == 0.0  # The restart's clock starts at 0.
+    assert runner.runs_lib.trained_seconds(lost["dir"]) == 600.0
+    assert runner.runs_lib.read_metrics(lost["dir"])[1] == {4800: {"AP": 0.5}}
+    trained(9600, 1200.0)  # Lost a second time: the next directory.
+    assert runner.set_aside_lost_segments(run_dir)["dir"].endswith(f"{runner.LOST_DIR}/2")
+    # With a checkpoint on disk the run resumes from it: its log and time stay.
+    trained(9600, 1200.0)
+    manager = workdir_lib.checkpoint_manager(run_dir)
+    manager.save(9600, args=ocp.args.StandardSave({"step": np.int32(9600)}))
+    manager.wait_until_finished()
+    manager.close()
+    assert runner.set_aside_lost_segments(run_dir) is None
+    assert runner.runs_lib.trained_seconds(run_dir) == 1200.0
 
 
 def test_the_time_left_counts_a_schedule_check_as_two_runs():

@@ -148,6 +148,35 @@ def segment_clock(run_dir: str, every: float = CLOCK_SECONDS) -> Iterator[Callab
         write_json(path, {"seconds": total()})
 
 
+# Where `set_aside_lost_segments` moves the log and time of a run's segments whose checkpoints
+# are gone: `LOST_DIR/1/`, `LOST_DIR/2/`, ... in the run's directory.
+LOST_DIR = "lost_segments"
+
+
+def set_aside_lost_segments(run_dir: str) -> dict[str, Any] | None:
+    """Before a run trains: when it has trained before (its `metrics.jsonl` or time is on disk) but
+    none of its checkpoints is left (the run's files came to a new machine without the ignored
+    checkpoints, or they were deleted), it starts over from step 0, so its earlier log and time
+    are moved to the next `LOST_DIR/N/` and the run's log and time become those of the run that
+    produces its result. Returns what was set aside (`dir`, `last_step` logged, `seconds`), or
+    None when there was nothing to set aside."""
+    traces = [name for name in ("metrics.jsonl", runs_lib.TIME_FILE)
+              if os.path.exists(os.path.join(run_dir, name))]
+    if not traces or latest_checkpoint_step(run_dir) is not None:
+        return None
+    train_records, evaluations = runs_lib.read_metrics(run_dir)
+    seconds = runs_lib.trained_seconds(run_dir)
+    number = 1
+    while os.path.exists(os.path.join(run_dir, LOST_DIR, str(number))):
+        number += 1
+    destination = os.path.join(run_dir, LOST_DIR, str(number))
+    os.makedirs(destination)
+    for name in traces:
+        os.replace(os.path.join(run_dir, name), os.path.join(destination, name))
+    return {"dir": destination, "last_step": max([*train_records, *evaluations], default=0),
+            "seconds": seconds}
+
+
 def train_run(run: Run, run_dir: str, config: ml_collections.ConfigDict) -> float:
     """Trains (or resumes) one run and writes its result file; returns the seconds it took in
     all, its earlier segments included.
@@ -257,6 +286,11 @@ def run_study(request: Request, workdir: str, *,
             echo(f"[study] run {index}/{len(to_train)} {run.key}: {len(to_train) - len(pending)} "
                  f"finished, about {_format_minutes(left)} left ({estimate} of "
                  f"{_format_minutes(per_run)} a run of the preset's length)")
+            lost = set_aside_lost_segments(os.path.join(runs_dir, run.key))
+            if lost is not None:
+                echo(f"[study] {run.key} has no checkpoint left: it starts over from step 0; "
+                     f"its earlier log (to step {lost['last_step']:,}) and time "
+                     f"({_format_minutes(lost['seconds'])}) moved to {lost['dir']}")
             train_run(run, os.path.join(runs_dir, run.key), configs[run.key])
             write_outputs()
     except trainer.TrainingInterruptedError:
