@@ -616,7 +616,7 @@ def test_a_run_that_recorded_its_last_segment_only_is_marked_as_a_lower_bound(tm
     assert runner.runs_lib.ended_seconds(new) == (1200.0, True)
     assert runner.runs_lib.ended_seconds(str(tmp_path)) is None
     text = "\n".join(runner.report_lib._time_section(
-        {("s/v", 0): (600.0, False), ("s/v", 1): (1200.0, True), ("s/w", 0): (60.0, True)}))
+        {("s/v", 0): (600.0, False), ("s/v", 1): (1200.0, True), ("s/w", 0): (60.0, True)}, {}))
     assert "3 runs ended, 0.5 h in all at least:" in text
     assert "| `s/v` | >= 10.0 | 20.0 |" in text
     assert "| `s/w` | 1.0 | — |" in text
@@ -656,14 +656,20 @@ def test_a_run_whose_checkpoints_are_gone_sets_its_earlier_log_and_time_aside(tm
 
     trained(4800, 600.0)
     lost = runner.set_aside_lost_segments(run_dir)
-    assert lost == {"dir": os.path.join(run_dir, runner.LOST_DIR, "1"), "last_step": 4800,
+    assert lost == {"dir": os.path.join(run_dir, runner.runs_lib.LOST_DIR, "1"), "last_step": 4800,
                     "seconds": 600.0}
     assert not os.path.exists(os.path.join(run_dir, "metrics.jsonl"))
     assert runner.runs_lib.trained_seconds(run_dir) == 0.0  # The restart's clock starts at 0.
     assert runner.runs_lib.trained_seconds(lost["dir"]) == 600.0
     assert runner.runs_lib.read_metrics(lost["dir"])[1] == {4800: {"AP": 0.5}}
     trained(9600, 1200.0)  # Lost a second time: the next directory.
-    assert runner.set_aside_lost_segments(run_dir)["dir"].endswith(f"{runner.LOST_DIR}/2")
+    second = runner.set_aside_lost_segments(run_dir)["dir"]
+    assert second == os.path.join(run_dir, runner.runs_lib.LOST_DIR, "2")
+    assert runner.runs_lib.lost_seconds(run_dir) == 600.0 + 1200.0
+    text = "\n".join(runner.report_lib._time_section({("s/v", 0): (60.0, True)},
+                                                     {"s/v_s1": 1800.0}))
+    assert "Not in these minutes: 30 min trained in segments whose checkpoints were lost" in text
+    assert "`s/v_s1` 30.0." in text
     # With a checkpoint on disk the run resumes from it: its log and time stay.
     trained(9600, 1200.0)
     manager = workdir_lib.checkpoint_manager(run_dir)

@@ -117,9 +117,10 @@ def _percent(value: float | None) -> str:
 
 def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
                     figure4: Mapping[str, Any] | None,
-                    timings: Mapping[tuple[str, int], tuple[float, bool]]) -> str:
+                    timings: Mapping[tuple[str, int], tuple[float, bool]],
+                    lost: Mapping[str, float] | None = None) -> str:
     """study.md; `timings` holds `runs.ended_seconds` of each ended run, by (setting/variant,
-    seed)."""
+    seed), and `lost` the `runs.lost_seconds` of each run that has some, by run key."""
     studies = [studies_lib.STUDIES[name] for name in header["studies"]]
     sources = "; ".join(dict.fromkeys(study.paper_source for study in studies))
     regimes = "; ".join(dict.fromkeys(study.paper_regime for study in studies))
@@ -195,12 +196,13 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
             lines.append(f"| {gamma} | {pos['hardest_10%']:.3f} | {pos['hardest_1%']:.3f} | "
                          f"{neg['hardest_10%']:.3f} | {neg['hardest_1%']:.3f} |")
         lines += ["", report["tables"]["figure4"]["claim"], ""]
-    if timings:
-        lines += _time_section(timings)
+    if timings or lost:
+        lines += _time_section(timings, lost or {})
     return "\n".join(lines)
 
 
-def _time_section(timings: Mapping[tuple[str, int], tuple[float, bool]]) -> list[str]:
+def _time_section(timings: Mapping[tuple[str, int], tuple[float, bool]],
+                  lost: Mapping[str, float]) -> list[str]:
     seeds = sorted({seed for _, seed in timings})
     variants = list(dict.fromkeys(variant for variant, _ in sorted(timings)))
     total = sum(seconds for seconds, _ in timings.values())
@@ -222,6 +224,12 @@ def _time_section(timings: Mapping[tuple[str, int], tuple[float, bool]]) -> list
             cells.append("—" if seconds is None
                          else f"{'' if complete else '>= '}{seconds / 60:.1f}")
         lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+    if lost:
+        runs = ", ".join(f"`{key}` {seconds / 60:.1f}" for key, seconds in sorted(lost.items()))
+        lines += ["", f"Not in these minutes: {sum(lost.values()) / 60:.0f} min trained in "
+                  "segments whose checkpoints were lost (not committed; a new machine), after "
+                  "which the run started over from step 0 "
+                  f"(`{runs_lib.LOST_DIR}/` in its directory): {runs}."]
     return lines + [""]
 
 

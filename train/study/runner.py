@@ -148,16 +148,11 @@ def segment_clock(run_dir: str, every: float = CLOCK_SECONDS) -> Iterator[Callab
         write_json(path, {"seconds": total()})
 
 
-# Where `set_aside_lost_segments` moves the log and time of a run's segments whose checkpoints
-# are gone: `LOST_DIR/1/`, `LOST_DIR/2/`, ... in the run's directory.
-LOST_DIR = "lost_segments"
-
-
 def set_aside_lost_segments(run_dir: str) -> dict[str, Any] | None:
     """Before a run trains: when it has trained before (its `metrics.jsonl` or time is on disk) but
     none of its checkpoints is left (the run's files came to a new machine without the ignored
     checkpoints, or they were deleted), it starts over from step 0, so its earlier log and time
-    are moved to the next `LOST_DIR/N/` and the run's log and time become those of the run that
+    are moved to the next `runs.LOST_DIR/N/` and the run's log and time become those of the run that
     produces its result. Returns what was set aside (`dir`, `last_step` logged, `seconds`), or
     None when there was nothing to set aside."""
     traces = [name for name in ("metrics.jsonl", runs_lib.TIME_FILE)
@@ -167,9 +162,9 @@ def set_aside_lost_segments(run_dir: str) -> dict[str, Any] | None:
     train_records, evaluations = runs_lib.read_metrics(run_dir)
     seconds = runs_lib.trained_seconds(run_dir)
     number = 1
-    while os.path.exists(os.path.join(run_dir, LOST_DIR, str(number))):
+    while os.path.exists(os.path.join(run_dir, runs_lib.LOST_DIR, str(number))):
         number += 1
-    destination = os.path.join(run_dir, LOST_DIR, str(number))
+    destination = os.path.join(run_dir, runs_lib.LOST_DIR, str(number))
     os.makedirs(destination)
     for name in traces:
         os.replace(os.path.join(run_dir, name), os.path.join(destination, name))
@@ -335,7 +330,9 @@ def write_study(
                 report_lib.render_markdown(report, header, figure4, {
                     (f"{run.setting}/{run.variant}", run.seed): ended for run in grid
                     if (ended := runs_lib.ended_seconds(os.path.join(runs_dir, run.key)))
-                    is not None}))
+                    is not None}, {
+                    run.key: lost for run in grid
+                    if (lost := runs_lib.lost_seconds(os.path.join(runs_dir, run.key)))}))
     report_lib.plot_table1(report, os.path.join(workdir, "table1.png"))
     report_lib.plot_ap_vs_step(report, os.path.join(workdir, "ap_vs_step.png"))
     if figure4 is not None:

@@ -2,8 +2,9 @@
 
 A run directory holds what the trainer writes (`metrics.jsonl`, checkpoints) and what the study
 adds: `study_run.json` (its overrides and config, written before it trains), `study_time.json`
-(the seconds it has trained so far) and `study_result.json` (written atomically once it has
-ended).
+(the seconds it has trained so far), `study_result.json` (written atomically once it has
+ended) and, for a run that lost its checkpoints and started over, `LOST_DIR/N/` (the log and time
+of the segments lost).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from train.study.grid import Run
 RESULT_FILE = "study_result.json"
 SPEC_FILE = "study_run.json"
 TIME_FILE = "study_time.json"
+# Where the log and time of a run's segments whose checkpoints were lost are set aside
+# (`runner.set_aside_lost_segments`): `LOST_DIR/1/`, `LOST_DIR/2/`, ... in the run's directory.
+LOST_DIR = "lost_segments"
 # The loss's count of positive anchors per image, as the trainer logs it, per detector.
 POSITIVES_METRIC = {"retinanet": "train/num_positives", "faster_rcnn": "train/rpn_num_positives"}
 
@@ -66,6 +70,15 @@ def trained_seconds(run_dir: str) -> float:
         return 0.0
     with open(path) as f:
         return float(json.load(f)["seconds"])
+
+
+def lost_seconds(run_dir: str) -> float:
+    """The seconds a run trained in segments whose checkpoints were lost before it resumed (set
+    aside in `LOST_DIR`): compute spent that its result does not stand on; 0 when none."""
+    lost_dir = os.path.join(run_dir, LOST_DIR)
+    if not os.path.isdir(lost_dir):
+        return 0.0
+    return sum(trained_seconds(os.path.join(lost_dir, name)) for name in os.listdir(lost_dir))
 
 
 def ended_seconds(run_dir: str) -> tuple[float, bool] | None:
