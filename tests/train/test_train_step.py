@@ -17,12 +17,13 @@ from train import state as train_state
 IMAGE_SIZE = (64, 64)
 
 
-def pmapped_steps(config, devices):
-    """`(p_train_step, p_eval_step, replicated initial state)` on `devices`."""
+def pmapped_steps(config, devices, num_steps: int = 100):
+    """`(p_train_step, p_eval_step, replicated initial state)` on `devices`, the learning rate
+    schedule `num_steps` long."""
     detector = detectors.build(
         config.model, num_classes=4, image_size=IMAGE_SIZE, axis_name=train.AXIS_NAME
     )
-    learning_rate_fn = optim.create_learning_rate_fn(config, 100, ())
+    learning_rate_fn = optim.create_learning_rate_fn(config, num_steps, ())
     tx = optim.create_optimizer(config, learning_rate_fn, frozen=detector.frozen)
     state = train_state.create_train_state(jax.random.PRNGKey(0), detector, tx, IMAGE_SIZE)
     step = jax.pmap(
