@@ -38,6 +38,8 @@ def _two_presets(tmp_path, copied_ap=0.60):
         _record("focal_g2_a0.25", 2, 100, 0.54),
         _record("alpha_ce_a0.75", 0, 100, 0.40), _record("alpha_ce_a0.75", 1, 100, 0.41),
         _record("alpha_ce_a0.75", 2, 100, 0.42),
+        _record("alpha_ce_a0.5", 0, 100, 0.44), _record("alpha_ce_a0.5", 1, 100, 0.45),
+        _record("alpha_ce_a0.5", 2, 100, 0.46),
         _record("focal_g2_a0.25_2x", 0, 200, 0.60),
         _record("ce_bias0_sgd", 0, 100, None, status="diverged"),
         _record("ohem_x5_nms0.5", 0, 100, 0.9),  # Not a headline row.
@@ -68,6 +70,12 @@ def test_the_tables_cells_and_verdicts_match_hand_computed_ones(tmp_path):
     assert "| FL, gamma 2, alpha 0.25 | 0.520 (0.500–0.540, 3 seeds) | 0.620 (0.600–0.640, " \
            "2 seeds) |" in text
     assert "| CE from a zero bias, SGD | diverged | — |" in text
+    assert "| alpha-CE, alpha 0.5 | 0.450 (0.440–0.460, 3 seeds) | — |" in text
+    # The best alpha-CE row at each length, on its seed mean: alpha 0.5 (0.45) at 100 steps, where
+    # FL leads by 0.07 against a noise of max(0.04, 0.02); alpha 0.75, the only one, at 200.
+    assert "| FL, gamma 2, alpha 0.25 > the best alpha-CE row | holds (alpha-CE, alpha 0.5, the " \
+           "best of 2 trained: gap +0.070, noise 0.040) | not resolved (alpha-CE, alpha 0.75, " \
+           "the best of 1 trained: 1 of 3 seeds) |" in text
     # FL 0.52 against alpha-CE 0.41: gap 0.11, noise max(0.04, 0.02) = 0.04.
     assert "| FL, gamma 2, alpha 0.25 > alpha-CE, alpha 0.75 | holds (gap +0.110, noise " \
            "0.040) | not resolved (1 of 3 seeds) |" in text

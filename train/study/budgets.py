@@ -1,5 +1,6 @@
-"""The headline rows across training budgets: each row's AP at the end of every schedule length
-that a set of study workdirs (one a preset) trained, and the rule's verdicts at each length.
+"""The headline rows and the alpha-CE rows across training budgets: each row's AP at the end of
+every schedule length that a set of study workdirs (one a preset) trained, and the rule's verdicts
+at each length, FL's central one against the best alpha-CE row at that length.
 
   python -m train.study.budgets --workdirs docs/study_results/table1_short,\
 docs/study_results/table1,docs/study_results/table1_long,docs/study_results/table1_xlong \
@@ -29,16 +30,23 @@ from train.study import studies as studies_lib
 from train.study import verdicts
 from train.study.grid import StudyError
 
-# The headline rows: variant -> label (README's headline table).
-HEADLINE = {
+# The alpha-CE rows of Table 1a: variant -> label. The best of them at each length (on its seed
+# mean, as `study.md` picks it) is the rival of FL's central claim.
+ALPHA_CE = {studies_lib.alpha_ce(a).name: f"alpha-CE, alpha {a:g}"
+            for a in studies_lib.TABLE1A_ALPHAS}
+# The rows of README's budget table: variant -> label; the headline rows and every alpha-CE row.
+ROWS = {
     studies_lib.BEST_FOCAL.name: "FL, gamma 2, alpha 0.25",
-    studies_lib.alpha_ce(0.75).name: "alpha-CE, alpha 0.75",
+    **ALPHA_CE,
     studies_lib.ohem(5.0, 0.5, True).name: "OHEM 1:3, 5 a positive, NMS 0.5",
     studies_lib.ce_init(0.01).name: "CE from the prior, SGD",
     studies_lib.ce_init(0.5).name: "CE from a zero bias, SGD",
 }
+# Stands for the best alpha-CE row at each length in `CLAIMS`.
+BEST_ALPHA_CE = "best alpha-CE"
 # The claims decided at each budget: (A, B) for "A > B".
 CLAIMS = (
+    (studies_lib.BEST_FOCAL.name, BEST_ALPHA_CE),
     (studies_lib.BEST_FOCAL.name, studies_lib.alpha_ce(0.75).name),
     (studies_lib.BEST_FOCAL.name, studies_lib.ohem(5.0, 0.5, True).name),
     (studies_lib.ce_init(0.01).name, studies_lib.ce_init(0.5).name),
@@ -59,7 +67,7 @@ class Budgets:
         return sorted({s for by_steps in self.stats.values() for s in by_steps})
 
 
-def collect(workdirs: Sequence[str], variants: Sequence[str] = tuple(HEADLINE)) -> Budgets:
+def collect(workdirs: Sequence[str], variants: Sequence[str] = tuple(ROWS)) -> Budgets:
     """The finished and diverged runs of `variants` in the workdirs' study.json files.
 
     Raises:
@@ -109,9 +117,16 @@ def _stats(budgets: Budgets, variant: str, steps: int) -> verdicts.Stats:
     return budgets.stats.get(variant, {}).get(steps, verdicts.Stats(()))
 
 
-def markdown(budgets: Budgets, labels: Mapping[str, str] = HEADLINE) -> str:
+def best_alpha_ce(budgets: Budgets, steps: int) -> str | None:
+    """The alpha-CE variant with the highest seed mean among those trained to `steps`."""
+    trained = [v for v in ALPHA_CE if _stats(budgets, v, steps).scores]
+    return max(trained, key=lambda v: _stats(budgets, v, steps).mean) if trained else None
+
+
+def markdown(budgets: Budgets, labels: Mapping[str, str] = ROWS) -> str:
     """Two tables: each row's AP (seed mean, range and seeds) at each length; each claim's
-    verdict at each length, and whether twice the steps stayed within FL's seed noise."""
+    verdict at each length (against the best alpha-CE row, the cell names it and how many alpha-CE
+    rows reached that length), and whether twice the steps stayed within FL's seed noise."""
     steps = budgets.steps
     head = "| | " + " | ".join(f"{s:,} steps" for s in steps) + " |"
     rule = "|---|" + "---:|" * len(steps)
@@ -123,16 +138,23 @@ def markdown(budgets: Budgets, labels: Mapping[str, str] = HEADLINE) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Verdicts by the study's rule at each length:", "", head, rule]
     for a, b in CLAIMS:
-        if a not in labels or b not in labels:
+        if a not in labels or (b not in labels and b != BEST_ALPHA_CE):
             continue
         cells = []
         for s in steps:
-            first, second = _stats(budgets, a, s), _stats(budgets, b, s)
+            rival = best_alpha_ce(budgets, s) if b == BEST_ALPHA_CE else b
+            first, second = _stats(budgets, a, s), _stats(budgets, rival or b, s)
             if not first.scores or not second.scores:
                 cells.append("—")
-            else:
-                cells.append(f"{verdicts.compare(first, second)} ({verdicts.why(first, second)})")
-        lines.append(f"| {labels[a]} > {labels[b]} | " + " | ".join(cells) + " |")
+                continue
+            named = ""
+            if b == BEST_ALPHA_CE:
+                trained = sum(bool(_stats(budgets, v, s).scores) for v in ALPHA_CE)
+                named = f"{labels[rival]}, the best of {trained} trained: "
+            cells.append(f"{verdicts.compare(first, second)} ({named}"
+                         f"{verdicts.why(first, second)})")
+        rival_label = "the best alpha-CE row" if b == BEST_ALPHA_CE else labels[b]
+        lines.append(f"| {labels[a]} > {rival_label} | " + " | ".join(cells) + " |")
     fl = studies_lib.BEST_FOCAL.name
     cells = []
     for s in steps:
@@ -146,11 +168,12 @@ def markdown(budgets: Budgets, labels: Mapping[str, str] = HEADLINE) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(budgets: Budgets, path: str, labels: Mapping[str, str] = HEADLINE) -> None:
-    """Left: AP against the run's length (log scale), every seed a dot, the seed mean a line.
-    Right: FL's seed mean minus each other row's (zero-bias CE left out: its claim is against
-    the prior), the bar the rule's noise where both rows have its seeds (a gap beyond its bar is
-    resolved), a hollow marker where they have fewer."""
+def plot(budgets: Budgets, path: str, labels: Mapping[str, str] = ROWS) -> None:
+    """Left: AP against the run's length (log scale), every seed a dot, the seed mean a line, for
+    the rows trained to two lengths or more (a row of one length is in the table only).
+    Right: FL's seed mean minus each other plotted row's (zero-bias CE left out: its claim is
+    against the prior), the bar the rule's noise where both rows have its seeds (a gap beyond its
+    bar is resolved), a hollow marker where they have fewer."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -158,10 +181,10 @@ def plot(budgets: Budgets, path: str, labels: Mapping[str, str] = HEADLINE) -> N
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     colors = {}
     for variant, label in labels.items():
-        by_steps = budgets.stats.get(variant)
-        if not by_steps:
-            continue
+        by_steps = budgets.stats.get(variant, {})
         steps = [s for s, stats in by_steps.items() if stats.scores]
+        if len(steps) < 2:
+            continue
         line, = left.plot(steps, [by_steps[s].mean for s in steps], "-", marker="o",
                           label=label)
         colors[variant] = line.get_color()
@@ -169,13 +192,14 @@ def plot(budgets: Budgets, path: str, labels: Mapping[str, str] = HEADLINE) -> N
             scores = by_steps[s].scores
             left.plot([s] * len(scores), scores, ".", color=line.get_color(), alpha=0.45)
     left.set_ylabel("AP at the end of the run")
-    left.set_title(f"Headline rows against the training budget ({budgets.setting}; dots: "
-                   "seeds, line: seed mean)", fontsize=9)
+    left.set_title(f"Rows trained to two lengths or more ({budgets.setting}; dots: seeds, "
+                   "line: seed mean)", fontsize=9)
     left.legend(fontsize=8, loc="lower right")
 
     fl = studies_lib.BEST_FOCAL.name
-    others = [v for v in labels if v not in (fl, studies_lib.ce_init(0.5).name)]
-    for offset, variant in zip((0.96, 1.0, 1.04), others, strict=False):
+    others = [v for v in colors if v not in (fl, studies_lib.ce_init(0.5).name)]
+    for i, variant in enumerate(others):
+        offset = 1.0 + 0.03 * (i - (len(others) - 1) / 2)  # Side by side at each length.
         points = [(s, _stats(budgets, fl, s), _stats(budgets, variant, s)) for s in budgets.steps]
         points = [(s, a, b) for s, a, b in points if a.scores and b.scores]
         for s, a, b in points:
@@ -219,7 +243,7 @@ def main(argv: list[str]) -> None:
     except StudyError as error:
         cli.fail(str(error))
     if not budgets.stats:
-        cli.fail(f"no finished run of the headline rows ({', '.join(HEADLINE)}) in "
+        cli.fail(f"no finished run of the headline rows ({', '.join(ROWS)}) in "
                  f"{', '.join(FLAGS.workdirs)}")
     print(markdown(budgets), end="")
     if FLAGS.output:
