@@ -150,7 +150,7 @@ def markdown(budgets: Budgets, labels: Mapping[str, str] = ROWS) -> str:
             named = ""
             if b == BEST_ALPHA_CE:
                 trained = sum(bool(_stats(budgets, v, s).scores) for v in ALPHA_CE)
-                named = f"{labels[rival]}, the best of {trained} trained: "
+                named = f"{labels.get(rival, rival)}, the best of {trained} trained: "
             cells.append(f"{verdicts.compare(first, second)} ({named}"
                          f"{verdicts.why(first, second)})")
         rival_label = "the best alpha-CE row" if b == BEST_ALPHA_CE else labels[b]
