@@ -113,7 +113,7 @@ def _result(record: Mapping[str, Any]) -> tuple[str, float | None]:
     return record["status"], (record["eval"] or {}).get(verdicts.VERDICT_METRIC)
 
 
-def _stats(budgets: Budgets, variant: str, steps: int) -> verdicts.Stats:
+def _stats(budgets: Budgets, variant: str | None, steps: int) -> verdicts.Stats:
     return budgets.stats.get(variant, {}).get(steps, verdicts.Stats(()))
 
 
@@ -143,7 +143,7 @@ def markdown(budgets: Budgets, labels: Mapping[str, str] = ROWS) -> str:
         cells = []
         for s in steps:
             rival = best_alpha_ce(budgets, s) if b == BEST_ALPHA_CE else b
-            first, second = _stats(budgets, a, s), _stats(budgets, rival or b, s)
+            first, second = _stats(budgets, a, s), _stats(budgets, rival, s)
             if not first.scores or not second.scores:
                 cells.append("—")
                 continue
