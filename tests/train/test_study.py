@@ -296,6 +296,10 @@ def test_claims_pick_the_best_row_on_its_seed_mean_and_report_each_pair():
     assert claim.startswith("**Paper's best row (a) above every other**: not resolved. "
                             "> b: holds (gap +0.200, noise 0.020); > c: not resolved")
     assert claim.endswith("Best here on the seed mean: c.")
+    # A row ahead on fewer seeds than a verdict needs says so.
+    claim = verdicts.best_row_claim(
+        _stats(va=(0.5, 0.51, 0.52), vb=(0.3, 0.31, 0.32), vc=(0.6,)), rows)
+    assert claim.endswith("Best here on the seed mean: c (1 of 3 seeds).")
     beats = verdicts.first_beats_best_of_rest_claim(
         _stats(va=(0.5, 0.51, 0.52), vb=(0.3, 0.31, 0.32), vc=(0.40, 0.41, 0.42)), rows)
     assert beats.startswith("**a above the best other row (c, picked on its seed mean)**: holds "

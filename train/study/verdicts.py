@@ -124,13 +124,17 @@ def _ap(stats: Mapping[str, Mapping[str, Stats]], row: Row) -> Stats:
 
 def best_row_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
     """The paper's best row (largest paper AP) against each other row; and which row is best
-    here on the seed mean."""
+    here on the seed mean, with its seed count when it has fewer seeds than a verdict needs."""
     compared = [row for row in rows if row.paper is not None]
     paper_best = max(compared, key=lambda r: r.paper)
     pairs = [(row, compare(_ap(stats, paper_best), _ap(stats, row)))
              for row in compared if row is not paper_best]
     done = [row for row in compared if _ap(stats, row).mean is not None]
-    ours = (max(done, key=lambda r: _ap(stats, r).mean).label if done else "none finished")
+    ours = "none finished"
+    if done:
+        top = max(done, key=lambda r: _ap(stats, r).mean)
+        seeds = _ap(stats, top).seeds
+        ours = top.label + (f" ({seeds} of {MIN_SEEDS} seeds)" if seeds < MIN_SEEDS else "")
     best = _ap(stats, paper_best)
     details = "; ".join(f"> {row.label}: {verdict} ({why(best, _ap(stats, row))})"
                         for row, verdict in pairs)
