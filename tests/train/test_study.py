@@ -304,6 +304,20 @@ def test_claims_pick_the_best_row_on_its_seed_mean_and_report_each_pair():
         _stats(va=(0.5, 0.51, 0.52), vb=(0.3, 0.31, 0.32), vc=(0.40, 0.41, 0.42)), rows)
     assert beats.startswith("**a above the best other row (c, picked on its seed mean)**: holds "
                             "(gap +0.100, noise 0.020). Against each row: 2 hold")
+    # The paper's FL (a) against the best alpha-CE row (d), then the best FL row (b) against it.
+    rows4 = (*rows, verdicts.Row("d", "vd", 0.5))
+    tuned = verdicts.tuned_fl_claim(
+        _stats(va=(0.5, 0.51, 0.52), vb=(0.6, 0.61, 0.62), vc=(0.30, 0.31, 0.32),
+               vd=(0.54, 0.55, 0.56)), rows4, focal_rows=2)
+    assert tuned.startswith("**a above the best other row (d, picked on its seed mean)**: "
+                            "reversed (gap -0.040, noise 0.020). Against each row: 1 hold, "
+                            "1 reversed, 0 not resolved.")
+    assert tuned.endswith(" **The best FL row above the best alpha-CE row, each picked on its "
+                          "seed mean: b above d**: holds (gap +0.060, noise 0.020).")
+    unfinished = verdicts.tuned_fl_claim(_stats(va=(0.5,), vb=(), vc=(), vd=()), rows4,
+                                         focal_rows=2)
+    assert unfinished.endswith("**The best FL row above the best alpha-CE row**: not resolved "
+                               "(runs missing).")
     same = verdicts.no_difference_claim(
         _stats(va=(0.5, 0.51, 0.52), vb=(0.49, 0.5, 0.53), vc=(0.3, 0.31, 0.32)), rows)
     assert same.startswith("**Paper's finding (no difference between FL* and FL)**: reversed. "

@@ -122,6 +122,12 @@ def _ap(stats: Mapping[str, Mapping[str, Stats]], row: Row) -> Stats:
     return stats[row.variant][VERDICT_METRIC]
 
 
+def _best(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> Row | None:
+    """The row with the highest seed mean among those with a finished seed; None if none has."""
+    done = [row for row in rows if _ap(stats, row).mean is not None]
+    return max(done, key=lambda r: _ap(stats, r).mean) if done else None
+
+
 def best_row_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
     """The paper's best row (largest paper AP) against each other row; and which row is best
     here on the seed mean, with its seed count when it has fewer seeds than a verdict needs."""
@@ -129,10 +135,9 @@ def best_row_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]
     paper_best = max(compared, key=lambda r: r.paper)
     pairs = [(row, compare(_ap(stats, paper_best), _ap(stats, row)))
              for row in compared if row is not paper_best]
-    done = [row for row in compared if _ap(stats, row).mean is not None]
+    top = _best(stats, compared)
     ours = "none finished"
-    if done:
-        top = max(done, key=lambda r: _ap(stats, r).mean)
+    if top is not None:
         seeds = _ap(stats, top).seeds
         ours = top.label + (f" ({seeds} of {MIN_SEEDS} seeds)" if seeds < MIN_SEEDS else "")
     best = _ap(stats, paper_best)
@@ -147,16 +152,32 @@ def first_beats_best_of_rest_claim(stats: Mapping[str, Mapping[str, Stats]],
     """The first row (FL) against the best of the others on the seed mean (best alpha-CE, best
     OHEM), and against each of them."""
     first, rest = rows[0], rows[1:]
-    done = [row for row in rest if _ap(stats, row).mean is not None]
-    if _ap(stats, first).mean is None or not done:
+    best = _best(stats, rest)
+    if _ap(stats, first).mean is None or best is None:
         return f"**{first.label} above every other row**: {NOT_RESOLVED} (runs missing)."
-    best = max(done, key=lambda r: _ap(stats, r).mean)
     headline = compare(_ap(stats, first), _ap(stats, best))
     each = [compare(_ap(stats, first), _ap(stats, row)) for row in rest]
     return (f"**{first.label} above the best other row ({best.label}, picked on its seed "
             f"mean)**: {headline} ({why(_ap(stats, first), _ap(stats, best))}). Against each "
             f"row: {sum(v == HOLDS for v in each)} hold, {sum(v == REVERSED for v in each)} "
             f"reversed, {sum(v == NOT_RESOLVED for v in each)} not resolved.")
+
+
+def tuned_fl_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row], *,
+                   focal_rows: int) -> str:
+    """The central claim twice: the first row (the paper's FL) against the best alpha-CE row,
+    as `first_beats_best_of_rest_claim`; then the best FL row against the best alpha-CE row,
+    each picked on its seed mean, the paper's comparison of the two losses each at its best
+    setting. `rows`: the `focal_rows` FL rows, then the alpha-CE rows."""
+    focal, alpha_ce = rows[:focal_rows], rows[focal_rows:]
+    paper_fl = first_beats_best_of_rest_claim(stats, (focal[0], *alpha_ce))
+    best_fl, best_ce = _best(stats, focal), _best(stats, alpha_ce)
+    if best_fl is None or best_ce is None:
+        return f"{paper_fl} **The best FL row above the best alpha-CE row**: {NOT_RESOLVED} " \
+               f"(runs missing)."
+    a, b = _ap(stats, best_fl), _ap(stats, best_ce)
+    return (f"{paper_fl} **The best FL row above the best alpha-CE row, each picked on its seed "
+            f"mean: {best_fl.label} above {best_ce.label}**: {compare(a, b)} ({why(a, b)}).")
 
 
 def no_difference_claim(stats: Mapping[str, Mapping[str, Stats]], rows: Sequence[Row]) -> str:
