@@ -268,17 +268,19 @@ def plot_table1(report: Mapping[str, Any], path: str) -> bool:
             low = [m - min(v) for m, v in zip(mean, scores, strict=True)]
             high = [max(v) - m for m, v in zip(mean, scores, strict=True)]
             ax.errorbar(x, mean, yerr=[low, high], fmt="o-", capsize=3,
-                        label="ours (AP, seed mean and range; left)")
-            ax.legend(loc="lower left", fontsize=8)
+                        label="ours (AP, seed mean and range; left axis)")
         ax.set_xlabel(name)
         ax.set_ylabel("our AP")
         ax.set_title(table["title"], fontsize=9)
         twin = ax.twinx()
         twin.plot(xs, [row["paper"] for row in table["rows"]], "s--", color="grey",
-                  label="paper (AP %, right)")
+                  label="paper (AP %, right axis)")
         twin.set_ylabel("paper AP (%)")
-        twin.legend(loc="lower right", fontsize=8)
-    _save(figure, path)
+        handles = {}  # One legend under the panels, which share their two series.
+        for each in (ax, twin):
+            handles.update(zip(*reversed(each.get_legend_handles_labels()), strict=True))
+    figure.legend(list(handles.values()), list(handles), loc="lower center", ncol=2, fontsize=8)
+    _save(figure, path, rect=(0, 0.07, 1, 1))
     return True
 
 
