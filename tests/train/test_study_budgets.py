@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -106,3 +107,31 @@ def test_readmes_budget_tables_are_the_committed_studies():
     missing = [line for line in text.splitlines() if line.startswith("|") and line not in readme]
     assert not missing, ("README's budget tables differ from `python -m train.study.budgets` "
                          f"on the committed studies; rerun it and paste: {missing}")
+
+
+def test_readmes_per_seed_table_of_xlong_is_the_committed_runs():
+    # Each row names its variant in backticks; a seed's cell is that run's final AP, "—" while it
+    # has not finished, and the mean and range are over the seeds once all three have.
+    with open(os.path.join(ROOT, "docs", "study_results", "table1_xlong", "study.json")) as f:
+        runs = json.load(f)["runs"]
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    header = "| run | seed 0 | seed 1 | seed 2 | mean (range) | paper AP |"
+    assert readme.count(header) == 1
+    start = readme.index(header)
+    rows = readme[start:readme.index("\n\n", start)].splitlines()[2:]
+    assert len(rows) >= 10
+    for row in rows:
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        variant = re.search(r"\(`([a-z0-9_.]+)`\)$", cells[0]).group(1)
+        aps = []
+        for seed, cell in enumerate(cells[1:4]):
+            record = runs[f"paper_regime/{variant}_s{seed}"]
+            if record["status"] == "finished":
+                aps.append(record["eval"]["AP"])
+                assert cell == f"{aps[-1]:.3f}", (variant, seed, cell)
+            else:
+                assert cell == "—", (variant, seed, cell)
+        if len(aps) == 3:
+            mean_and_range = f"**{sum(aps) / 3:.3f}** ({max(aps) - min(aps):.3f})"
+            assert cells[4] == mean_and_range, (variant, cells[4])
