@@ -21,7 +21,7 @@ from focaljax.inference import workdir as workdir_lib
 from tests.train.conftest import tiny_config
 from train import checks, cli
 from train import train as trainer
-from train.study import data_report, grid, runner, studies, verdicts
+from train.study import data_report, grid, report, runner, studies, verdicts
 from train.study.verdicts import Stats
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -478,6 +478,25 @@ def test_tables_are_built_from_the_runs_metrics_files(tmp_path):
     assert "| paper_regime | shapes | 128x128 | 3024 | 3.2 | 1:945 | 93.0% | 7.0% | 0.710 " \
            "(saturation) |" in markdown
     assert verdicts.RULE in markdown
+    # Every run seed by seed: the rows in the central claim's table order first, each row once
+    # with that table's label and paper AP; a one-seed row has blank cells for the seeds it lacks.
+    section = markdown[markdown.index("## Every run, seed by seed"):]
+    rows = section[section.index("| run | seed 0 | seed 1 | seed 2 | mean (range) | paper AP |"):]
+    rows = rows[:rows.index("\n\n")].splitlines()[2:]
+    assert [row.split("`")[1] for row in rows][:6] == [
+        "focal_g2_a0.25", "focal_g0.5_a0.5", "focal_g1_a0.25", "focal_g5_a0.25",
+        "alpha_ce_a0.25", "alpha_ce_a0.5"]
+    assert sorted(row.split("`")[1] for row in rows) == sorted(TABLE1_VARIANTS + [LONG])
+    assert rows[0] == ("| FL (gamma 2, alpha 0.25) (`focal_g2_a0.25`) | 0.450 | 0.460 | 0.470 | "
+                       "**0.460** (0.020) | 34.0 |")
+    assert "| alpha-CE, alpha 0.9 (`alpha_ce_a0.9`) | 0.350 | 0.360 | 0.370 | **0.360** (0.020) " \
+           "| 30.8 |" in rows
+    assert "| OHEM, 1.3 per positive, NMS 0.5 (`ohem_x1.3_nms0.5`) | 0.200 | 0.210 | 0.220 | " \
+           "**0.210** (0.020) | 32.8 (ResNet-101) |" in rows
+    assert "| CE, bias 0 (`ce_bias0_sgd`) | diverged | diverged | diverged | **0.000** (0.000) " \
+           "| diverges |" in rows
+    assert rows[-1] == ("| FL, twice the steps (`focal_g2_a0.25_2x`) | 0.200 |  |  | **0.200** "
+                        "(1 seed) | — |")
     # FL at twice the steps (0.20) is far below its seeds (0.45-0.47): not converged.
     assert content["converged"] == verdicts.REVERSED
     assert "Preset `full` (**NOT CONVERGED: twice the steps moved AP beyond the seeds' noise" \
@@ -486,6 +505,23 @@ def test_tables_are_built_from_the_runs_metrics_files(tmp_path):
         assert (tmp_path / picture).stat().st_size > 0
     saved = json.loads((tmp_path / "study.json").read_text())
     assert saved["runs"]["paper_regime/alpha_ce_a0.9_s0"]["eval"]["AP"] == pytest.approx(0.35)
+
+
+def test_the_seed_table_gives_a_partial_rows_mean_so_far_and_its_pending_seeds():
+    rows = [{"label": "FL", "variant": "focal", "setting": "s", "paper": None, "paper_note": "",
+             "values": {0: 0.5, 1: None, 2: 0.7}},
+            {"label": "CE", "variant": "ce", "setting": "s", "paper": 30.2, "paper_note": "",
+             "values": {0: None, 1: None, 2: None}},
+            {"label": "CE0", "variant": "ce0", "setting": "s", "paper": None,
+             "paper_note": "diverges", "values": {0: "diverged", 1: 0.3, 2: None}}]
+    lines = report.seed_table(rows)
+    assert lines[4:] == [
+        "| run | seed 0 | seed 1 | seed 2 | mean (range) | paper AP |",
+        "|---|---:|---:|---:|---:|---:|",
+        "| FL (`focal`) | 0.500 | — | 0.700 | 0.600 (2 of 3 seeds) | — |",
+        "| CE (`ce`) | — | — | — | — | 30.2 |",
+        "| CE0 (`ce0`) | diverged | 0.300 | — | 0.150 (2 of 3 seeds) | diverges |",
+        ""]
 
 
 def test_a_quick_study_says_it_is_not_converged(tmp_path):
@@ -510,11 +546,12 @@ TINY_PRESET = grid.Preset(
 TINY_RUNS = ["alpha_ce_a0.75_s0", "focal_g2_a0.25_2x_s0"]
 
 
-def _tiny_study(workdir, data_dir, echo=lambda line: None, runs=tuple(TINY_RUNS)):
+def _tiny_study(workdir, data_dir, echo=lambda line: None, runs=tuple(TINY_RUNS),
+                report_only=False):
     config = tiny_config(data_dir)
     bases = {"table1": ("tiny", config), "figure4": ("tiny", config)}
     tiny = grid.Request(("table1", "figure4"), bases, TINY_PRESET, setting="base", runs=runs)
-    return runner.run_study(tiny, workdir, echo=echo)
+    return runner.run_study(tiny, workdir, echo=echo, report_only=report_only)
 
 
 def _sigterm_at_step(stop_step: int):
@@ -620,6 +657,17 @@ def test_a_study_interrupted_inside_and_between_runs_ends_as_an_uninterrupted_on
     narrowed = _tiny_study(workdir, tiny_data_dir, echo=lines.append, runs=("alpha_ce_a0.75*",))
     assert lines[0] == "[study] run 1/1 base/alpha_ce_a0.75_s0: finished before, skipped"
     _assert_same_content(narrowed, reference)
+
+    # The report alone, for every run of the grid: nothing trains (no run announced, no pending
+    # run's directory made), and the outputs are rewritten as they were.
+    os.remove(os.path.join(workdir, "study.md"))
+    made = sorted(os.listdir(os.path.join(workdir, "runs", "base")))
+    lines = []
+    reported = _tiny_study(workdir, tiny_data_dir, echo=lines.append, runs=(), report_only=True)
+    assert not [line for line in lines if line.startswith("[study] run ")]
+    assert sorted(os.listdir(os.path.join(workdir, "runs", "base"))) == made
+    assert os.path.exists(os.path.join(workdir, "study.md"))
+    _assert_same_content(reported, reference)
 
 
 def test_a_run_that_recorded_its_last_segment_only_is_marked_as_a_lower_bound(tmp_path):

@@ -29,6 +29,8 @@ flags.DEFINE_integer("seeds", None, "Seeds of each row that enters a verdict (>=
 flags.DEFINE_list("runs", [], "Train only the runs matching these names or shell patterns "
                   "(the report covers every run finished in --workdir).")
 flags.DEFINE_bool("list_runs", False, "Print the runs of the grid and their overrides; exit.")
+flags.DEFINE_bool("report_only", False, "Train nothing: rewrite study.md, study.json and the plots "
+                  "from the runs in --workdir as they are.")
 flags.mark_flags_as_required(["study", "workdir"])
 
 
@@ -45,7 +47,8 @@ def main(argv: list[str]) -> None:
             for run in grid_lib.select_runs(grid, request.runs):
                 print(f"{run.key}: {json.dumps(runs.jsonable(run.overrides))}")
             return
-        runner.run_study(request, FLAGS.workdir, echo=lambda line: print(line, flush=True))
+        runner.run_study(request, FLAGS.workdir, echo=lambda line: print(line, flush=True),
+                         report_only=FLAGS.report_only)
     except StudyError as error:
         cli.fail(str(error))
     except trainer.TrainingInterruptedError as stop:

@@ -77,7 +77,34 @@ def build_report(
     converged = verdicts.convergence([t["schedule_verdict"] for t in tables.values()
                                       if "schedule_verdict" in t])
     return {"tables": tables, "converged": converged, "settings": dict(settings),
-            "curves": ap_curves(grid, records)}
+            "seed_rows": seed_rows(grid, records, tables), "curves": ap_curves(grid, records)}
+
+
+def seed_rows(grid: Sequence[Run], records: Mapping[str, Mapping[str, Any]],
+              tables: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every variant of the `tables` (as `build_report` makes them) once, with the verdict
+    metric at the end of each of its runs, by seed: a value, "diverged", or None while the run
+    has not ended. The rows come in the order of the widest tables first, and a variant's label
+    and paper AP are those of the widest table that has it (the central claim's table gives the
+    FL and alpha-CE rows theirs)."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for table in sorted((t for t in tables.values() if "rows" in t),
+                        key=lambda t: -len(t["rows"])):
+        for row in table["rows"]:
+            key = (table["setting"], row["variant"])
+            if key in rows:
+                continue
+            values = {}
+            for run in grid:
+                if (run.setting, run.variant) == key:
+                    record = records[run.key]
+                    values[run.seed] = (record["eval"][verdicts.VERDICT_METRIC]
+                                        if record["status"] == "finished" else
+                                        "diverged" if record["status"] == "diverged" else None)
+            rows[key] = {"label": row["label"], "variant": row["variant"],
+                         "setting": table["setting"], "values": values,
+                         "paper": row["paper"], "paper_note": row["paper_note"]}
+    return list(rows.values())
 
 
 def ap_curves(grid: Sequence[Run], records: Mapping[str, Mapping[str, Any]]
@@ -169,12 +196,12 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
                   "| run | " + " | ".join(f"ours {m}" for m in metrics) + " | paper AP |",
                   "|---|" + "---:|" * (len(metrics) + 1)]
         for row in table["rows"]:
-            paper = f"{row['paper']:.1f}" if row["paper"] is not None else ""
-            paper = " ".join(p for p in (paper, row["paper_note"]) if p) or "—"
             lines.append(f"| {row['label']} (`{row['variant']}`) | "
                          + " | ".join(row["ours"][m]["cell"] for m in metrics)
-                         + f" | {paper} |")
+                         + f" | {_paper_cell(row)} |")
         lines += ["", table["claim"], ""]
+    if report["seed_rows"]:
+        lines += seed_table(report["seed_rows"])
     if report["curves"]:
         lines += ["## AP against step (`ap_vs_step.png`)", "",
                   "| row | variant | seeds | AP (seed mean) at each evaluation, step: AP |",
@@ -199,6 +226,45 @@ def render_markdown(report: Mapping[str, Any], header: Mapping[str, Any],
     if timings or lost:
         lines += _time_section(timings, lost or {})
     return "\n".join(lines)
+
+
+def _paper_cell(row: Mapping[str, Any]) -> str:
+    paper = f"{row['paper']:.1f}" if row["paper"] is not None else ""
+    return " ".join(p for p in (paper, row["paper_note"]) if p) or "—"
+
+
+def seed_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """study.md's section of every run, seed by seed, from `seed_rows`: a seed's cell is its
+    run's final AP ("—" while it has not ended, empty where the row has no such seed), then the
+    seed mean and range (a diverged seed counts 0, as in the verdicts) once every seed has ended,
+    or the mean so far and how many seeds it covers."""
+    seeds = sorted({seed for row in rows for seed in row["values"]})
+    settings = sorted({row["setting"] for row in rows})
+    lines = ["## Every run, seed by seed", "",
+             f"{verdicts.VERDICT_METRIC} at the end of each run (setting "
+             f"{', '.join(f'`{s}`' for s in settings)}); the mean (range) is over the row's "
+             "seeds, bold once all have ended, a diverged seed counting 0 as in the verdicts.", "",
+             "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean (range) | paper AP |",
+             "|---|" + "---:|" * (len(seeds) + 2)]
+    for row in rows:
+        values = row["values"]
+        cells = []
+        for seed in seeds:
+            value = values.get(seed, "")
+            cells.append("—" if value is None else value if isinstance(value, str)
+                         else f"{value:.3f}")
+        ended = [0.0 if v == "diverged" else v for v in values.values() if v is not None]
+        if not ended:
+            mean = "—"
+        elif len(ended) < len(values):
+            mean = f"{np.mean(ended):.3f} ({len(ended)} of {verdicts.seeds_text(len(values))})"
+        elif len(ended) == 1:
+            mean = f"**{ended[0]:.3f}** (1 seed)"
+        else:
+            mean = f"**{np.mean(ended):.3f}** ({max(ended) - min(ended):.3f})"
+        lines.append(f"| {row['label']} (`{row['variant']}`) | " + " | ".join(cells)
+                     + f" | {mean} | {_paper_cell(row)} |")
+    return lines + [""]
 
 
 def _time_section(timings: Mapping[tuple[str, int], tuple[float, bool]],

@@ -228,12 +228,13 @@ def plan(request: Request, workdir: str) -> tuple[list[Run], dict[str, dict[str,
     return grid, settings
 
 
-def run_study(request: Request, workdir: str, *,
-              echo: Callable[[str], None] = print) -> dict[str, Any]:
+def run_study(request: Request, workdir: str, *, echo: Callable[[str], None] = print,
+              report_only: bool = False) -> dict[str, Any]:
     """Trains every run of the request (those matching `request.runs`, when given) not finished
     yet in `workdir`, writing the outputs after each one and at the end; returns the content of
     study.json. The outputs cover the whole grid, whichever runs this call trains: every run
     finished in `workdir` enters the tables, and the others are listed as pending.
+    `report_only` trains nothing and writes the outputs from the runs as they are.
 
     Raises:
       StudyError: for a workdir made from other configs.
@@ -241,7 +242,7 @@ def run_study(request: Request, workdir: str, *,
         saved and the outputs written; the same call resumes.
     """
     grid, settings = plan(request, workdir)
-    to_train = grid_lib.select_runs(grid, request.runs)
+    to_train = [] if report_only else grid_lib.select_runs(grid, request.runs)
     base_configs = {label: config for label, config in request.bases.values()}
     runs_dir = os.path.join(workdir, "runs")
     configs = {run.key: grid_lib.run_config(run, base_configs[run.base]) for run in grid}
