@@ -112,8 +112,8 @@ def test_readmes_budget_tables_are_the_committed_studies():
 def test_readmes_per_seed_table_of_xlong_is_the_committed_runs():
     # README's copy of study.md's table of every run, seed by seed, checked against the runs
     # themselves: each row names its variant in backticks; a seed's cell is that run's final AP,
-    # "—" while it has not ended, empty where the row has no such seed (the 2x check); the mean
-    # and range are over the seeds once all three have finished.
+    # "diverged" (counting AP 0), "—" while it has not ended, empty where the row has no such seed
+    # (the 2x check); the mean and range are over the seeds once all three have ended.
     study_dir = os.path.join(ROOT, "docs", "study_results", "table1_xlong")
     with open(os.path.join(study_dir, "study.json")) as f:
         runs = json.load(f)["runs"]
@@ -144,6 +144,9 @@ def test_readmes_per_seed_table_of_xlong_is_the_committed_runs():
             elif record["status"] == "finished":
                 aps.append(record["eval"]["AP"])
                 assert cell == f"{aps[-1]:.3f}", (variant, seed, cell)
+            elif record["status"] == "diverged":
+                aps.append(0.0)
+                assert cell == "diverged", (variant, seed, cell)
             else:
                 assert cell == "—", (variant, seed, cell)
         if len(aps) == 3:
