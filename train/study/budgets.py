@@ -38,7 +38,7 @@ ALPHA_CE = {studies_lib.alpha_ce(a).name: f"alpha-CE, alpha {a:g}"
 ROWS = {
     studies_lib.BEST_FOCAL.name: "FL, gamma 2, alpha 0.25",
     **ALPHA_CE,
-    studies_lib.ohem(5.0, 0.5, True).name: "OHEM 1:3, 5 a positive, NMS 0.5",
+    studies_lib.ohem(5.0, 0.5, True).name: "OHEM 1:3, 5 per positive, NMS 0.5",
     studies_lib.ce_init(0.01).name: "CE from the prior, SGD",
     studies_lib.ce_init(0.5).name: "CE from a zero bias, SGD",
 }
