@@ -235,9 +235,9 @@ def _paper_cell(row: Mapping[str, Any]) -> str:
 
 def seed_table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """study.md's section of every run, seed by seed, from `seed_rows`: a seed's cell is its
-    run's final AP ("—" while it has not ended, empty where the row has no such seed), then the
-    seed mean and range (a diverged seed counts 0, as in the verdicts) once every seed has ended,
-    or the mean so far and how many seeds it covers."""
+    run's final AP ("diverged", "—" while it has not ended, empty where the row has no such seed),
+    then the seed mean and range (a diverged seed counts 0, as in the verdicts) once every seed
+    has ended, or the mean so far and how many seeds it covers."""
     seeds = sorted({seed for row in rows for seed in row["values"]})
     settings = sorted({row["setting"] for row in rows})
     lines = ["## Every run, seed by seed", "",
