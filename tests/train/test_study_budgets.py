@@ -43,7 +43,11 @@ def _two_presets(tmp_path, copied_ap=0.60):
         _record("alpha_ce_a0.5", 2, 100, 0.46),
         _record("focal_g2_a0.25_2x", 0, 200, 0.60),
         _record("ce_bias0_sgd", 0, 100, None, status="diverged"),
-        _record("ohem_x5_nms0.5", 0, 100, 0.9),  # Not a headline row.
+        _record("ohem_x5_nms0.5_1to3", 0, 100, 0.40), _record("ohem_x5_nms0.5_1to3", 1, 100, 0.42),
+        _record("ohem_x5_nms0.5_1to3", 2, 100, 0.44),
+        _record("ohem_x1.3_nms0.5", 0, 100, 0.30), _record("ohem_x1.3_nms0.5", 1, 100, 0.31),
+        _record("ohem_x1.3_nms0.5", 2, 100, 0.32),
+        _record("flstar_g2_b1", 0, 100, 0.9),  # Not a row of the budget tables.
         _record("alpha_ce_a0.75", 3, 100, None, status="pending"),
     ])
     long = _workdir(tmp_path, "long", [
@@ -61,7 +65,7 @@ def test_runs_are_gathered_by_length_with_the_check_at_twice_and_copies_once(tmp
     assert fl[100].values == pytest.approx((0.50, 0.52, 0.54))
     assert fl[200].values == pytest.approx((0.60, 0.64))  # Seed 0 once, from either workdir.
     assert gathered.stats["ce_bias0_sgd"][100].diverged == 1
-    assert "ohem_x5_nms0.5" not in gathered.stats
+    assert "flstar_g2_b1" not in gathered.stats
     assert gathered.stats["alpha_ce_a0.75"][100].seeds == 3  # The pending seed is left out.
 
 
@@ -72,6 +76,9 @@ def test_the_tables_cells_and_verdicts_match_hand_computed_ones(tmp_path):
            "2 seeds) |" in text
     assert "| CE from a zero bias, SGD | diverged | — |" in text
     assert "| alpha-CE, alpha 0.5 | 0.450 (0.440–0.460, 3 seeds) | — |" in text
+    assert "| OHEM, 1.3 per positive, NMS 0.5 | 0.310 (0.300–0.320, 3 seeds) | — |" in text
+    assert "| OHEM 1:3, 5 per positive, NMS 0.5 | 0.420 (0.400–0.440, 3 seeds) | — |" in text
+    assert "OHEM, 5 per positive" not in text  # Rows with no run are left out.
     # The best alpha-CE row at each length, on its seed mean: alpha 0.5 (0.45) at 100 steps, where
     # FL leads by 0.07 against a noise of max(0.04, 0.02); alpha 0.75, the only one, at 200.
     assert "| FL, gamma 2, alpha 0.25 > the best alpha-CE row | holds (alpha-CE, alpha 0.5, the " \
@@ -80,6 +87,10 @@ def test_the_tables_cells_and_verdicts_match_hand_computed_ones(tmp_path):
     # FL 0.52 against alpha-CE 0.41: gap 0.11, noise max(0.04, 0.02) = 0.04.
     assert "| FL, gamma 2, alpha 0.25 > alpha-CE, alpha 0.75 | holds (gap +0.110, noise " \
            "0.040) | not resolved (1 of 3 seeds) |" in text
+    # The best OHEM row at 100 steps is 1:3 (0.42 against 0.31): FL leads it by 0.10 against a
+    # noise of max(0.04, 0.04); no OHEM row at 200.
+    assert "| FL, gamma 2, alpha 0.25 > the best OHEM row | holds (OHEM 1:3, 5 per positive, " \
+           "NMS 0.5, the best of 2 trained: gap +0.100, noise 0.040) | — |" in text
     # Twice the steps (0.62 mean of 0.60 and 0.64) lies outside 0.50-0.54 widened by 0.04.
     assert "| converged: FL at twice the steps within its seeds' range widened by it | " \
            "reversed (0.620 at 200) | — |" in text

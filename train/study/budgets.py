@@ -1,6 +1,7 @@
-"""The headline rows and the alpha-CE rows across training budgets: each row's AP at the end of
-every schedule length that a set of study workdirs (one a preset) trained, and the rule's verdicts
-at each length, FL's central one against the best alpha-CE row at that length.
+"""The headline rows, the alpha-CE rows and the OHEM rows across training budgets: each row's AP at
+the end of every schedule length that a set of study workdirs (one a preset) trained, and the
+rule's verdicts at each length, FL's central one against the best alpha-CE row at that length and
+FL against the best OHEM row there, as `study.md` decides them.
 
   python -m train.study.budgets --workdirs docs/study_results/table1_short,\
 docs/study_results/table1,docs/study_results/table1_long,docs/study_results/table1_xlong \
@@ -30,25 +31,31 @@ from train.study import studies as studies_lib
 from train.study import verdicts
 from train.study.grid import StudyError
 
-# The alpha-CE rows of Table 1a: variant -> label. The best of them at each length (on its seed
-# mean, as `study.md` picks it) is the rival of FL's central claim.
+# The alpha-CE rows of Table 1a and the OHEM rows of Table 1d: variant -> label.
 ALPHA_CE = {studies_lib.alpha_ce(a).name: f"alpha-CE, alpha {a:g}"
             for a in studies_lib.TABLE1A_ALPHAS}
-# The rows of README's budget table: variant -> label; the headline rows and every alpha-CE row.
+OHEM = {v.name: studies_lib.ohem_label(v) for v in studies_lib.OHEM_VARIANTS}
+# The rows of README's budget table: variant -> label; the headline rows, every alpha-CE row and
+# every OHEM row.
 ROWS = {
     studies_lib.BEST_FOCAL.name: "FL, gamma 2, alpha 0.25",
     **ALPHA_CE,
-    studies_lib.ohem(5.0, 0.5, True).name: "OHEM 1:3, 5 per positive, NMS 0.5",
+    **OHEM,
     studies_lib.ce_init(0.01).name: "CE from the prior, SGD",
     studies_lib.ce_init(0.5).name: "CE from a zero bias, SGD",
 }
-# Stands for the best alpha-CE row at each length in `CLAIMS`.
+# A family's best row at each length, picked on its seed mean among the family's rows trained to
+# that length (as `study.md` picks the rival of FL in Table 1a and 1d): its name in `CLAIMS` ->
+# (its label, the family).
 BEST_ALPHA_CE = "best alpha-CE"
+BEST_OHEM = "best OHEM"
+FAMILIES = {BEST_ALPHA_CE: ("the best alpha-CE row", ALPHA_CE),
+            BEST_OHEM: ("the best OHEM row", OHEM)}
 # The claims decided at each budget: (A, B) for "A > B".
 CLAIMS = (
     (studies_lib.BEST_FOCAL.name, BEST_ALPHA_CE),
     (studies_lib.BEST_FOCAL.name, studies_lib.alpha_ce(0.75).name),
-    (studies_lib.BEST_FOCAL.name, studies_lib.ohem(5.0, 0.5, True).name),
+    (studies_lib.BEST_FOCAL.name, BEST_OHEM),
     (studies_lib.ce_init(0.01).name, studies_lib.ce_init(0.5).name),
 )
 _CHECK_SUFFIX = studies_lib.FL_LONG.name[len(studies_lib.BEST_FOCAL.name):]  # "_2x"
@@ -117,16 +124,21 @@ def _stats(budgets: Budgets, variant: str | None, steps: int) -> verdicts.Stats:
     return budgets.stats.get(variant, {}).get(steps, verdicts.Stats(()))
 
 
-def best_alpha_ce(budgets: Budgets, steps: int) -> str | None:
-    """The alpha-CE variant with the highest seed mean among those trained to `steps`."""
-    trained = [v for v in ALPHA_CE if _stats(budgets, v, steps).scores]
+def _trained(budgets: Budgets, family: Mapping[str, str], steps: int) -> list[str]:
+    return [v for v in family if _stats(budgets, v, steps).scores]
+
+
+def best_of(budgets: Budgets, family: Mapping[str, str], steps: int) -> str | None:
+    """The variant of `family` with the highest seed mean among those trained to `steps`."""
+    trained = _trained(budgets, family, steps)
     return max(trained, key=lambda v: _stats(budgets, v, steps).mean) if trained else None
 
 
 def markdown(budgets: Budgets, labels: Mapping[str, str] = ROWS) -> str:
     """Two tables: each row's AP (seed mean, range and seeds) at each length; each claim's
-    verdict at each length (against the best alpha-CE row, the cell names it and how many alpha-CE
-    rows reached that length), and whether twice the steps stayed within FL's seed noise."""
+    verdict at each length (against a family's best row, the cell names it and how many of the
+    family's rows reached that length), and whether twice the steps stayed within FL's seed
+    noise."""
     steps = budgets.steps
     head = "| | " + " | ".join(f"{s:,} steps" for s in steps) + " |"
     rule = "|---|" + "---:|" * len(steps)
@@ -138,22 +150,22 @@ def markdown(budgets: Budgets, labels: Mapping[str, str] = ROWS) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Verdicts by the study's rule at each length:", "", head, rule]
     for a, b in CLAIMS:
-        if a not in labels or (b not in labels and b != BEST_ALPHA_CE):
+        if a not in labels or (b not in labels and b not in FAMILIES):
             continue
         cells = []
         for s in steps:
-            rival = best_alpha_ce(budgets, s) if b == BEST_ALPHA_CE else b
+            rival = best_of(budgets, FAMILIES[b][1], s) if b in FAMILIES else b
             first, second = _stats(budgets, a, s), _stats(budgets, rival, s)
             if not first.scores or not second.scores:
                 cells.append("—")
                 continue
             named = ""
-            if b == BEST_ALPHA_CE:
-                trained = sum(bool(_stats(budgets, v, s).scores) for v in ALPHA_CE)
+            if b in FAMILIES:
+                trained = len(_trained(budgets, FAMILIES[b][1], s))
                 named = f"{labels.get(rival, rival)}, the best of {trained} trained: "
             cells.append(f"{verdicts.compare(first, second)} ({named}"
                          f"{verdicts.why(first, second)})")
-        rival_label = "the best alpha-CE row" if b == BEST_ALPHA_CE else labels[b]
+        rival_label = FAMILIES[b][0] if b in FAMILIES else labels[b]
         lines.append(f"| {labels[a]} > {rival_label} | " + " | ".join(cells) + " |")
     fl = studies_lib.BEST_FOCAL.name
     cells = []

@@ -153,6 +153,13 @@ def ohem(per_positive: float, nms: float, one_to_three: bool) -> Variant:
     )
 
 
+def ohem_label(variant: Variant) -> str:
+    """An OHEM row's label: its anchors per positive and NMS threshold, "1:3" for SSD's rule."""
+    rule = " 1:3" if variant.overrides["model.loss.ohem_negative_ratio"] else ""
+    nms = variant.overrides["model.loss.ohem_nms_iou_threshold"]
+    return f"OHEM{rule}, {_g(variant.ohem_per_positive)} per positive, NMS {_g(nms)}"
+
+
 def fl_star(gamma: float, beta: float) -> Variant:
     return Variant(
         f"flstar_g{_g(gamma)}_b{_g(beta)}",
@@ -241,13 +248,13 @@ def table1_tables(full_grid: bool) -> list[Table]:
     for variant in OHEM_VARIANTS:
         k = variant.ohem_per_positive
         nms = variant.overrides["model.loss.ohem_nms_iou_threshold"]
-        if variant.name.endswith("_1to3"):
-            ohem_rows.append(Row(f"OHEM 1:3, {_g(k)} per positive, NMS {_g(nms)}", variant.name,
-                                 None, f"best 1:3: {PAPER_TABLE1D['ohem_1to3_best']} {_R101}"))
+        if variant.overrides["model.loss.ohem_negative_ratio"]:
+            ohem_rows.append(Row(ohem_label(variant), variant.name, None,
+                                 f"best 1:3: {PAPER_TABLE1D['ohem_1to3_best']} {_R101}"))
         else:
             paper = PAPER_TABLE1D["ohem_best"] if (k, nms) == (1.3, 0.5) else None
-            ohem_rows.append(Row(f"OHEM, {_g(k)} per positive, NMS {_g(nms)}", variant.name,
-                                 paper, _R101 if paper else "grid of the paper's Table 1d"))
+            ohem_rows.append(Row(ohem_label(variant), variant.name, paper,
+                                 _R101 if paper else "grid of the paper's Table 1d"))
     tables += [
         Table(
             "table1d", "Table 1d: focal loss against the paper's OHEM (NMS over the anchors)",
