@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# --durations: the slowest tests end the log, to watch the suite's 15-minute budget.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 -q $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 -q --durations=20 $(PYTEST_ARGS)
 
 train: $(STAMP)
 	$(PY) -m train --config configs/shapes_$(MODEL).py --workdir $(WORKDIR)
