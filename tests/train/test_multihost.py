@@ -26,6 +26,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tests.conftest import COMPILER_FLAGS
 from tests.train.conftest import tiny_config
 from train import train
 from train import workdir as workdir_lib
@@ -65,8 +66,8 @@ def _start(config_file: pathlib.Path, workdir: pathlib.Path, cache_dir: str) -> 
     port = _free_port()
     env = {
         **os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2",
-        # tests/conftest.py's compiler level, without its 4 devices a process.
-        "XLA_FLAGS": "--xla_backend_optimization_level=0",
+        # tests/conftest.py's compiler flags, without its 4 devices a process.
+        "XLA_FLAGS": " ".join(f"{name}={value}" for name, value in COMPILER_FLAGS.items()),
         "JAX_COMPILATION_CACHE_DIR": cache_dir, "PYTHONUNBUFFERED": "1",
     }
     processes = []
