@@ -231,9 +231,9 @@ def plan(request: Request, workdir: str) -> tuple[list[Run], dict[str, dict[str,
 def run_study(request: Request, workdir: str, *, echo: Callable[[str], None] = print,
               report_only: bool = False) -> dict[str, Any]:
     """Trains every run of the request (those matching `request.runs`, when given) not finished
-    yet in `workdir`, writing the outputs after each one and at the end; returns the content of
-    study.json. The outputs cover the whole grid, whichever runs this call trains: every run
-    finished in `workdir` enters the tables, and the others are listed as pending.
+    yet in `workdir`, writing the outputs after each one (once, when none trains); returns the
+    content of study.json. The outputs cover the whole grid, whichever runs this call trains:
+    every run finished in `workdir` enters the tables, and the others are listed as pending.
     `report_only` trains nothing and writes the outputs from the runs as they are.
 
     Raises:
@@ -268,6 +268,7 @@ def run_study(request: Request, workdir: str, *, echo: Callable[[str], None] = p
         return write_study(workdir, grid, request.studies, header, settings, configs,
                            full_grid=request.full_grid)
 
+    content = None  # The outputs as the last run trained in this call left them.
     try:
         for index, run in enumerate(to_train, start=1):
             if finished(run):
@@ -288,11 +289,12 @@ def run_study(request: Request, workdir: str, *, echo: Callable[[str], None] = p
                      f"its earlier log (to step {lost['last_step']:,}) and time "
                      f"({_format_minutes(lost['seconds'])}) moved to {lost['dir']}")
             train_run(run, os.path.join(runs_dir, run.key), configs[run.key])
-            write_outputs()
+            content = write_outputs()
     except trainer.TrainingInterruptedError:
         write_outputs()
         raise
-    content = write_outputs()
+    if content is None:  # Nothing trained: the outputs from the runs as they are.
+        content = write_outputs()
     with open(os.path.join(workdir, "study.md")) as f:
         echo(f.read())
     return content
