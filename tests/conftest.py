@@ -19,6 +19,7 @@ import tempfile
 # Benchmarks and real runs keep XLA's defaults.
 COMPILER_FLAGS = {"--xla_backend_optimization_level": "0",
                   "--xla_cpu_use_fusion_emitters": "false"}
+COMPILER_XLA_FLAGS = " ".join(f"{name}={value}" for name, value in COMPILER_FLAGS.items())
 _TEST_XLA_FLAGS = {"--xla_force_host_platform_device_count": "4", **COMPILER_FLAGS}
 _flags = os.environ.get("XLA_FLAGS", "").split()
 os.environ["XLA_FLAGS"] = " ".join(

@@ -9,6 +9,8 @@ import pathlib
 import subprocess
 import sys
 
+from tests.conftest import COMPILER_XLA_FLAGS
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +23,9 @@ def _table(output: str, heading: str) -> list[list[str]]:
 
 
 def test_the_device_script_prints_every_table_on_a_cpu_at_reduced_sizes():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # tests/conftest.py's compiler flags, without its 4 devices: the script runs on one.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": COMPILER_XLA_FLAGS,
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
     result = subprocess.run(
         [sys.executable, "benchmarks/device_bench.py", "--quick", "--models", "retinanet",
          "--dtypes", "float32", "--isolate", "no"],

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests.conftest import COMPILER_FLAGS
+from tests.conftest import COMPILER_XLA_FLAGS
 from tests.train.conftest import tiny_config
 from train import train
 from train import workdir as workdir_lib
@@ -67,7 +67,7 @@ def _start(config_file: pathlib.Path, workdir: pathlib.Path, cache_dir: str) -> 
     env = {
         **os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2",
         # tests/conftest.py's compiler flags, without its 4 devices a process.
-        "XLA_FLAGS": " ".join(f"{name}={value}" for name, value in COMPILER_FLAGS.items()),
+        "XLA_FLAGS": COMPILER_XLA_FLAGS,
         "JAX_COMPILATION_CACHE_DIR": cache_dir, "PYTHONUNBUFFERED": "1",
     }
     processes = []
