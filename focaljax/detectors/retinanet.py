@@ -16,7 +16,10 @@ state between steps. The loss terms are `{"cls": ..., "box": ...}`. `L_cls` is c
 
 * `"focal"`: `sigmoid_focal_loss(alpha, gamma)`, the paper's loss (alpha 0.25, gamma 2).
 * `"ce"`: plain sigmoid cross-entropy; `"alpha_ce"`: alpha-balanced cross-entropy (Table 1a).
-* `"fl_star"`: `focal_loss_star(gamma, fl_star_beta)` (appendix A).
+* `"fl_star"`: `focal_loss_star(gamma, fl_star_beta)` (appendix A), on FL's model: the same
+  prior bias (`sigmoid(x) = prior_prob` at the start) and the same scores `sigmoid(x)`. With
+  `fl_star_beta != 0` FL*'s positive and negative terms are not `p` and `1 - p` of one `p`;
+  any reading of one is increasing in `x`, so the detections rank the same under it.
 * `"ohem"`: cross-entropy on the anchors `focaljax.losses.ohem_mask` picks in each image by
   their loss summed over classes, at most `ohem_num_samples` of the non-ignored anchors. With a
   nonzero `ohem_nms_iou_threshold` (the paper's OHEM, Table 1d: 0.5 or 0.7), greedy NMS by loss
